@@ -1,0 +1,21 @@
+"""Helpers shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from edge.config import GatewayConfig, load_checked, resolve_config_path
+
+
+def config_from_args(args: argparse.Namespace) -> GatewayConfig:
+    """Load and fully check the config named by ``--config`` / ``$EDGE_CONFIG`` / default."""
+    return load_checked(resolve_config_path(args.config))
+
+
+def print_json(obj: Any) -> None:
+    """One JSON document on stdout."""
+    json.dump(obj, sys.stdout, default=str)
+    sys.stdout.write("\n")

@@ -1,0 +1,320 @@
+"""The gateway's configuration: TOML loaded into pydantic models.
+
+Every problem is reported with its key path (``uplink.port``), what is wrong and how to fix
+it. Unknown keys are errors. Insecure values are errors, not warnings.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edge.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/edge/gateway.toml")
+EXAMPLE = "config/gateway.example.toml"
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_PIN_RE = re.compile(r"^sha256/[A-Za-z0-9+/]{43}=$")
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HubConfig(_Section):
+    #: the hub's id: the MQTT client id, the CN of its client certificate, a topic level
+    id: str
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_topic_safe(cls, v: str) -> str:
+        if not _ID_RE.match(v):
+            raise ValueError("must be 1-64 characters of letters, digits, '.', '_' or '-'")
+        return v
+
+
+class BleConfig(_Section):
+    adapter: str = "hci0"
+    #: scanning runs in windows of this length while a bound device is missing
+    scan_seconds: PositiveFloat = 10.0
+    #: give up one connection attempt after this long
+    connect_timeout_s: PositiveFloat = 20.0
+    #: adapters have 5-7 connection slots; keep attempts below that
+    max_concurrent_connects: Annotated[int, Field(ge=1, le=7)] = 3
+    reconnect_base_s: PositiveFloat = 1.0
+    reconnect_cap_s: PositiveFloat = 60.0
+    #: a connected heart-rate session with no notification for this long is restarted
+    stall_timeout_s: PositiveFloat = 15.0
+    #: a glucose record transfer (RACP) with no progress for this long is aborted
+    racp_timeout_s: PositiveFloat = 30.0
+
+
+class VaultConfig(_Section):
+    path: Path = Path("/var/lib/edge/vault.db")
+    key_provider: Literal["systemd-credential", "file", "env"] = "systemd-credential"
+    #: with key_provider = "file": a 0600/0400 file outside the vault's directory
+    key_file: Path | None = None
+    #: with key_provider = "systemd-credential": the credential's name in $CREDENTIALS_DIRECTORY
+    key_credential: str = "vault-key"
+    #: with key_provider = "env": the variable holding the hex key
+    key_env: str = "EDGE_VAULT_KEY"
+    #: the env provider is for tests only and must be allowed explicitly
+    allow_env_key: bool = False
+    max_pending: Annotated[int, Field(ge=1)] = 1_000_000
+    max_pending_bytes: Annotated[int, Field(ge=4096)] = 1 << 30
+    retention_days: Annotated[float, Field(ge=0)] = 7.0
+
+
+class UplinkConfig(_Section):
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)] = 8883
+    ca_file: Path
+    client_cert: Path
+    #: PEM private key of the hub; may be encrypted (see client_key_passphrase_file)
+    client_key: Path | None = None
+    #: read the client key from this systemd credential instead of client_key
+    client_key_credential: str | None = None
+    client_key_passphrase_file: Path | None = None
+    #: SPKI pins of the broker or its issuing CA: ["sha256/<base64>", ...]
+    pins: list[str]
+    tls_min_version: Literal["1.2", "1.3"] = "1.3"
+    topic_prefix: str = "edge/v1"
+    mqtt_version: Literal["5", "3.1.1"] = "5"
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    batch_max_readings: Annotated[int, Field(ge=1, le=1000)] = 50
+    batch_max_bytes: Annotated[int, Field(ge=1024, le=262_144)] = 262_144
+    inflight_window: Annotated[int, Field(ge=1, le=1000)] = 20
+    #: a PUBACK not received after this long counts the message as lost; it is re-sent
+    ack_timeout_s: PositiveFloat = 30.0
+    #: MQTT 5 message expiry for observation bundles
+    message_expiry_s: Annotated[int, Field(ge=60)] = 7 * 24 * 3600
+    status_interval_s: PositiveFloat = 60.0
+    reconnect_base_s: PositiveFloat = 1.0
+    reconnect_cap_s: PositiveFloat = 60.0
+
+    @field_validator("tls_min_version", mode="before")
+    @classmethod
+    def _tls_floor(cls, v: Any) -> Any:
+        if isinstance(v, str | float | int) and str(v) in {"1.0", "1.1", "1", "1.0.0"}:
+            raise ValueError("TLS below 1.2 is insecure and not allowed; use \"1.2\" or \"1.3\"")
+        return str(v) if isinstance(v, float) else v
+
+    @field_validator("pins")
+    @classmethod
+    def _pins(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError(
+                "an empty pin list would trust any certificate of the CA; "
+                "add the broker's pin (edge pki pin CERT)"
+            )
+        for pin in v:
+            if not _PIN_RE.match(pin):
+                raise ValueError("each pin must look like sha256/<44 base64 characters>")
+        return v
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v or v.startswith("/") or v.endswith("/") or any(c in v for c in "#+\0"):
+            raise ValueError("must be non-empty, without '#', '+', or a leading/trailing '/'")
+        return v
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+
+
+class DaemonConfig(_Section):
+    #: local control socket for `edge status` / `edge consent` (owner and group only)
+    control_socket: Path = Path("/run/edge/control.sock")
+    #: seconds between health checks that drive the systemd watchdog
+    health_interval_s: PositiveFloat = 5.0
+    #: shutdown budget after SIGTERM/SIGINT
+    shutdown_timeout_s: PositiveFloat = 8.0
+
+
+class GatewayConfig(_Section):
+    hub: HubConfig
+    ble: BleConfig = BleConfig()
+    vault: VaultConfig = VaultConfig()
+    uplink: UplinkConfig
+    log: LogConfig = LogConfig()
+    daemon: DaemonConfig = DaemonConfig()
+
+
+# --- loading and reporting ---------------------------------------------------------------------
+
+_FIX_BY_TYPE = {
+    "extra_forbidden": "remove it or correct its spelling (every key is in " + EXAMPLE + ")",
+    "missing": "add it (see " + EXAMPLE + ")",
+    "literal_error": "use one of the allowed values",
+    "int_parsing": "use a whole number",
+    "int_type": "use a whole number",
+    "float_parsing": "use a number",
+    "bool_parsing": "use true or false",
+    "bool_type": "use true or false",
+    "string_type": "use a quoted string",
+    "list_type": "use a list, e.g. [\"...\"]",
+    "greater_than": "use a larger value",
+    "greater_than_equal": "use a larger value",
+    "less_than_equal": "use a smaller value",
+    "model_type": "make it a [section] table",
+}
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def describe_validation_error(exc: ValidationError) -> list[str]:
+    """One line per problem: ``key.path: what is wrong — fix: how``. Never echoes values."""
+    lines = []
+    for err in exc.errors(include_input=False, include_url=False):
+        path = _key_path(tuple(err["loc"]))
+        kind = err["type"]
+        msg = err["msg"]
+        if kind == "value_error":
+            msg = msg.removeprefix("Value error, ")
+            fix = "see " + EXAMPLE
+        else:
+            fix = _FIX_BY_TYPE.get(kind, "see " + EXAMPLE)
+        if kind == "extra_forbidden":
+            msg = "unknown key"
+        elif kind == "missing":
+            msg = "required key is missing"
+        lines.append(f"{path}: {msg} — fix: {fix}")
+    return lines
+
+
+def resolve_config_path(cli_value: str | os.PathLike[str] | None) -> Path:
+    """``--config`` wins, then ``$EDGE_CONFIG``, then /etc/edge/gateway.toml."""
+    if cli_value:
+        return Path(cli_value)
+    env = os.environ.get("EDGE_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def parse_config(data: dict[str, Any]) -> GatewayConfig:
+    """Validate a parsed TOML document; raises ConfigError listing every problem."""
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("invalid configuration", describe_validation_error(exc)) from exc
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Read and validate the TOML file at ``path``. Relative paths inside it are kept as given."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"config file {path} not found",
+            [f"{path}: file not found — fix: pass --config PATH or set EDGE_CONFIG"],
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(
+            f"config file {path} unreadable",
+            [f"{path}: cannot be read ({exc.strerror}) — fix: check its permissions"],
+        ) from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            "config is not valid TOML", [f"(file): not valid TOML: {exc} — fix: correct the syntax"]
+        ) from exc
+    return parse_config(data)
+
+
+def _private_file_problem(key: str, path: Path) -> str | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return f"{key}: file {path} does not exist — fix: create it or correct the path"
+    except OSError as exc:
+        return f"{key}: file {path} cannot be examined ({exc.strerror}) — fix: check permissions"
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return (
+            f"{key}: key file {path} is readable by group or others — "
+            f"fix: chmod 600 {path}"
+        )
+    return None
+
+
+def _exists_problem(key: str, path: Path) -> str | None:
+    if not path.exists():
+        return f"{key}: file {path} does not exist — fix: create it or correct the path"
+    return None
+
+
+def check_environment(cfg: GatewayConfig) -> list[str]:
+    """Problems the schema cannot see: missing files, key files with loose permissions,
+    a key file inside the vault's directory, a world-readable vault directory."""
+    problems: list[str] = []
+    v = cfg.vault
+    if v.key_provider == "file":
+        if v.key_file is None:
+            problems.append(
+                "vault.key_file: required with key_provider = \"file\" — fix: set a path "
+                "outside the vault's directory, e.g. /etc/edge/keys/vault.key"
+            )
+        else:
+            if v.key_file.resolve().parent == v.path.resolve().parent:
+                problems.append(
+                    "vault.key_file: the key sits in the vault's own directory — fix: keep keys "
+                    "apart from data, e.g. /etc/edge/keys/vault.key"
+                )
+            if v.key_file.exists():
+                p = _private_file_problem("vault.key_file", v.key_file)
+                if p:
+                    problems.append(p)
+    if v.key_provider == "env" and not v.allow_env_key:
+        problems.append(
+            "vault.key_provider: \"env\" is for tests only — fix: use \"systemd-credential\" or "
+            "\"file\", or set vault.allow_env_key = true in a test config"
+        )
+    vault_dir = v.path.parent
+    if vault_dir.exists() and vault_dir.stat().st_mode & stat.S_IRWXO:
+        problems.append(
+            f"vault.path: directory {vault_dir} is accessible by others — "
+            f"fix: chmod 700 {vault_dir}"
+        )
+    u = cfg.uplink
+    for key, path in (("uplink.ca_file", u.ca_file), ("uplink.client_cert", u.client_cert)):
+        p = _exists_problem(key, path)
+        if p:
+            problems.append(p)
+    if u.client_key is None and u.client_key_credential is None:
+        problems.append(
+            "uplink.client_key: no client key configured — fix: set uplink.client_key to a "
+            "0600 PEM file or uplink.client_key_credential to a systemd credential name"
+        )
+    if u.client_key is not None:
+        p = _private_file_problem("uplink.client_key", u.client_key)
+        if p:
+            problems.append(p)
+    if u.client_key_passphrase_file is not None:
+        p = _private_file_problem(
+            "uplink.client_key_passphrase_file", u.client_key_passphrase_file
+        )
+        if p:
+            problems.append(p)
+    return problems
+
+
+def load_checked(path: Path) -> GatewayConfig:
+    """Load, validate and check the environment; raises ConfigError with every problem."""
+    cfg = load_config(path)
+    problems = check_environment(cfg)
+    if problems:
+        raise ConfigError("invalid configuration", problems)
+    return cfg

@@ -1,0 +1,160 @@
+"""structlog set-up and the redaction processor.
+
+At INFO and above no reading value, patient pseudonym, device address, key or token survives:
+PHI-bearing keys are removed or replaced, a device address becomes a short keyed hash
+(``dev-1a2b3c4d``), and free text (exception messages included) is scrubbed of addresses, BlueZ
+object paths, long hex strings and any registered sensitive string (e.g. bound pseudonyms).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+import sys
+import threading
+from collections.abc import Iterable, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+REDACTED = "[redacted]"
+
+#: keys whose values are PHI or secrets: dropped to REDACTED at INFO and above
+SENSITIVE_KEYS = frozenset(
+    {
+        "patient", "pseudonym", "patient_id", "subject",
+        "value", "values", "bpm", "heart_rate", "heart_rate_bpm", "mg_dl", "mmol_l",
+        "concentration", "glucose", "rr_intervals", "rr_intervals_s", "energy_expended_kj",
+        "reading", "readings", "payload", "raw", "hex", "data",
+        "key", "vault_key", "secret", "token", "password", "passphrase", "private_key",
+        "name", "device_name",
+    }
+)
+#: keys holding a device address: replaced by its keyed hash
+ADDRESS_KEYS = frozenset({"address", "device_address", "device_id", "mac", "device"})
+
+# Look-arounds, not \b: in BlueZ paths (dev_AA_BB_...) the address follows an underscore.
+_MAC_RE = re.compile(r"(?i)(?<![0-9a-f])[0-9a-f]{2}(?:[:_-][0-9a-f]{2}){5}(?![0-9a-f])")
+_LONG_HEX_RE = re.compile(r"(?i)(?<![0-9a-f])[0-9a-f]{32,}(?![0-9a-f])")
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR, "critical": logging.CRITICAL}
+
+
+class Redactor:
+    """Holds the device-hash key and the registered sensitive strings."""
+
+    def __init__(self, hash_key: bytes | None = None) -> None:
+        self._key = hash_key or secrets.token_bytes(32)
+        self._sensitive: set[str] = set()
+        self._lock = threading.Lock()
+        self._pattern: re.Pattern[str] | None = None
+
+    def set_hash_key(self, key: bytes) -> None:
+        """Use a stable key (derived from the vault key) so device hashes survive restarts."""
+        self._key = key
+
+    def register(self, values: Iterable[str]) -> None:
+        """Strings (pseudonyms, device names) to scrub from any free text."""
+        with self._lock:
+            self._sensitive.update(v for v in values if len(v) >= 3)
+            alts = sorted(self._sensitive, key=len, reverse=True)
+            self._pattern = re.compile("|".join(re.escape(a) for a in alts)) if alts else None
+
+    def device_hash(self, address: str) -> str:
+        """A short keyed hash naming a device in logs without revealing its address."""
+        norm = address.upper().replace("_", ":").replace("-", ":").encode()
+        return "dev-" + hmac.new(self._key, norm, hashlib.sha256).hexdigest()[:8]
+
+    def scrub(self, text: str) -> str:
+        """Remove addresses, long hex strings and registered strings from free text."""
+        text = _MAC_RE.sub(lambda m: self.device_hash(m.group(0)), text)
+        text = _LONG_HEX_RE.sub(REDACTED, text)
+        pattern = self._pattern
+        if pattern is not None:
+            text = pattern.sub(REDACTED, text)
+        return text
+
+    def _clean(self, key: str, value: Any) -> Any:
+        if key in ADDRESS_KEYS and isinstance(value, str):
+            return self.device_hash(value)
+        if key in SENSITIVE_KEYS:
+            return REDACTED
+        if isinstance(value, str):
+            return self.scrub(value)
+        if isinstance(value, dict):
+            return {k: self._clean(str(k), v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._clean("", v) for v in value]
+        if isinstance(value, int | float | bool) or value is None:
+            return value
+        return self.scrub(str(value))
+
+    def __call__(
+        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        level = _LEVELS.get(str(event_dict.get("level", method_name)).lower(), logging.INFO)
+        if level < logging.INFO:
+            return event_dict
+        return {k: (v if k in ("level", "timestamp") else self._clean(k, v))
+                for k, v in event_dict.items()}
+
+
+#: the process-wide redactor; the daemon gives it the stable hash key and the pseudonyms
+REDACTOR = Redactor()
+
+
+def shared_processors() -> list[Any]:
+    """Processors every event goes through, redaction last before rendering."""
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        REDACTOR,
+    ]
+
+
+def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
+    """JSON lines (journald-friendly) or a console renderer; stdlib loggers (bleak, paho)
+    are routed through the same redaction."""
+    out = stream or sys.stdout
+    renderer: Any
+    if fmt == "console" or (fmt == "auto" and out.isatty()):
+        colors = out.isatty() and "NO_COLOR" not in os.environ
+        renderer = structlog.dev.ConsoleRenderer(colors=colors)
+    else:
+        renderer = structlog.processors.JSONRenderer(sort_keys=False)
+    numeric = _LEVELS.get(level, logging.INFO)
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared_processors(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        wrapper_class=structlog.stdlib.BoundLogger,
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared_processors()],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric)
+    # Library chatter (bleak logs addresses at debug) stays at WARNING unless debugging.
+    for noisy in ("bleak", "dbus_fast", "paho", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
+
+
+def get_logger(name: str = "edge") -> Any:
+    """A structlog logger. Event names are stable dotted words, e.g. ``ble.connected``."""
+    return structlog.stdlib.get_logger(name)

@@ -1,0 +1,108 @@
+"""The Reading types: frozen, Decimal-valued, with a stable id.
+
+A reading's id is derived from (device identity, characteristic, sequence number or device
+time), never random, so the same measurement decoded twice — or re-sent after a crash — has
+the same id, and every store and backend can deduplicate on it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+
+# A fixed namespace: changing it would change every reading id ever issued.
+READING_ID_NAMESPACE = uuid.UUID("6f1d3c1e-6a0b-5b7e-9d5e-2f0b1c0d9e11")
+
+
+class ReadingKind(StrEnum):
+    HEART_RATE = "heart_rate"
+    GLUCOSE = "glucose"
+
+
+class TimeSource(StrEnum):
+    """How a reading's ``effective_time`` was obtained."""
+
+    #: the device's own timestamp, taken as it is
+    DEVICE = "device"
+    #: the device's timestamp corrected by the gateway's knowledge of the device clock offset
+    DEVICE_CORRECTED = "device_corrected"
+    #: the device sends no time (heart-rate straps): the gateway's receive time
+    GATEWAY = "gateway"
+
+
+def stable_reading_id(device_id: str, characteristic: str, discriminator: str) -> str:
+    """The stable id (a UUID string) of a reading.
+
+    ``device_id`` is the device's identity address, ``characteristic`` a 16-bit UUID in
+    lower-case hex (``2a37``), ``discriminator`` the sequence number and/or device time.
+    """
+    name = f"{device_id.upper()}|{characteristic.lower()}|{discriminator}"
+    return str(uuid.uuid5(READING_ID_NAMESPACE, name))
+
+
+class _Reading(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: stable id, see :func:`stable_reading_id`
+    id: str
+    #: the bound device's identity address (``AA:BB:CC:DD:EE:FF``)
+    device_id: str
+    #: pseudonymous patient id the device is bound to — never a name
+    patient: str
+    #: when the measurement was taken, UTC
+    effective_time: AwareDatetime
+    time_source: TimeSource
+    #: when the gateway received it, UTC
+    received_at: AwareDatetime
+
+
+class HeartRateReading(_Reading):
+    kind: Literal["heart_rate"] = "heart_rate"
+    #: beats per minute
+    bpm: int
+    #: ``not_supported`` | ``not_detected`` | ``detected``
+    sensor_contact: str
+    energy_expended_kj: int | None = None
+    #: RR intervals in seconds (raw / 1024), oldest first
+    rr_intervals_s: tuple[Decimal, ...] = ()
+
+
+class GlucoseReading(_Reading):
+    kind: Literal["glucose"] = "glucose"
+    sequence_number: int
+    #: device local time as reported (base time + time offset), no zone
+    device_time: datetime
+    time_offset_min: int | None = None
+    #: the meter clock's offset from the gateway's (meter minus gateway), seconds
+    clock_offset_s: int = 0
+    #: concentration as the device reported it, in ``unit``; None when a special value
+    concentration: Decimal | None
+    #: ``nan`` | ``nres`` | ``+inf`` | ``-inf`` | ``reserved`` | None
+    concentration_special: str | None = None
+    #: ``kg/L`` | ``mol/L`` as on the wire
+    unit: str
+    mg_dl: Decimal | None
+    mmol_l: Decimal | None
+    #: e.g. ``capillary_whole_blood``
+    sample_type: str | None = None
+    #: e.g. ``finger``
+    sample_location: str | None = None
+    #: sensor status annunciation names, e.g. ``result_too_high``
+    status: tuple[str, ...] = ()
+    #: meal context (``preprandial`` …) when a context record came with it
+    meal: str | None = None
+
+
+Reading = Annotated[HeartRateReading | GlucoseReading, Field(discriminator="kind")]
+
+READING_ADAPTER: TypeAdapter[HeartRateReading | GlucoseReading] = TypeAdapter(Reading)
+
+
+def reading_from_json(data: str | bytes) -> HeartRateReading | GlucoseReading:
+    """Parse a reading serialised with ``model_dump_json``."""
+    return READING_ADAPTER.validate_json(data)

@@ -1,0 +1,1 @@
+"""Shared test fixtures. Fixtures that start real services live in tests/support/."""
