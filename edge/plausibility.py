@@ -1,0 +1,92 @@
+"""Plausibility: values a device cannot physically report, and records that are not patient data.
+
+Pure. :func:`check` raises :class:`edge.errors.Implausible` with a stable ``reason``; the
+caller counts the refusal under that reason (never drops silently). Messages never carry the
+value itself, so they are safe to log and to show.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from edge.errors import Implausible
+from edge.readings import GlucoseReading, HeartRateReading
+
+HEART_RATE_MIN_BPM = 20
+HEART_RATE_MAX_BPM = 300
+#: 10-600 mg/dL (0.6-33.3 mmol/L); compared on the mg/dL value
+GLUCOSE_MIN_MG_DL = Decimal(10)
+GLUCOSE_MAX_MG_DL = Decimal(600)
+
+# kg/L -> mg/dL is x 10^5; mol/L -> mg/dL goes through the glucose molar mass (180.156 g/mol).
+_KG_L_TO_MG_DL_EXP = 5
+_MOL_L_TO_MG_DL = Decimal("18015.6")
+
+REASON_MALFORMED = "malformed"
+REASON_HEART_RATE = "heart_rate_out_of_range"
+REASON_GLUCOSE = "glucose_out_of_range"
+REASON_CONTROL = "control_solution"
+REASON_NO_CONSENT = "no_consent"
+REASON_VAULT_FULL_COUNT = "vault_full_count"
+REASON_VAULT_FULL_BYTES = "vault_full_bytes"
+REASON_DISK_FULL = "disk_full"
+REASON_UNKNOWN_DEVICE = "unknown_device"
+
+#: every reason under which a reading is refused anywhere, in display order; status displays
+#: show each of them (with 0) so their shape never changes
+REFUSAL_REASONS: tuple[str, ...] = (
+    REASON_MALFORMED,
+    REASON_HEART_RATE,
+    REASON_GLUCOSE,
+    REASON_CONTROL,
+    REASON_NO_CONSENT,
+    REASON_VAULT_FULL_COUNT,
+    REASON_VAULT_FULL_BYTES,
+    REASON_DISK_FULL,
+    REASON_UNKNOWN_DEVICE,
+)
+
+#: meter status bits meaning "the real value is beyond what I can measure" (HI / LO)
+OUT_OF_RANGE_STATUS = frozenset({"result_too_high", "result_too_low"})
+
+_CONTROL = "control_solution"
+
+
+def is_control_solution(reading: GlucoseReading) -> bool:
+    """True for a control-solution test: a meter check, not patient data."""
+    return reading.sample_type == _CONTROL or reading.sample_location == _CONTROL
+
+
+def glucose_mg_dl(reading: GlucoseReading) -> Decimal | None:
+    """The concentration in mg/dL (None for a special value such as NaN / NRes)."""
+    if reading.mg_dl is not None:
+        return reading.mg_dl
+    c = reading.concentration
+    if c is None:
+        return None
+    if reading.unit == "mol/L":
+        return c * _MOL_L_TO_MG_DL
+    return c.scaleb(_KG_L_TO_MG_DL_EXP)
+
+
+def check(reading: HeartRateReading | GlucoseReading) -> None:
+    """Raise :class:`Implausible` if ``reading`` must not be forwarded as patient data."""
+    if isinstance(reading, HeartRateReading):
+        if not HEART_RATE_MIN_BPM <= reading.bpm <= HEART_RATE_MAX_BPM:
+            raise Implausible(
+                REASON_HEART_RATE,
+                f"heart rate outside {HEART_RATE_MIN_BPM}-{HEART_RATE_MAX_BPM} bpm",
+            )
+        return
+    if is_control_solution(reading):
+        raise Implausible(REASON_CONTROL, "control-solution record, not patient data")
+    if OUT_OF_RANGE_STATUS.intersection(reading.status):
+        # HI / LO: the meter says the true value lies beyond its range; a real reading.
+        return
+    mg_dl = glucose_mg_dl(reading)
+    if mg_dl is None or mg_dl.is_nan():
+        # NaN / NRes: forwarded with a dataAbsentReason, never as a number.
+        return
+    # An infinite value fails the comparison below, as it should.
+    if not GLUCOSE_MIN_MG_DL <= mg_dl <= GLUCOSE_MAX_MG_DL:
+        raise Implausible(REASON_GLUCOSE, "glucose outside 10-600 mg/dL without a HI/LO status")
