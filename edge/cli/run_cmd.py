@@ -1,0 +1,257 @@
+"""``edge run``, ``edge status`` and ``edge consent grant|revoke|list``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import stat
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from edge.cli.common import config_from_args, print_json
+from edge.config import GatewayConfig
+from edge.control import ControlClient, DaemonNotRunning
+from edge.errors import ConfigError
+from edge.intake import resolve
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+             common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("run", parents=[common], help="run the gateway daemon (what systemd runs)")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser(
+        "status", parents=[common],
+        help="queue, refusals, devices, uplink — from the running daemon or the vault",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_status)
+
+    p = sub.add_parser("consent", parents=[common], help="grant, revoke or list patient consent")
+    csub = p.add_subparsers(dest="consent_command", required=True, metavar="ACTION")
+    g = csub.add_parser("grant", parents=[common], help="grant consent for PSEUDONYM")
+    g.add_argument("patient", metavar="PSEUDONYM")
+    g.add_argument("--scope", default="forward", help="what is consented to (default: forward)")
+    g.set_defaults(func=_consent_grant)
+    r = csub.add_parser(
+        "revoke", parents=[common],
+        help="revoke consent: stops forwarding at once and purges pending readings",
+    )
+    r.add_argument("patient", metavar="PSEUDONYM")
+    r.set_defaults(func=_consent_revoke)
+    ls = csub.add_parser("list", parents=[common], help="list consent records")
+    ls.add_argument("--json", action="store_true", help="print one JSON array")
+    ls.set_defaults(func=_consent_list)
+
+
+# --- edge run -------------------------------------------------------------------------------
+
+
+def ensure_vault_dir(cfg: GatewayConfig) -> None:
+    """Create the vault's directory 0700 if missing; refuse one that others can read."""
+    d = cfg.vault.path.parent
+    if not d.exists():
+        d.mkdir(mode=0o700, parents=True)
+    mode = d.stat().st_mode
+    if mode & stat.S_IRWXO:
+        raise ConfigError(
+            "vault directory accessible by others",
+            [f"vault.path: directory {d} is accessible by others — fix: chmod 700 {d}"],
+        )
+
+
+def load_key(cfg: GatewayConfig) -> Any:
+    """The vault key from the configured provider."""
+    from edge.vault import key_provider
+
+    return key_provider(cfg.vault).load()
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    from edge.daemon import Daemon
+    from edge.log import configure_logging, get_logger
+    from edge.sdnotify import SdNotifier
+
+    configure_logging(cfg.log.level, cfg.log.format)
+    ensure_vault_dir(cfg)
+    key = load_key(cfg)
+    notifier = SdNotifier()
+    daemon = Daemon(cfg, key=key, notifier=notifier)
+    try:
+        rc = asyncio.run(daemon.run())
+    finally:
+        notifier.close()
+    get_logger("edge.daemon").info("daemon.exit", rc=rc)
+    return rc
+
+
+# --- offline access (the daemon is not running) ---------------------------------------------
+
+
+def _open_vault(cfg: GatewayConfig) -> Any:
+    from edge.vault import Vault
+
+    return Vault.open(cfg.vault, load_key(cfg))
+
+
+def _actor() -> str:
+    return f"cli:uid:{os.getuid()}"
+
+
+def _close(vault: Any) -> None:
+    close = getattr(vault, "close", None)
+    if callable(close):
+        asyncio.run(resolve(close()))
+
+
+def offline_status(cfg: GatewayConfig) -> dict[str, Any]:
+    """What the vault alone can tell: queue, refusals, bindings (state unknown)."""
+    from edge.daemon import cert_days_left, to_jsonable
+
+    vault = _open_vault(cfg)
+    try:
+        stats = to_jsonable(asyncio.run(resolve(vault.stats())))
+        bindings = asyncio.run(resolve(vault.bindings()))
+    finally:
+        _close(vault)
+    devices = []
+    for b in bindings:
+        last_seen = getattr(b, "last_seen", None)
+        devices.append({
+            "address": getattr(b, "address", None),
+            "kind": getattr(b, "kind", None),
+            "state": "daemon not running",
+            "last_seen": last_seen.isoformat() if isinstance(last_seen, datetime) else last_seen,
+        })
+    return {
+        "source": "vault",
+        "hub": cfg.hub.id,
+        "queue_depth": stats.get("pending"),
+        "oldest_pending_age_s": stats.get("oldest_pending_age_s"),
+        "refusals": stats.get("refusals") or {},
+        "vault": stats,
+        "devices": devices,
+        "uplink": {"state": "daemon not running"},
+        "cert_days_left": cert_days_left(cfg.uplink.client_cert, datetime.now(UTC)),
+    }
+
+
+# --- edge status ------------------------------------------------------------------------------
+
+
+def _status(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    try:
+        status = ControlClient(cfg.daemon.control_socket).request("status")
+    except DaemonNotRunning:
+        status = offline_status(cfg)
+    if args.json:
+        print_json(status)
+    else:
+        sys.stdout.write(format_status(status))
+    return 0
+
+
+def _fmt_age(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """The human-readable ``edge status``."""
+    src = status.get("source")
+    lines = [
+        "edge status — from the running daemon" if src == "daemon"
+        else "edge status — the daemon is not running; figures from the vault",
+        f"  queue:      {status.get('queue_depth')} pending, oldest "
+        f"{_fmt_age(status.get('oldest_pending_age_s'))}",
+    ]
+    refusals = status.get("refusals") or {}
+    shown = ", ".join(f"{k} {v}" for k, v in sorted(refusals.items()) if v) or "none"
+    lines.append(f"  refusals:   {shown}")
+    uplink = status.get("uplink") or {}
+    lines.append(f"  uplink:     {uplink.get('state') if isinstance(uplink, dict) else uplink}")
+    days = status.get("cert_days_left")
+    lines.append(f"  client cert: {days if days is not None else '?'} days left")
+    if src == "daemon":
+        lines.append(f"  healthy:    {'yes' if status.get('healthy') else 'NO'}")
+    devices = status.get("devices") or []
+    lines.append(f"  devices:    {len(devices)}")
+    for d in devices:
+        lines.append(
+            f"    {d.get('address')}  {d.get('kind', '?'):<10}  {d.get('state')}"
+            f"  last seen {d.get('last_seen') or 'never'}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# --- edge consent -----------------------------------------------------------------------------
+
+
+def _consent_grant(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    try:
+        ControlClient(cfg.daemon.control_socket).request(
+            "consent.grant", patient=args.patient, scope=args.scope
+        )
+        where = "in the running daemon"
+    except DaemonNotRunning:
+        vault = _open_vault(cfg)
+        try:
+            asyncio.run(resolve(vault.grant_consent(args.patient, scope=args.scope,
+                                                    actor=_actor())))
+        finally:
+            _close(vault)
+        where = "in the vault (daemon not running)"
+    print(f"consent granted {where}")
+    return 0
+
+
+def _consent_revoke(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    try:
+        result = ControlClient(cfg.daemon.control_socket).request(
+            "consent.revoke", patient=args.patient
+        )
+        purged = result.get("purged") if isinstance(result, dict) else None
+        where = "in the running daemon"
+    except DaemonNotRunning:
+        vault = _open_vault(cfg)
+        try:
+            purged = asyncio.run(resolve(vault.revoke_consent(args.patient, actor=_actor())))
+        finally:
+            _close(vault)
+        where = "in the vault (daemon not running)"
+    n = purged if isinstance(purged, int) else getattr(purged, "purged", purged)
+    print(f"consent revoked {where}; {n} pending readings purged")
+    return 0
+
+
+def _consent_list(args: argparse.Namespace) -> int:
+    from edge.daemon import to_jsonable
+
+    cfg = config_from_args(args)
+    try:
+        consents = ControlClient(cfg.daemon.control_socket).request("consent.list")
+    except DaemonNotRunning:
+        vault = _open_vault(cfg)
+        try:
+            consents = to_jsonable(asyncio.run(resolve(vault.consents())))
+        finally:
+            _close(vault)
+    if args.json:
+        print_json(consents)
+        return 0
+    for c in consents or []:
+        state = "revoked" if c.get("revoked_at") else "active"
+        print(f"{c.get('patient')}  {state}  scope={c.get('scope')}  granted={c.get('granted_at')}"
+              + (f"  revoked={c.get('revoked_at')}" if c.get("revoked_at") else ""))
+    return 0

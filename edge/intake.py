@@ -1,0 +1,237 @@
+"""Intake: the gate between the BLE sessions and the vault.
+
+For every reading: plausibility (refused with a named reason), the consent gate (a patient
+without active consent: refused ``no_consent``, nothing stored), minimisation (only what the
+Reading model holds is stored) and the append to the vault. Refusals are counted in the vault
+and in memory; nothing raises back into the BLE layer for a refusal or a full vault. A reading
+counts as received only once the vault has committed it.
+
+Consent is cached in memory and changed here (under the same lock as appends) so that a revoke
+can never race an append of that patient's readings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+from edge import plausibility
+from edge.errors import Implausible, VaultFull
+from edge.log import get_logger
+from edge.readings import GlucoseReading, HeartRateReading
+
+log = get_logger("edge.intake")
+
+AnyReading = HeartRateReading | GlucoseReading
+T = TypeVar("T")
+
+NO_CONSENT = "no_consent"
+
+
+async def resolve(value: T | Any) -> Any:
+    """Await ``value`` when the vault method returned an awaitable (async vault API)."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+class Intake:
+    """Implements the BLE layer's ``IntakeSink`` over a vault."""
+
+    def __init__(self, vault: Any, *, on_appended: Callable[[], None]) -> None:
+        self._vault = vault
+        self._on_appended = on_appended
+        self._lock = asyncio.Lock()
+        self._consent: dict[str, bool] = {}
+        self.received: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()
+        self.duplicates = 0
+
+    # --- consent ----------------------------------------------------------------------------
+
+    async def load_consents(self) -> None:
+        """Fill the consent cache from the vault (at start-up)."""
+        consents = await resolve(self._vault.consents())
+        cache: dict[str, bool] = {}
+        for c in consents:
+            cache[_patient_of(c)] = _is_active(c)
+        self._consent = cache
+
+    def consented(self, patient: str) -> bool:
+        """Whether ``patient`` has active consent (the in-memory cache)."""
+        return self._consent.get(patient, False)
+
+    def consented_patients(self) -> list[str]:
+        """Patients with active consent."""
+        return sorted(p for p, ok in self._consent.items() if ok)
+
+    async def grant(self, patient: str, *, scope: str, actor: str) -> Any:
+        """Grant consent in the vault (audited there), then open the gate."""
+        async with self._lock:
+            result = await resolve(self._vault.grant_consent(patient, scope=scope, actor=actor))
+            self._consent[patient] = True
+        log.info("intake.consent_granted")
+        return result
+
+    async def revoke(self, patient: str, *, actor: str) -> int:
+        """Close the gate first, then revoke, purge pending readings and audit in one vault
+        transaction. Holding the append lock means no append of this patient is in flight."""
+        async with self._lock:
+            self._consent[patient] = False
+            purged = await resolve(self._vault.revoke_consent(patient, actor=actor))
+        log.info("intake.consent_revoked", purged=_as_int(purged))
+        return _as_int(purged)
+
+    # --- IntakeSink ---------------------------------------------------------------------------
+
+    async def submit(self, readings: Sequence[AnyReading]) -> None:
+        """Check and append heart-rate (or any) readings; refusals are counted, not raised."""
+        accepted = await self._screen(readings)
+        if not accepted:
+            return
+        async with self._lock:
+            accepted = await self._gate(accepted)
+            if not accepted:
+                return
+            try:
+                result = await resolve(self._vault.append(accepted))
+            except VaultFull as exc:
+                self._refused_full(exc, len(accepted))
+                return
+        self._committed(accepted, result)
+
+    async def submit_glucose(
+        self,
+        address: str,
+        readings: Sequence[GlucoseReading],
+        *,
+        last_sequence: int,
+        last_device_time: datetime | None,
+        clock_offset_s: int,
+    ) -> None:
+        """Glucose records and the meter's cursor in one transaction. Refused records still
+        advance the cursor (they were looked at and refused, not lost); a full vault commits
+        nothing, so the cursor stays and the records are fetched again next time."""
+        screened = await self._screen(readings)
+        async with self._lock:
+            accepted = [r for r in await self._gate(screened) if isinstance(r, GlucoseReading)]
+            try:
+                result = await resolve(
+                    self._vault.commit_glucose(
+                        address,
+                        accepted,
+                        last_sequence=last_sequence,
+                        last_device_time=last_device_time,
+                        clock_offset_s=clock_offset_s,
+                    )
+                )
+            except VaultFull as exc:
+                self._refused_full(exc, len(accepted))
+                return
+        if accepted:
+            self._committed(accepted, result)
+
+    async def refuse(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` refusals (e.g. ``malformed``) without storing anything."""
+        if n > 0:
+            await self._count(Counter({reason: n}))
+
+    # --- internals ----------------------------------------------------------------------------
+
+    async def _screen(self, readings: Iterable[AnyReading]) -> list[AnyReading]:
+        """Plausibility and minimisation; refusals counted by their named reason."""
+        accepted: list[AnyReading] = []
+        refused: Counter[str] = Counter()
+        for r in readings:
+            try:
+                plausibility.check(r)
+            except Implausible as exc:
+                refused[exc.reason] += 1
+                continue
+            accepted.append(_minimise(r))
+        await self._count(refused)
+        return accepted
+
+    async def _gate(self, readings: Sequence[AnyReading]) -> list[AnyReading]:
+        """The consent gate (called under the lock)."""
+        accepted = [r for r in readings if self._consent.get(r.patient, False)]
+        if len(accepted) < len(readings):
+            await self._count(Counter({NO_CONSENT: len(readings) - len(accepted)}))
+        return accepted
+
+    async def _count(self, counts: Counter[str]) -> None:
+        for reason, n in counts.items():
+            if n <= 0:
+                continue
+            self.refused[reason] += n
+            await resolve(self._vault.count_refusal(reason, n))
+            log.info("intake.refused", reason=reason, n=n)
+
+    def _refused_full(self, exc: VaultFull, n: int) -> None:
+        # The vault has already counted this refusal; count in memory and log without PHI.
+        self.refused[exc.reason] += n
+        log.warning("intake.vault_full", reason=exc.reason, n=n)
+
+    def _committed(self, readings: Sequence[AnyReading], result: Any) -> None:
+        inserted = _inserted_count(result, len(readings))
+        for r in readings:
+            self.received[r.kind] += 1
+        self.duplicates += max(0, len(readings) - inserted)
+        try:
+            self._on_appended()
+        except Exception as exc:  # the wake-up is a hint; a failing one must not lose data
+            log.warning("intake.wake_failed", error=type(exc).__name__)
+
+    def stats(self) -> dict[str, Any]:
+        """In-memory counters since start (no PHI)."""
+        return {
+            "received": dict(self.received),
+            "refused": dict(self.refused),
+            "duplicates": self.duplicates,
+            "consented_patients": sum(1 for ok in self._consent.values() if ok),
+        }
+
+
+def _minimise(reading: AnyReading) -> AnyReading:
+    """Only the fields of the Reading model survive (the models forbid extras; re-validating
+    a copy drops anything a subclass might carry)."""
+    return type(reading).model_validate(reading.model_dump())
+
+
+def _patient_of(consent: Any) -> str:
+    if isinstance(consent, dict):
+        return str(consent["patient"])
+    return str(consent.patient)
+
+
+def _is_active(consent: Any) -> bool:
+    if isinstance(consent, dict):
+        if "active" in consent:
+            return bool(consent["active"])
+        return consent.get("revoked_at") is None
+    active = getattr(consent, "active", None)
+    if active is not None:
+        return bool(active)
+    return getattr(consent, "revoked_at", None) is None
+
+
+def _as_int(value: Any) -> int:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, Sequence):
+        return len(value)
+    return int(getattr(value, "purged", 0) or 0)
+
+
+def _inserted_count(result: Any, default: int) -> int:
+    for name in ("inserted", "appended", "stored", "added"):
+        v = getattr(result, name, None)
+        if isinstance(v, int):
+            return v
+    if isinstance(result, int):
+        return result
+    return default
