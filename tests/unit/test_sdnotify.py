@@ -1,0 +1,103 @@
+"""sd_notify over a real AF_UNIX datagram socket, and the health registry."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge.clock import ManualClock
+from edge.sdnotify import (
+    Health,
+    SdNotifier,
+    notify_socket_address,
+    one_line,
+    watchdog_interval_s,
+)
+
+
+@pytest.fixture
+def listener(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = str(tmp_path / "notify.sock")
+    sock.bind(path)
+    sock.settimeout(5)
+    yield sock, path
+    sock.close()
+
+
+def test_sends_datagrams_to_a_path_socket(listener: tuple[socket.socket, str]) -> None:
+    sock, path = listener
+    n = SdNotifier({"NOTIFY_SOCKET": path})
+    assert n.enabled
+    assert n.notify("READY=1\nSTATUS=up")
+    assert sock.recv(4096) == b"READY=1\nSTATUS=up"
+    n.close()
+
+
+def test_abstract_namespace_socket() -> None:
+    name = f"edge-test-{uuid.uuid4().hex}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind("\0" + name)
+    sock.settimeout(5)
+    try:
+        n = SdNotifier({"NOTIFY_SOCKET": "@" + name})
+        assert n.notify("WATCHDOG=1")
+        assert sock.recv(4096) == b"WATCHDOG=1"
+        n.close()
+    finally:
+        sock.close()
+
+
+def test_no_socket_is_a_no_op() -> None:
+    n = SdNotifier({})
+    assert not n.enabled
+    assert n.notify("READY=1") is False
+
+
+def test_a_vanished_socket_does_not_raise(tmp_path: Path) -> None:
+    n = SdNotifier({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
+    assert n.notify("READY=1") is False
+
+
+def test_address_parsing() -> None:
+    assert notify_socket_address("@x") == "\0x"
+    assert notify_socket_address("/run/systemd/notify") == "/run/systemd/notify"
+    assert notify_socket_address("vsock:2:1234") is None
+    assert notify_socket_address(None) is None
+
+
+def test_watchdog_interval_is_half_the_timeout() -> None:
+    assert watchdog_interval_s({"WATCHDOG_USEC": "30000000"}) == 15.0
+    assert watchdog_interval_s({}) is None
+    assert watchdog_interval_s({"WATCHDOG_USEC": "junk"}) is None
+    assert watchdog_interval_s({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}) is None
+    own = {"WATCHDOG_USEC": "10000000", "WATCHDOG_PID": str(os.getpid())}
+    assert watchdog_interval_s(own) == 5.0
+
+
+def test_status_is_one_line() -> None:
+    assert one_line("a\nb\tc  d") == "a b c d"
+    assert len(one_line("x" * 1000)) == 200
+
+
+def test_health_goes_stale_without_beats() -> None:
+    clock = ManualClock()
+    h = Health(clock)
+    h.register("ble", stale_after_s=10)
+    h.register("uplink", stale_after_s=10)
+    assert h.healthy()
+    clock.advance(6)
+    h.beat("ble")
+    clock.advance(6)
+    assert h.stale() == ["uplink"]
+    h.beat("uplink")
+    assert h.healthy()
+    h.unregister("uplink")
+    clock.advance(11)
+    assert h.stale() == ["ble"]
+    assert h.snapshot()["ble"]["age_s"] == 17.0
