@@ -1,0 +1,33 @@
+"""The thin async shell over bleak: allow-list scanning, pairing, one supervisor per bound
+device, heart-rate streaming and glucose RACP sync sessions.
+
+``BleManager`` and ``DeviceSupervisor`` are imported lazily so that the CLI's pairing and
+scanning commands do not load the session code (and its codecs) they do not need.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from edge.ble.ports import ClientFactory, IntakeSink, ScannerFactory
+from edge.ble.state import DeviceState
+
+if TYPE_CHECKING:
+    from edge.ble.supervisor import BleManager, DeviceSupervisor
+
+__all__ = [
+    "BleManager",
+    "ClientFactory",
+    "DeviceState",
+    "DeviceSupervisor",
+    "IntakeSink",
+    "ScannerFactory",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("BleManager", "DeviceSupervisor"):
+        from edge.ble import supervisor
+
+        return getattr(supervisor, name)
+    raise AttributeError(name)

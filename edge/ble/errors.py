@@ -1,0 +1,88 @@
+"""Translate bleak's exceptions into edge's, at the boundary, without leaking addresses.
+
+bleak's messages often contain the device address or a BlueZ object path, so the translated
+message carries only the operation, the exception type and (for D-Bus errors) the error name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from bleak.exc import (
+    BleakDBusError,
+    BleakDeviceNotFoundError,
+    BleakError,
+    BleakGATTProtocolError,
+)
+
+from edge.errors import BleError
+
+#: D-Bus error names that mean "the device refused to bond / the link is not authorised"
+AUTH_ERRORS = frozenset(
+    {
+        "org.bluez.Error.AuthenticationFailed",
+        "org.bluez.Error.AuthenticationRejected",
+        "org.bluez.Error.AuthenticationCanceled",
+        "org.bluez.Error.AuthenticationTimeout",
+        "org.bluez.Error.NotAuthorized",
+        "org.bluez.Error.NotPermitted",
+        "org.bluez.Error.ConnectionAttemptFailed",
+    }
+)
+
+#: what the translation catches: bleak's own errors, D-Bus timeouts and OS-level failures
+BLE_EXCEPTIONS: tuple[type[BaseException], ...] = (BleakError, TimeoutError, OSError, EOFError)
+
+
+def reason_of(exc: BaseException) -> str:
+    """A short, address-free word for an error: ``dbus:InProgress``, ``att:0x80``, ``timeout``."""
+    if isinstance(exc, BleakDBusError):
+        return "dbus:" + exc.dbus_error.rsplit(".", 1)[-1]
+    if isinstance(exc, BleakGATTProtocolError):
+        return f"att:0x{int(exc.code):02x}"
+    if isinstance(exc, BleakDeviceNotFoundError):
+        return "not_found"
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return "timeout"
+    if isinstance(exc, BleOperationError):
+        return exc.reason
+    return type(exc).__name__
+
+
+def att_code(exc: BaseException) -> int | None:
+    """The ATT error code carried by ``exc`` (bleak maps BlueZ's "ATT error: 0xNN"), if any."""
+    if isinstance(exc, BleakGATTProtocolError):
+        return int(exc.code)
+    if isinstance(exc, BleakDBusError):
+        details = exc.dbus_error_details or ""
+        marker = "ATT error: 0x"
+        if marker in details:
+            try:
+                return int(details.split(marker, 1)[1][:2], 16)
+            except ValueError:
+                return None
+    return None
+
+
+def is_auth_error(exc: BaseException) -> bool:
+    """Whether ``exc`` says the device refused to bond or needs an encrypted link."""
+    if isinstance(exc, BleakDBusError):
+        return exc.dbus_error in AUTH_ERRORS
+    if isinstance(exc, BleakGATTProtocolError):
+        # 0x05 insufficient authentication, 0x0F insufficient encryption
+        return int(exc.code) in (0x05, 0x08, 0x0C, 0x0F)
+    return False
+
+
+class BleOperationError(BleError):
+    """A BLE operation failed; ``operation`` and ``reason`` are short address-free words."""
+
+    def __init__(self, operation: str, reason: str) -> None:
+        super().__init__(f"{operation} failed ({reason})")
+        self.operation = operation
+        self.reason = reason
+
+
+def ble_error(operation: str, exc: BaseException) -> BleOperationError:
+    """A :class:`BleError` naming ``operation`` and the reason; use with ``raise … from exc``."""
+    return BleOperationError(operation, reason_of(exc))

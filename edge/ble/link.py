@@ -1,0 +1,84 @@
+"""One live connection: the client, a "link dropped" event, and clock-driven timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from edge.ble.errors import BLE_EXCEPTIONS, BleOperationError, ble_error
+from edge.ble.ports import BleClient
+from edge.clock import Clock
+
+T = TypeVar("T")
+
+
+async def resolve(value: Any) -> Any:
+    """Await ``value`` if a (sync or async) vault method returned an awaitable."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and wait for it to finish, consuming its outcome (our own cancellation
+    still propagates)."""
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()
+
+
+async def with_timeout(clock: Clock, seconds: float, aw: Awaitable[T]) -> T:
+    """``aw`` or TimeoutError after ``seconds`` on the injected clock (tests drive it)."""
+    task = asyncio.ensure_future(aw)
+    timer = asyncio.ensure_future(clock.sleep(seconds))
+    try:
+        done, _ = await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        timer.cancel()
+        task.cancel()
+        raise
+    timer.cancel()
+    if task in done:
+        return task.result()
+    await cancel_and_wait(task)
+    raise TimeoutError
+
+
+class Link:
+    """A connected client plus an event set when the link drops."""
+
+    def __init__(self, client: BleClient, dropped: asyncio.Event) -> None:
+        self.client = client
+        self.dropped = dropped
+
+    async def wait_dropped(self) -> None:
+        """Return when the link drops."""
+        await self.dropped.wait()
+
+    async def call(self, operation: str, aw: Awaitable[T]) -> T:
+        """``aw``, with bleak's errors translated (address-free) and a drop noticed at once."""
+        task = asyncio.ensure_future(aw)
+        drop = asyncio.ensure_future(self.dropped.wait())
+        try:
+            await asyncio.wait({task, drop}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            drop.cancel()
+            raise
+        drop.cancel()
+        if not task.done():
+            await cancel_and_wait(task)
+            raise BleOperationError(operation, "link_lost")
+        try:
+            return task.result()
+        except BLE_EXCEPTIONS as exc:
+            raise ble_error(operation, exc) from exc
+
+    async def close(self) -> None:
+        """Disconnect, ignoring errors (the link may already be gone)."""
+        with contextlib.suppress(*BLE_EXCEPTIONS):
+            await self.client.disconnect()

@@ -1,0 +1,219 @@
+"""``edge scan``, ``edge pair``, ``edge unpair``, ``edge devices``.
+
+These print addresses and pseudonyms on stdout for the operator who asked; nothing of that
+kind goes to the logs at INFO or above.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from edge.ble.pairing import pair_device, unpair_device
+from edge.ble.ports import bleak_client_factory, bleak_scanner_factory
+from edge.ble.profiles import KINDS, normalize_address
+from edge.ble.scanner import scan_nearby
+from edge.cli.common import config_from_args, print_json
+from edge.clock import SystemClock
+from edge.config import BleConfig, GatewayConfig, load_config, resolve_config_path
+from edge.errors import ConfigError, EdgeError
+
+ACTOR = "cli"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+             common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("scan", parents=[common], help="list nearby BLE devices")
+    p.add_argument("--seconds", type=float, default=5.0, metavar="N",
+                   help="how long to scan (default 5)")
+    p.add_argument("--json", action="store_true", help="print one JSON array")
+    p.set_defaults(func=_scan)
+
+    p = sub.add_parser("pair", parents=[common],
+                       help="bond with a device and bind it to a patient")
+    p.add_argument("address", metavar="ADDRESS")
+    p.add_argument("--patient", required=True, metavar="PSEUDONYM",
+                   help="the patient's pseudonymous id (never a name)")
+    p.add_argument("--kind", choices=KINDS, help="expected device kind (default: inferred)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_pair)
+
+    p = sub.add_parser("unpair", parents=[common],
+                       help="remove a device's binding and its bond in BlueZ")
+    p.add_argument("address", metavar="ADDRESS")
+    p.set_defaults(func=_unpair)
+
+    p = sub.add_parser("devices", parents=[common], help="bound devices, state and last seen")
+    p.add_argument("--json", action="store_true", help="print one JSON array")
+    p.set_defaults(func=_devices)
+
+
+def _address(raw: str) -> str:
+    try:
+        return normalize_address(raw)
+    except ValueError as exc:
+        raise ConfigError(str(exc), [f"ADDRESS: {exc} — fix: copy it from `edge scan`"]) from exc
+
+
+def _ble_config(args: argparse.Namespace) -> BleConfig:
+    """``[ble]`` of the config; defaults when no config was named and none is installed (so
+    ``edge scan`` works on a fresh hub). Only the schema is checked: scanning needs no keys."""
+    path = resolve_config_path(args.config)
+    if args.config is None and not path.exists():
+        return BleConfig()
+    return load_config(path).ble
+
+
+@contextlib.contextmanager
+def _vault(cfg: GatewayConfig) -> Iterator[Any]:
+    from edge.vault import Vault
+    from edge.vault.keys import key_provider
+
+    key = key_provider(cfg.vault).load()
+    vault = Vault.open(cfg.vault, key)
+    try:
+        yield vault
+    finally:
+        close = getattr(vault, "close", None)
+        if callable(close):
+            close()
+
+
+def _tell_daemon(cfg: GatewayConfig) -> bool:
+    """Ask a running daemon to re-read the bindings; False when it is not running."""
+    from edge.control import ControlClient
+
+    try:
+        ControlClient(cfg.daemon.control_socket).request("devices.refresh")
+    except EdgeError:
+        return False
+    return True
+
+
+def _scan(args: argparse.Namespace) -> int:
+    ble = _ble_config(args)
+    if args.seconds <= 0:
+        raise ConfigError("--seconds must be positive", ["--seconds: must be > 0"])
+    found = asyncio.run(
+        scan_nearby(bleak_scanner_factory(ble.adapter), SystemClock(), args.seconds)
+    )
+    if args.json:
+        print_json([n.as_dict() for n in found])
+        return 0
+    if not found:
+        print("no devices found")
+        return 0
+    print(f"{'ADDRESS':<17}  {'KIND':<10}  {'RSSI':>4}  NAME")
+    for n in found:
+        print(f"{n.address:<17}  {n.kind:<10}  {n.rssi:>4}  {n.name or ''}")
+    return 0
+
+
+def _pair(args: argparse.Namespace) -> int:
+    address = _address(args.address)
+    cfg = config_from_args(args)
+    ble = cfg.ble
+    with _vault(cfg) as vault:
+        paired = asyncio.run(
+            pair_device(
+                bleak_client_factory(ble.adapter),
+                address,
+                kind=args.kind,
+                clock=SystemClock(),
+                scanner_factory=bleak_scanner_factory(ble.adapter),
+                connect_timeout_s=ble.connect_timeout_s,
+            )
+        )
+        vault.bind_device(paired.address, paired.kind, args.patient, bonded=True, actor=ACTOR)
+    running = _tell_daemon(cfg)
+    result = {
+        "address": paired.address,
+        "kind": paired.kind,
+        "patient": args.patient,
+        "bonded": True,
+        "device_information": paired.device_info,
+        "daemon_notified": running,
+    }
+    if args.json:
+        print_json(result)
+    else:
+        info = ", ".join(f"{k} {v}" for k, v in paired.device_info.items()) or "no device info"
+        print(f"paired {paired.kind} {paired.address} to {args.patient} ({info})")
+    return 0
+
+
+def _unpair(args: argparse.Namespace) -> int:
+    address = _address(args.address)
+    cfg = config_from_args(args)
+    with _vault(cfg) as vault:
+        removed = vault.unbind_device(address, actor=ACTOR)
+    _tell_daemon(cfg)
+    in_bluez = asyncio.run(
+        unpair_device(bleak_client_factory(cfg.ble.adapter), address,
+                      connect_timeout_s=cfg.ble.connect_timeout_s)
+    )
+    if removed is False:
+        print(f"{address} was not bound" + ("; removed from BlueZ" if in_bluez else ""))
+    else:
+        print(f"unpaired {address}" + ("" if in_bluez else " (BlueZ did not know it)"))
+    return 0
+
+
+def _live_states(cfg: GatewayConfig) -> dict[str, dict[str, Any]]:
+    from edge.control import ControlClient
+
+    try:
+        status = ControlClient(cfg.daemon.control_socket, timeout_s=5.0).request("status")
+    except EdgeError:
+        return {}
+    devices = status.get("devices") if isinstance(status, dict) else None
+    states: dict[str, dict[str, Any]] = {}
+    if isinstance(devices, dict):
+        devices = list(devices.values())
+    for d in devices or []:
+        if isinstance(d, dict) and isinstance(d.get("address"), str):
+            with contextlib.suppress(ValueError):
+                states[normalize_address(d["address"])] = d
+    return states
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    iso = getattr(value, "isoformat", None)
+    return str(iso()) if callable(iso) else str(value)
+
+
+def _devices(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    with _vault(cfg) as vault:
+        bindings = list(vault.bindings())
+    live = _live_states(cfg)
+    rows = []
+    for b in bindings:
+        state = live.get(normalize_address(b.address), {})
+        rows.append(
+            {
+                "address": b.address,
+                "kind": b.kind,
+                "patient": b.patient,
+                "bonded": b.bonded,
+                "bound_at": _iso(getattr(b, "bound_at", None)),
+                "state": state.get("state", "daemon_not_running" if not live else "unknown"),
+                "last_seen": state.get("last_seen") or _iso(b.last_seen),
+            }
+        )
+    if args.json:
+        print_json(rows)
+        return 0
+    if not rows:
+        print("no devices bound (pair one with `edge pair ADDRESS --patient PSEUDONYM`)")
+        return 0
+    print(f"{'ADDRESS':<17}  {'KIND':<10}  {'PATIENT':<16}  {'STATE':<18}  LAST SEEN")
+    for r in rows:
+        print(f"{r['address']:<17}  {r['kind']:<10}  {r['patient']:<16}  {r['state']:<18}  "
+              f"{r['last_seen'] or 'never'}")
+    return 0
