@@ -12,6 +12,8 @@ from edge.gatt.glucose import (
     decode_glucose_measurement,
 )
 from edge.gatt.heart_rate import decode_heart_rate_measurement
+from edge.gatt.misc import decode_current_time as _decode_current_time
+from edge.gatt.racp import RacpResponseCode, abort, decode_racp, report_all, report_from
 from edge.gatt.to_reading import clock_offset_seconds
 from edge.gatt.to_reading import glucose_reading as _glucose_reading
 from edge.gatt.to_reading import heart_rate_reading as _heart_rate_reading
@@ -20,13 +22,18 @@ from edge.readings import GlucoseReading, HeartRateReading
 __all__ = [
     "GlucoseContext",
     "GlucoseMeasurement",
+    "RacpResponseCode",
+    "abort",
     "clock_offset_seconds",
     "decode_current_time",
     "decode_glucose_context",
     "decode_glucose_feature",
     "decode_glucose_measurement",
+    "decode_racp",
     "glucose_reading",
     "heart_rate_reading",
+    "report_all",
+    "report_from",
 ]
 
 
@@ -62,7 +69,4 @@ def glucose_reading(
 
 def decode_current_time(data: bytes) -> datetime:
     """The meter's local time (naive) from a 0x2A2B value; raises MalformedPayload."""
-    from edge.gatt.current_time import decode_current_time as _decode
-
-    ct = _decode(data)
-    return getattr(ct, "date_time", ct)
+    return _decode_current_time(data).exact_time

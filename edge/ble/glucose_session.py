@@ -44,6 +44,7 @@ from edge.ble.profiles import (
 )
 from edge.clock import Clock
 from edge.errors import MalformedPayload, PairingRefused, RacpError
+from edge.gatt.racp import RacpOpcode, RacpResponse
 from edge.log import get_logger
 from edge.readings import GlucoseReading
 
@@ -54,49 +55,18 @@ SEQ_MAX = 0xFFFF
 #: how often a RACP request refused with ATT 0x80 is aborted and retried
 BUSY_RETRIES = 3
 
-# RACP wire values (Glucose Service, 0x2A52)
-_OP_REPORT = 0x01
-_OP_ABORT = 0x03
-_OP_RESPONSE = 0x06
-_OPERATOR_ALL = 0x01
-_OPERATOR_GE = 0x03
-_FILTER_SEQUENCE = 0x01
-RESPONSE_SUCCESS = 0x01
-RESPONSE_NO_RECORDS = 0x06
-_RESPONSE_NAMES = {
-    0x01: "success",
-    0x02: "opcode_not_supported",
-    0x03: "invalid_operator",
-    0x04: "operator_not_supported",
-    0x05: "invalid_operand",
-    0x06: "no_records_found",
-    0x07: "abort_unsuccessful",
-    0x08: "procedure_not_completed",
-    0x09: "operand_not_supported",
-}
-
-
-def report_all() -> bytes:
-    """RACP: report all stored records."""
-    return bytes([_OP_REPORT, _OPERATOR_ALL])
-
-
-def report_from(sequence: int) -> bytes:
-    """RACP: report stored records with sequence number >= ``sequence``."""
-    return bytes([_OP_REPORT, _OPERATOR_GE, _FILTER_SEQUENCE]) + (sequence & SEQ_MAX).to_bytes(
-        2, "little"
-    )
-
-
-def abort() -> bytes:
-    """RACP: abort the operation in progress."""
-    return bytes([_OP_ABORT, 0x00])
+_REPORT = RacpOpcode.REPORT_STORED_RECORDS
+_ABORT = RacpOpcode.ABORT_OPERATION
 
 
 def parse_response(value: bytes) -> tuple[int, int] | None:
     """``(request opcode, response code)`` of a RACP response indication, else None."""
-    if len(value) == 4 and value[0] == _OP_RESPONSE and value[1] == 0x00:
-        return value[2], value[3]
+    try:
+        msg = codec.decode_racp(value)
+    except MalformedPayload:
+        return None
+    if isinstance(msg, codec.RacpResponseCode):
+        return int(msg.request_opcode), int(msg.response)
     return None
 
 
@@ -113,6 +83,13 @@ class Transfer:
             if m.sequence_number == seq:
                 return m
         return None
+
+
+def _response_name(code: int) -> str:
+    try:
+        return RacpResponse(code).name.lower()
+    except ValueError:
+        return str(code)
 
 
 class GlucoseSession:
@@ -262,10 +239,10 @@ class GlucoseSession:
         if cursor is None or cursor.last_sequence >= SEQ_MAX:
             # First sync, or the cursor sits at the top of the uint16 range where ">=" cannot
             # reach the wrapped numbers: take everything (ids make it duplicate-free).
-            transfer = await self._report(report_all())
+            transfer = await self._report(codec.report_all())
             readings = self._readings(transfer, after=None)
         else:
-            transfer = await self._report(report_from(cursor.last_sequence))
+            transfer = await self._report(codec.report_from(cursor.last_sequence))
             at_cursor = transfer.by_sequence(cursor.last_sequence)
             same = at_cursor is not None and (
                 cursor.last_device_time is None
@@ -277,7 +254,7 @@ class GlucoseSession:
             else:
                 self.reset_detected = True
                 log.warning("ble.meter_numbering_restarted", address=self._address)
-                transfer = await self._report(report_all())
+                transfer = await self._report(codec.report_all())
                 readings = self._readings(transfer, after=None)
         if transfer.malformed:
             await self._malformed(transfer.malformed)
@@ -354,14 +331,14 @@ class GlucoseSession:
                         await self._abort()
                         continue
                     raise
-                code = await self._await_response(_OP_REPORT)
+                code = await self._await_response(_REPORT)
                 transfer = self._transfer
             finally:
                 self._transfer = None
-            if code == RESPONSE_NO_RECORDS:
+            if code == RacpResponse.NO_RECORDS_FOUND:
                 return Transfer(malformed=transfer.malformed)
-            if code != RESPONSE_SUCCESS:
-                raise RacpError(f"record transfer refused ({_RESPONSE_NAMES.get(code, code)})")
+            if code != RacpResponse.SUCCESS:
+                raise RacpError(f"record transfer refused ({_response_name(code)})")
             return transfer
         raise RacpError("meter stayed busy (procedure already in progress)")
 
@@ -405,7 +382,7 @@ class GlucoseSession:
     async def _abort(self) -> None:
         """Best-effort abort; its own response (or silence) is awaited briefly."""
         try:
-            await self._write_racp(abort())
+            await self._write_racp(codec.abort())
         except BleOperationError as exc:
             if exc.reason == "link_lost":
                 raise
@@ -418,5 +395,5 @@ class GlucoseSession:
     async def _abort_response(self) -> None:
         while True:
             request_opcode, _code = await self._responses.get()
-            if request_opcode == _OP_ABORT:
+            if request_opcode == _ABORT:
                 return

@@ -14,6 +14,7 @@ from edge.errors import ConfigError, EdgeError
 COMMAND_MODULES: tuple[str, ...] = (
     "edge.cli.config_cmd",
     "edge.cli.run_cmd",
+    "edge.cli.ble_cmd",
 )
 
 
