@@ -13,6 +13,7 @@ from edge.errors import ConfigError, EdgeError
 #: modules providing ``register(subparsers, common)``; each adds its subcommands
 COMMAND_MODULES: tuple[str, ...] = (
     "edge.cli.config_cmd",
+    "edge.cli.decode_cmd",
     "edge.cli.run_cmd",
     "edge.cli.ble_cmd",
 )
