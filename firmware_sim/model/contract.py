@@ -58,6 +58,20 @@ class SimError(Exception):
         self.message = text
         self.att_code = att_code
 
+    @property
+    def dbus_error_name(self) -> str:
+        """The D-Bus error name BlueZ would reply with."""
+        if self.code is SimErrorCode.UNKNOWN_OBJECT:
+            return "org.freedesktop.DBus.Error.UnknownObject"
+        if self.code is SimErrorCode.ATT_ERROR:
+            return "org.bluez.Error.Failed"
+        return f"org.bluez.Error.{self.code.value}"
+
+    @property
+    def dbus_error_body(self) -> list[str]:
+        """The D-Bus error body (one text argument, or none)."""
+        return [self.message] if self.message else []
+
 
 @dataclass(frozen=True)
 class DescriptorSpec:
