@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "edge.cli.decode_cmd",
     "edge.cli.run_cmd",
     "edge.cli.ble_cmd",
+    "edge.cli.uplink_cmd",
 )
 
 

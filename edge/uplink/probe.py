@@ -1,0 +1,140 @@
+"""`edge uplink probe`: connect exactly as the daemon does and publish one status message.
+
+Same SSL context, same pin check, same MQTT CONNECT (client id, Last Will, protocol version),
+then a non-retained status document on the hub's status topic — never a reading. The result
+names the precise reason when anything fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge.config import UplinkConfig
+from edge.errors import (
+    ConfigError,
+    KeyUnavailable,
+    PinMismatch,
+    TlsVerificationError,
+    UplinkUnavailable,
+)
+from edge.uplink.forwarder import offline_document, status_topic
+from edge.uplink.mqtt import PublishRefused, TlsMqttConnector, Will
+from edge.uplink.tls import REASON_HELP
+
+
+@dataclass
+class ProbeResult:
+    """What the probe found. ``reason`` is a stable word when ``ok`` is False."""
+
+    ok: bool
+    broker: str
+    reason: str | None = None
+    detail: str | None = None
+    tls_version: str | None = None
+    cipher: str | None = None
+    pin_matched: str | None = None
+    pin_matched_on: str | None = None
+    presented_pin: str | None = None
+    connected: bool = False
+    mqtt_version: str | None = None
+    status_published: bool = False
+    status_topic: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0 ok; 3 the broker was refused / refused us; 2 local key or config; 1 unreachable."""
+        if self.ok:
+            return 0
+        if self.reason in ("key_unavailable", "config"):
+            return 2
+        if self.reason == "unreachable":
+            return 1
+        return 3
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {k: v for k, v in self.__dict__.items() if v not in (None, [])}
+
+    def lines(self) -> list[str]:
+        """Human-readable report."""
+        out = [f"probe: {'OK' if self.ok else 'FAILED — ' + str(self.reason)}"]
+        out.append(f"  broker     {self.broker}")
+        if self.tls_version:
+            out.append(f"  tls        {self.tls_version} {self.cipher}")
+        if self.pin_matched:
+            out.append(f"  pin        matched ({self.pin_matched_on}) {self.pin_matched}")
+        elif self.presented_pin:
+            out.append(f"  pin        NO MATCH; broker presented {self.presented_pin}")
+        if self.connected:
+            out.append(f"  mqtt       connected (MQTT {self.mqtt_version})")
+        if self.status_published:
+            out.append(f"  status     published to {self.status_topic} (PUBACK success)")
+        if not self.ok:
+            if self.detail:
+                out.append(f"  error      {self.detail}")
+            help_ = REASON_HELP.get(str(self.reason))
+            if help_:
+                out.append(f"  fix        {help_}")
+        out.extend(f"  note       {n}" for n in self.notes)
+        return out
+
+
+async def probe(cfg: UplinkConfig, hub_id: str, *, step_timeout: float = 10.0) -> ProbeResult:
+    """Run the probe; never raises for a failed check (the result says why)."""
+    result = ProbeResult(ok=False, broker=f"{cfg.host}:{cfg.port}")
+    connector = TlsMqttConnector(cfg, hub_id, connect_timeout=step_timeout)
+    topic = status_topic(cfg.topic_prefix, hub_id)
+    try:
+        link = await connector(Will(topic, offline_document(hub_id)))
+    except PinMismatch as exc:
+        result.reason = "pin_mismatch"
+        result.detail = str(exc)
+        result.presented_pin = exc.presented_pin
+        return result
+    except TlsVerificationError as exc:
+        result.reason, result.detail = exc.reason, str(exc)
+        return result
+    except KeyUnavailable as exc:
+        result.reason, result.detail = "key_unavailable", str(exc)
+        return result
+    except ConfigError as exc:
+        result.reason, result.detail = "config", "; ".join(exc.problems)
+        return result
+    except UplinkUnavailable as exc:
+        result.reason, result.detail = "unreachable", str(exc)
+        return result
+    info = link.info
+    result.tls_version, result.cipher = info.tls_version, info.cipher
+    result.pin_matched, result.pin_matched_on = info.pin.matched, info.pin.matched_on
+    result.presented_pin = info.pin.presented
+    result.connected, result.mqtt_version = True, info.mqtt_version
+    result.status_topic = topic
+    doc = json.dumps({"hub": hub_id, "state": "probe"}, separators=(",", ":")).encode()
+    try:
+        await _wait(link.publish(topic, doc), step_timeout)
+        result.status_published = True
+        result.ok = True
+        if info.mqtt_version != "5":
+            result.notes.append(
+                "MQTT 3.1.1 brokers acknowledge refused messages silently; use MQTT 5 to "
+                "check the ACL"
+            )
+    except PublishRefused as exc:
+        result.reason = "not_authorised" if exc.reason_code == 0x87 else exc.reason
+        result.detail = str(exc)
+    except UplinkUnavailable as exc:
+        result.reason, result.detail = "unreachable", str(exc)
+    finally:
+        await link.close()
+    return result
+
+
+async def _wait(fut: asyncio.Future[None], seconds: float) -> None:
+    try:
+        await asyncio.wait_for(fut, seconds)
+    except TimeoutError as exc:
+        raise UplinkUnavailable("no PUBACK for the status message") from exc

@@ -1,0 +1,489 @@
+"""A real mosquitto for tests and the demo: TLS-only, on a free 127.0.0.1 port, throwaway PKI.
+
+    pki = make_pki(tmp_path, "hub-1", clinicians={"clinician-1": ["patient-a"]})
+    broker = start_broker(tmp_path, pki)          # renders config/mosquitto/*, starts, waits
+    ...                                           # broker.host, broker.port, broker.log_path
+    broker.stop(); broker.start()                 # a restart keeps the port
+    broker.close()
+
+Also here: :class:`Subscriber` (a paho client in its own thread that counts what arrives),
+:func:`start_tls12_only_peer` (``openssl s_server -tls1_2``) and :class:`TcpProxy` (forwards,
+cuts, or black-holes one direction on command) for fault tests.
+
+Never uses port 1883 and never the machine's broker. A missing binary is an error, not a skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import ssl
+import string
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from edge.uplink.pki import CertFiles
+from tests.support.pki import TestPki
+
+REPO = Path(__file__).resolve().parents[2]
+CONF_TEMPLATE = REPO / "config" / "mosquitto" / "mosquitto.conf.template"
+STARTUP_TIMEOUT_S = 10.0
+
+
+def mosquitto_binary() -> str:
+    """Path of mosquitto; raises (loudly) when it is not installed."""
+    found = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
+    if not found:
+        raise RuntimeError("mosquitto is not installed: apt-get install mosquitto (make setup)")
+    return found
+
+
+def free_port() -> int:
+    """A currently free TCP port on 127.0.0.1 (never 1883)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port != 1883:
+            return port
+
+
+def render_acl(
+    prefix: str,
+    clinicians: Mapping[str, Iterable[str]],
+    admins: Iterable[str] = ("admin",),
+) -> str:
+    """The broker ACL: hubs write their own prefix, admins read all, clinicians read their
+    patients' observations (from any hub) and hub status documents."""
+    lines = [
+        "# rendered by tests/support/mosquitto.py; see config/mosquitto/README.md",
+        f"pattern write {prefix}/%u/#",
+        "",
+    ]
+    for admin in admins:
+        lines += [f"user {admin}", "topic read #", ""]
+    for name, patients in clinicians.items():
+        lines.append(f"user {name}")
+        lines += [f"topic read {prefix}/+/obs/{p}" for p in patients]
+        lines += [f"topic read {prefix}/+/status", ""]
+    return "\n".join(lines) + "\n"
+
+
+def render_config(
+    *,
+    port: int,
+    cafile: Path,
+    certfile: Path,
+    keyfile: Path,
+    acl_file: Path,
+    log_file: Path,
+    bind: str = "127.0.0.1",
+    debug: bool = True,
+) -> str:
+    """config/mosquitto/mosquitto.conf.template with the placeholders filled in."""
+    tpl = string.Template(CONF_TEMPLATE.read_text())
+    return tpl.substitute(
+        port=port,
+        bind=bind,
+        cafile=cafile,
+        certfile=certfile,
+        keyfile=keyfile,
+        acl_file=acl_file,
+        log_file=log_file,
+        # As root, mosquitto drops to user "mosquitto", who cannot read our 0600 keys.
+        user_line="user root" if os.geteuid() == 0 else "",
+        debug_line="log_type debug" if debug else "",
+    )
+
+
+@dataclass
+class Broker:
+    """A running mosquitto. ``stop()`` / ``start()`` restart it on the same port."""
+
+    host: str
+    port: int
+    conf_path: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start (or restart) and wait until it accepts TCP connections."""
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        mark = self._log_size()
+        self.proc = subprocess.Popen(
+            [mosquitto_binary(), "-c", str(self.conf_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                raise RuntimeError(
+                    f"mosquitto exited with {self.proc.returncode}: {err}\n{self.log_text()}"
+                )
+            if " running" in self.log_text()[mark:]:
+                with contextlib.suppress(OSError), socket.create_connection(
+                    (self.host, self.port), timeout=0.5
+                ):
+                    return
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(
+            f"mosquitto did not start within {STARTUP_TIMEOUT_S}s:\n{self.log_text()}"
+        )
+
+    def stop(self) -> None:
+        """Stop the broker (SIGTERM, then SIGKILL)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        self.proc = None
+
+    close = stop
+
+    def _log_size(self) -> int:
+        return len(self.log_text())
+
+    def log_text(self) -> str:
+        """The broker log so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_for_log(self, needle: str, timeout: float = 10.0, *, start: int = 0) -> str:
+        """Wait until ``needle`` appears in the log (after offset ``start``)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log_text()
+            if needle in text[start:]:
+                return text
+            time.sleep(0.02)
+        raise AssertionError(f"{needle!r} not in broker log within {timeout}s:\n{self.log_text()}")
+
+    def __enter__(self) -> Broker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_broker(
+    tmpdir: Path,
+    pki: TestPki,
+    *,
+    port: int | None = None,
+    server: CertFiles | None = None,
+    prefix: str = "edge/v1",
+    name: str = "mosquitto",
+    debug: bool = True,
+) -> Broker:
+    """Render config + ACL under ``tmpdir/<name>`` and start mosquitto on a free port.
+
+    ``server`` picks the broker certificate (default: the good one; hostile ones are in
+    ``pki.hostile``). ``debug`` logs every packet (needed to prove what a client sent).
+    """
+    workdir = Path(tmpdir) / name
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    if port == 1883:
+        raise ValueError("never use port 1883 in tests")
+    cert = server or pki.broker
+    acl = workdir / "acl"
+    acl.write_text(render_acl(prefix, pki.clinicians, [pki.admin_name]))
+    log_file = workdir / "mosquitto.log"
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(
+        render_config(
+            port=port,
+            cafile=pki.ca.cert,
+            certfile=cert.cert,
+            keyfile=cert.key,
+            acl_file=acl,
+            log_file=log_file,
+            debug=debug,
+        )
+    )
+    broker = Broker(host="127.0.0.1", port=port, conf_path=conf, log_path=log_file)
+    broker.start()
+    return broker
+
+
+# --- a subscriber that counts --------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+    content_type: str | None
+    message_expiry: int | None
+
+
+@dataclass
+class Subscriber:
+    """A paho client (own network thread) subscribed to ``topic`` with QoS 1."""
+
+    broker: Broker
+    identity: CertFiles
+    ca: Path
+    topic: str = "#"
+    client_id: str = "subscriber"
+    messages: list[Received] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._cond = threading.Condition()
+        self._subscribed = threading.Event()
+        self._connected = threading.Event()
+        self._client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        ctx.load_cert_chain(str(self.identity.cert), str(self.identity.key))
+        self._client.tls_set_context(ctx)
+        self._client.on_connect = self._on_connect
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if not rc.is_failure:
+            self._subscribed.clear()
+            client.subscribe(self.topic, qos=1)
+            self._connected.set()
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: Any, rcs: Any, props: Any) -> None:
+        self._subscribed.set()
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        props = getattr(msg, "properties", None)
+        rec = Received(
+            topic=msg.topic,
+            payload=bytes(msg.payload),
+            retain=bool(msg.retain),
+            content_type=getattr(props, "ContentType", None),
+            message_expiry=getattr(props, "MessageExpiryInterval", None),
+        )
+        with self._cond:
+            self.messages.append(rec)
+            self._cond.notify_all()
+
+    def start(self, timeout: float = 10.0) -> Subscriber:
+        """Connect and wait for the SUBACK."""
+        self._client.reconnect_delay_set(min_delay=1, max_delay=1)
+        self._client.connect(self.broker.host, self.broker.port, keepalive=30)
+        self._client.loop_start()
+        self.wait_subscribed(timeout)
+        return self
+
+    def wait_subscribed(self, timeout: float = 10.0) -> None:
+        """Wait for a (re)subscription to be acknowledged (e.g. after a broker restart)."""
+        if not self._subscribed.wait(timeout):
+            raise AssertionError("subscriber got no SUBACK")
+
+    def reset_subscribed(self) -> None:
+        """Forget the last SUBACK (call before restarting the broker)."""
+        self._subscribed.clear()
+
+    def wait_for(self, pred: Callable[[list[Received]], bool], timeout: float = 10.0) -> bool:
+        """Wait until ``pred(messages)`` is true; returns whether it became true."""
+        with self._cond:
+            return self._cond.wait_for(lambda: pred(self.messages), timeout)
+
+    def snapshot(self) -> list[Received]:
+        with self._cond:
+            return list(self.messages)
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def __enter__(self) -> Subscriber:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def subscriber(
+    broker: Broker, pki: TestPki, *, identity: str | None = None, topic: str = "#",
+    client_id: str | None = None,
+) -> Subscriber:
+    """A (not yet started) subscriber as the admin, or as the named clinician."""
+    ident = pki.admin if identity is None else pki.clinician(identity)
+    return Subscriber(
+        broker=broker, identity=ident, ca=pki.ca.cert, topic=topic,
+        client_id=client_id or f"sub-{identity or 'admin'}",
+    )
+
+
+# --- a TLS 1.2-only peer ----------------------------------------------------------------------
+
+
+@dataclass
+class OpenSslServer:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_tls12_only_peer(tmpdir: Path, pki: TestPki) -> OpenSslServer:
+    """``openssl s_server -tls1_2`` with the good broker certificate (mosquitto's
+    ``tls_version`` is only a floor, so it cannot stand in for an old peer)."""
+    openssl = shutil.which("openssl")
+    if not openssl:
+        raise RuntimeError("openssl is not installed: apt-get install openssl")
+    port = free_port()
+    log_path = Path(tmpdir) / "s_server.log"
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        [
+            openssl, "s_server", "-tls1_2", "-accept", f"127.0.0.1:{port}",
+            "-cert", str(pki.broker.cert), "-key", str(pki.broker.key),
+            "-CAfile", str(pki.ca.cert), "-Verify", "1", "-naccept", "50",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"openssl s_server exited: {log_path.read_text()}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            # The probing connection itself is harmless (no TLS spoken).
+            return OpenSslServer(proc, port, log_path)
+        time.sleep(0.02)
+    proc.kill()
+    raise RuntimeError("openssl s_server did not start")
+
+
+# --- a TCP proxy for connection faults ------------------------------------------------------
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to a target. ``cut()`` resets every connection;
+    ``blackhole(True)`` stops forwarding broker -> client (PUBACKs never come) while the
+    connection stays open. Runs on the caller's asyncio loop."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = 0
+        self._server: asyncio.base_events.Server | None = None
+        self._conns: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
+        self._blackhole = False
+        self.connections = 0
+        #: client -> broker bytes forwarded, per connection
+        self.upstream_bytes: list[int] = []
+
+    async def start(self) -> TcpProxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    def blackhole(self, on: bool) -> None:
+        self._blackhole = on
+
+    def cut(self) -> None:
+        """Reset every open connection (RST, as a pulled cable would eventually)."""
+        for cw, bw in self._conns:
+            for w in (cw, bw):
+                sock = w.get_extra_info("socket")
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                        )
+                w.close()
+        self._conns.clear()
+
+    async def _handle(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        try:
+            br, bw = await asyncio.open_connection(*self.target)
+        except OSError:
+            cw.close()
+            return
+        self.connections += 1
+        idx = len(self.upstream_bytes)
+        self.upstream_bytes.append(0)
+        self._conns.append((cw, bw))
+
+        async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter, up: bool) -> None:
+            try:
+                while data := await r.read(65536):
+                    if up:
+                        self.upstream_bytes[idx] += len(data)
+                    elif self._blackhole:
+                        continue
+                    w.write(data)
+                    await w.drain()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                w.close()
+
+        await asyncio.gather(pump(cr, bw, True), pump(br, cw, False), return_exceptions=True)
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+def ids_in(messages: Sequence[Received]) -> list[str]:
+    """Observation identifiers (stable reading ids) in received Bundles, in arrival order."""
+    import json
+
+    out: list[str] = []
+    for m in messages:
+        if "/obs/" not in m.topic:
+            continue
+        doc = json.loads(m.payload)
+        for entry in doc.get("entry", []):
+            res = entry.get("resource", {})
+            if res.get("resourceType") == "Observation":
+                for ident in res.get("identifier", []):
+                    v = ident.get("value", "")
+                    if v.startswith("urn:uuid:"):
+                        out.append(v.removeprefix("urn:uuid:"))
+    return out
