@@ -6,14 +6,18 @@ offset, read Glucose Feature, enable notifications on 0x2A18 (+0x2A34) and indic
 RACP 0x2A52, then sync:
 
 * first sync (no cursor): report all records;
-* later syncs: report records with sequence >= the cursor's sequence — the record *at* the
-  cursor comes back too and proves the meter still numbers as before (same base time). If
-  it is missing or differs, or nothing comes back (the meter's highest number is below the
-  cursor), the meter restarted its numbering: report all. Stable reading ids make the
-  re-fetch duplicate-free, and nothing is skipped;
+* later syncs: report records with sequence >= the cursor's sequence (the last one stored) —
+  the record *at* the cursor comes back too and proves the meter still numbers as before
+  (same device time). If it is missing or differs, or the machine's probe finds the meter's
+  newest number below the cursor, the meter restarted its numbering: report all. Stable
+  reading ids (sequence number + base time) make the re-fetch duplicate-free, and nothing is
+  skipped;
 * ATT 0x80 (procedure already in progress): abort, then retry (bounded);
 * no progress for ``racp_timeout_s``: abort, :class:`RacpError`; the supervisor reconnects
   later and the cursor (unchanged) makes the next sync fetch the same records again.
+
+The RACP protocol itself (requests, wrap, busy retries, timeouts, context pairing) is the pure
+:class:`edge.gatt.racp_client.RacpSync`; this module only drives it with bleak and the clock.
 
 The records and the new cursor go to intake in ONE call (one vault transaction).
 
@@ -27,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any
 
@@ -43,53 +46,24 @@ from edge.ble.profiles import (
     RACP,
 )
 from edge.clock import Clock
-from edge.errors import MalformedPayload, PairingRefused, RacpError
-from edge.gatt.racp import RacpOpcode, RacpResponse
+from edge.errors import MalformedPayload, PairingRefused
+from edge.gatt.racp_client import (
+    Action,
+    Finished,
+    GlucoseRecord,
+    RacpSync,
+    SyncResult,
+    Write,
+)
 from edge.log import get_logger
 from edge.readings import GlucoseReading
 
 log = get_logger("edge.ble.glucose")
 
-#: sequence numbers are uint16
-SEQ_MAX = 0xFFFF
 #: how often a RACP request refused with ATT 0x80 is aborted and retried
 BUSY_RETRIES = 3
 
-_REPORT = RacpOpcode.REPORT_STORED_RECORDS
-_ABORT = RacpOpcode.ABORT_OPERATION
-
-
-def parse_response(value: bytes) -> tuple[int, int] | None:
-    """``(request opcode, response code)`` of a RACP response indication, else None."""
-    try:
-        msg = codec.decode_racp(value)
-    except MalformedPayload:
-        return None
-    if isinstance(msg, codec.RacpResponseCode):
-        return int(msg.request_opcode), int(msg.response)
-    return None
-
-
-@dataclass
-class Transfer:
-    """What one RACP report procedure delivered, in arrival order."""
-
-    measurements: list[tuple[codec.GlucoseMeasurement, datetime]] = field(default_factory=list)
-    contexts: dict[int, codec.GlucoseContext] = field(default_factory=dict)
-    malformed: int = 0
-
-    def by_sequence(self, seq: int) -> codec.GlucoseMeasurement | None:
-        for m, _ in self.measurements:
-            if m.sequence_number == seq:
-                return m
-        return None
-
-
-def _response_name(code: int) -> str:
-    try:
-        return RacpResponse(code).name.lower()
-    except ValueError:
-        return str(code)
+_Event = tuple[str, bytes, datetime]
 
 
 class GlucoseSession:
@@ -125,50 +99,32 @@ class GlucoseSession:
         self._on_synced = on_synced
         self._on_reading = on_reading
         self._on_malformed = on_malformed
-        self._transfer: Transfer | None = None
-        self._responses: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
-        self._progress = asyncio.Event()
+        self._events: asyncio.Queue[_Event] | None = None
         self._pushed = asyncio.Event()
         self._clock_offset_s = 0
         #: completed syncs in this session
         self.syncs = 0
         #: whether the last sync found the meter's numbering restarted
         self.reset_detected = False
+        #: restarts of the meter's numbering detected in this session
+        self.resets = 0
 
     # --- notifications (bleak callbacks, synchronous) -----------------------------------------
 
     def _on_measurement(self, _char: Any, data: bytearray) -> None:
-        received_at = self._clock.now()
-        transfer = self._transfer
-        if transfer is None:
+        if self._events is None:
             # Pushed by the meter outside a procedure: fetch it through RACP from the cursor.
             self._pushed.set()
             return
-        self._progress.set()
-        try:
-            m = codec.decode_glucose_measurement(bytes(data))
-        except MalformedPayload:
-            transfer.malformed += 1
-            return
-        transfer.measurements.append((m, received_at))
+        self._events.put_nowait((GLUCOSE_MEASUREMENT, bytes(data), self._clock.now()))
 
     def _on_context(self, _char: Any, data: bytearray) -> None:
-        transfer = self._transfer
-        if transfer is None:
-            return
-        self._progress.set()
-        try:
-            c = codec.decode_glucose_context(bytes(data))
-        except MalformedPayload:
-            transfer.malformed += 1
-            return
-        transfer.contexts[c.sequence_number] = c
+        if self._events is not None:
+            self._events.put_nowait((GLUCOSE_CONTEXT, bytes(data), self._clock.now()))
 
     def _on_racp(self, _char: Any, data: bytearray) -> None:
-        parsed = parse_response(bytes(data))
-        if parsed is not None:
-            self._responses.put_nowait(parsed)
-            self._progress.set()
+        if self._events is not None:
+            self._events.put_nowait((RACP, bytes(data), self._clock.now()))
 
     # --- the session --------------------------------------------------------------------------
 
@@ -213,7 +169,7 @@ class GlucoseSession:
                 await self._malformed(1)
             else:
                 gateway_now = self._clock.now().astimezone(self._local_tz).replace(tzinfo=None)
-                self._clock_offset_s = int(codec.clock_offset_seconds(meter_now, gateway_now))
+                self._clock_offset_s = codec.clock_offset_seconds(meter_now, gateway_now)
                 log.info("ble.meter_clock", address=self._address,
                          offset_s=self._clock_offset_s)
         if self._has(GLUCOSE_FEATURE):
@@ -234,166 +190,144 @@ class GlucoseSession:
         await self._link.call("subscribe", self._client.start_notify(RACP, self._on_racp))
 
     async def _sync(self) -> None:
+        """One sync from the cursor (see the module docstring); commits records + cursor."""
         self._on_syncing()
         cursor: CursorLike | None = await resolve(self._registry.cursor(self._address))
-        if cursor is None or cursor.last_sequence >= SEQ_MAX:
-            # First sync, or the cursor sits at the top of the uint16 range where ">=" cannot
-            # reach the wrapped numbers: take everything (ids make it duplicate-free).
-            transfer = await self._report(codec.report_all())
-            readings = self._readings(transfer, after=None)
+        if cursor is None:
+            result, received = await self._transfer(None)
+            records = list(result.records)
         else:
-            transfer = await self._report(codec.report_from(cursor.last_sequence))
-            at_cursor = transfer.by_sequence(cursor.last_sequence)
-            same = at_cursor is not None and (
-                cursor.last_device_time is None
-                or at_cursor.device_time == cursor.last_device_time
+            # ">= the cursor's own number": its record comes back and vouches for the numbering.
+            result, received = await self._transfer(cursor.last_sequence)
+            records = list(result.records)
+            at_cursor = next(
+                (r for r in records if r.measurement.sequence_number == cursor.last_sequence),
+                None,
             )
-            if same:
+            same_meter = at_cursor is not None and (
+                cursor.last_device_time is None
+                or at_cursor.measurement.device_time == cursor.last_device_time
+            )
+            if same_meter and not result.reset_suspected:
                 self.reset_detected = False
-                readings = self._readings(transfer, after=cursor.last_sequence)
+                records = [r for r in records if r is not at_cursor]
             else:
                 self.reset_detected = True
+                self.resets += 1
                 log.warning("ble.meter_numbering_restarted", address=self._address)
-                transfer = await self._report(codec.report_all())
-                readings = self._readings(transfer, after=None)
-        if transfer.malformed:
-            await self._malformed(transfer.malformed)
-        await self._commit(transfer, readings, cursor)
+                malformed = len(result.malformed)
+                result, received = await self._transfer(None)
+                records = list(result.records)
+                if malformed:
+                    await self._malformed(malformed)
+        if result.malformed:
+            await self._malformed(len(result.malformed))
+        readings = [
+            codec.glucose_reading(
+                r.measurement,
+                r.context,
+                device_id=self._address,
+                patient=self._patient,
+                received_at=received.get(r.measurement.sequence_number) or self._clock.now(),
+                clock_offset_s=self._clock_offset_s,
+                local_tz=self._local_tz,
+            )
+            for r in records
+        ]
+        await self._commit(readings, records, cursor)
         self.syncs += 1
         self._on_synced()
 
-    def _readings(self, transfer: Transfer, *, after: int | None) -> list[GlucoseReading]:
-        readings = []
-        for m, received_at in transfer.measurements:
-            if after is not None and m.sequence_number == after:
-                continue  # the cursor's own record: already stored
-            readings.append(
-                codec.glucose_reading(
-                    m,
-                    transfer.contexts.get(m.sequence_number),
-                    device_id=self._address,
-                    patient=self._patient,
-                    received_at=received_at,
-                    clock_offset_s=self._clock_offset_s,
-                    local_tz=self._local_tz,
-                )
-            )
-        return readings
-
     async def _commit(
-        self, transfer: Transfer, readings: list[GlucoseReading], cursor: CursorLike | None
+        self,
+        readings: list[GlucoseReading],
+        records: list[GlucoseRecord],
+        cursor: CursorLike | None,
     ) -> None:
-        if not transfer.measurements:
+        if not records:
+            if cursor is not None and cursor.clock_offset_s != self._clock_offset_s:
+                await self._sink.submit_glucose(
+                    self._address,
+                    [],
+                    last_sequence=cursor.last_sequence,
+                    last_device_time=cursor.last_device_time,
+                    clock_offset_s=self._clock_offset_s,
+                )
             return
-        # The last record in arrival order: meters report in storage order, so after a wrap
-        # (…65535, 0, 1) this is the newest, where max() would not be.
-        last, _ = transfer.measurements[-1]
-        unchanged = (
-            cursor is not None
-            and not readings
-            and cursor.last_sequence == last.sequence_number
-            and cursor.clock_offset_s == self._clock_offset_s
-        )
-        if unchanged:
-            return
+        # Records come oldest first in the meter's numbering (wrap included).
+        newest = records[-1].measurement
         await self._sink.submit_glucose(
             self._address,
             readings,
-            last_sequence=last.sequence_number,
-            last_device_time=last.device_time,
+            last_sequence=newest.sequence_number,
+            last_device_time=newest.device_time,
             clock_offset_s=self._clock_offset_s,
         )
-        if readings:
-            self._on_reading(len(readings))
+        self._on_reading(len(readings))
         log.info("ble.glucose_synced", address=self._address, records=len(readings))
 
     async def _malformed(self, n: int) -> None:
         self._on_malformed(n)
         await self._sink.refuse("malformed", n)
 
-    # --- one RACP report procedure ------------------------------------------------------------
+    # --- one RACP transfer, driven by the pure machine ----------------------------------------
 
-    async def _write_racp(self, value: bytes) -> None:
-        await self._link.call("racp_write", self._client.write_gatt_char(RACP, value, True))
+    async def _transfer(self, from_sequence: int | None) -> tuple[SyncResult, dict[int, datetime]]:
+        """Drive :class:`RacpSync` from ``from_sequence`` (None: all) to its end.
 
-    async def _report(self, request: bytes) -> Transfer:
-        """Run one report procedure; the records it delivered (empty for "no records")."""
-        for attempt in range(BUSY_RETRIES + 1):
-            self._drain_responses()
-            self._transfer = Transfer()
-            try:
-                try:
-                    await self._write_racp(request)
-                except BleOperationError as exc:
-                    cause = exc.__cause__
-                    if cause is not None and att_code(cause) == 0x80 and attempt < BUSY_RETRIES:
-                        log.info("ble.racp_busy", address=self._address, attempt=attempt)
-                        await self._abort()
+        Returns the complete result and each record's receive time; raises RacpError when the
+        transfer failed (the cursor then stays where it was)."""
+        sync = RacpSync(from_sequence, self._timeout, max_busy_retries=BUSY_RETRIES)
+        events: asyncio.Queue[_Event] = asyncio.Queue()
+        received: dict[int, datetime] = {}
+        self._events = events
+        try:
+            action: Action = sync.start(self._clock.monotonic())
+            while not isinstance(action, Finished):
+                if isinstance(action, Write):
+                    try:
+                        await self._link.call(
+                            "racp_write",
+                            self._client.write_gatt_char(RACP, action.payload, True),
+                        )
+                    except BleOperationError as exc:
+                        code = att_code(exc.__cause__) if exc.__cause__ else None
+                        if code is None:
+                            raise
+                        action = sync.write_failed(code, self._clock.monotonic())
                         continue
-                    raise
-                code = await self._await_response(_REPORT)
-                transfer = self._transfer
-            finally:
-                self._transfer = None
-            if code == RacpResponse.NO_RECORDS_FOUND:
-                return Transfer(malformed=transfer.malformed)
-            if code != RacpResponse.SUCCESS:
-                raise RacpError(f"record transfer refused ({_response_name(code)})")
-            return transfer
-        raise RacpError("meter stayed busy (procedure already in progress)")
-
-    def _drain_responses(self) -> None:
-        while not self._responses.empty():
-            self._responses.get_nowait()
-
-    async def _await_response(self, opcode: int) -> int:
-        """The response code to ``opcode``; RacpError after ``racp_timeout_s`` of silence."""
-        while True:
-            self._progress.clear()
-            got = asyncio.ensure_future(self._responses.get())
-            try:
-                await self._link.call(
-                    "racp", with_timeout(self._clock, self._timeout, self._progress_or(got))
-                )
-            except BleOperationError as exc:
-                await cancel_and_wait(got)
-                if exc.reason == "timeout":
-                    await self._abort()
-                    raise RacpError("record transfer timed out") from exc
-                raise
-            except TimeoutError as exc:
-                await cancel_and_wait(got)
-                await self._abort()
-                raise RacpError("record transfer timed out") from exc
-            if got.done():
-                request_opcode, code = got.result()
-                if request_opcode == opcode:
-                    return code
-                continue
-            await cancel_and_wait(got)
-
-    async def _progress_or(self, got: asyncio.Future[Any]) -> None:
-        progress = asyncio.ensure_future(self._progress.wait())
-        try:
-            await asyncio.wait({got, progress}, return_when=asyncio.FIRST_COMPLETED)
+                event = await self._next_event(events, action.deadline)
+                now = self._clock.monotonic()
+                if event is None:
+                    action = sync.tick(now)
+                    continue
+                uuid, data, at = event
+                if uuid == GLUCOSE_MEASUREMENT:
+                    if len(data) >= 3:
+                        received.setdefault(int.from_bytes(data[1:3], "little"), at)
+                    action = sync.measurement(data, now)
+                elif uuid == GLUCOSE_CONTEXT:
+                    action = sync.context(data, now)
+                else:
+                    action = sync.indication(data, now)
         finally:
-            await cancel_and_wait(progress)
+            self._events = None
+        result = action.result
+        if not result.complete:
+            log.warning("ble.racp_incomplete", address=self._address, reason=result.reason,
+                        records=len(result.records))
+            result.raise_for_status()
+        return result, received
 
-    async def _abort(self) -> None:
-        """Best-effort abort; its own response (or silence) is awaited briefly."""
+    async def _next_event(self, events: asyncio.Queue[_Event], deadline: float) -> _Event | None:
+        if not events.empty():
+            return events.get_nowait()
+        remaining = max(0.0, deadline - self._clock.monotonic())
         try:
-            await self._write_racp(codec.abort())
+            return await self._link.call(
+                "racp", with_timeout(self._clock, remaining, events.get())
+            )
         except BleOperationError as exc:
-            if exc.reason == "link_lost":
-                raise
-            return
-        try:
-            await with_timeout(self._clock, min(self._timeout, 5.0), self._abort_response())
-        except TimeoutError:
-            return
-
-    async def _abort_response(self) -> None:
-        while True:
-            request_opcode, _code = await self._responses.get()
-            if request_opcode == _ABORT:
-                return
+            if exc.reason == "timeout":
+                return None
+            raise

@@ -83,6 +83,7 @@ class DeviceSupervisor:
         self._state = DeviceState(self.address, self.kind, IDLE, last_seen=binding.last_seen)
         self._last_touch: float | None = None
         self._changed = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def state(self) -> DeviceState:
@@ -105,7 +106,9 @@ class DeviceSupervisor:
         mono = self._clock.monotonic()
         if self._last_touch is None or mono - self._last_touch >= TOUCH_INTERVAL_S:
             self._last_touch = mono
-            asyncio.get_running_loop().create_task(self._touch(now))
+            task = asyncio.get_running_loop().create_task(self._touch(now))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def _touch(self, now: datetime) -> None:
         try:
