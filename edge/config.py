@@ -230,7 +230,7 @@ def load_config(path: Path) -> GatewayConfig:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(
-            "config is not valid TOML", [f"(file): not valid TOML: {exc} — fix: correct the syntax"]
+            "config is not valid TOML", [f"{path}: not valid TOML: {exc} — fix: correct the syntax"]
         ) from exc
     return parse_config(data)
 
