@@ -10,5 +10,4 @@ Typical use::
 from firmware_sim.bluez.bus import APT_HINT, BusStartError, PrivateBus
 from firmware_sim.bluez.server import BlueZOptions, FakeBlueZ, RecordedCall
 
-__all__ = ["APT_HINT", "BlueZOptions", "BusStartError", "FakeBlueZ", "PrivateBus",
-           "RecordedCall"]
+__all__ = ["APT_HINT", "BlueZOptions", "BusStartError", "FakeBlueZ", "PrivateBus", "RecordedCall"]

@@ -17,9 +17,11 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 from xml.sax.saxutils import escape
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,18 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
+def _forward_stderr(stream: IO[bytes] | None) -> None:
+    """Log what the daemon says; its complaint about not raising the fd limit (it always tries,
+    and an unprivileged user cannot) is noise."""
+    if stream is None:
+        return
+    with stream:
+        for raw in stream:
+            line = raw.decode(errors="replace").rstrip()
+            level = logging.DEBUG if "fd limit" in line else logging.WARNING
+            log.log(level, "sim.bus_daemon_says %s", line)
+
+
 class PrivateBus:
     """A ``dbus-daemon`` of our own. Use as a context manager or call start()/stop().
 
@@ -84,6 +98,7 @@ class PrivateBus:
         self._start_timeout = start_timeout
         self._proc: subprocess.Popen[bytes] | None = None
         self._dir: Path | None = None
+        self._stderr_reader: threading.Thread | None = None
         self.address: str = ""
 
     @property
@@ -112,13 +127,24 @@ class PrivateBus:
             config = self._dir / "bus.conf"
             config.write_text(_CONFIG.format(socket=escape(str(socket_path))), encoding="utf-8")
             self._proc = subprocess.Popen(
-                [daemon, f"--config-file={config}", "--nofork", "--nopidfile",
-                 "--print-address=1", "--nosyslog"],
+                [
+                    daemon,
+                    f"--config-file={config}",
+                    "--nofork",
+                    "--nopidfile",
+                    "--print-address=1",
+                    "--nosyslog",
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 preexec_fn=_die_with_parent,  # only prctl: no locks taken
                 close_fds=True,
             )
+            self._stderr_reader = threading.Thread(
+                target=_forward_stderr, args=(self._proc.stderr,), daemon=True,
+                name="dbus-daemon-stderr")
+            self._stderr_reader.start()
             self.address = self._read_address()
         except BaseException:
             self.stop()
@@ -161,6 +187,9 @@ class PrivateBus:
                     proc.wait(timeout=5)
             if proc.stdout is not None:
                 proc.stdout.close()
+            if self._stderr_reader is not None:
+                self._stderr_reader.join(timeout=5)
+                self._stderr_reader = None
             log.info("sim.bus_stopped")
         directory, self._dir = self._dir, None
         if directory is not None:

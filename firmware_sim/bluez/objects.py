@@ -151,8 +151,15 @@ class AdapterInterface(ServiceInterface):
 
     @dbus_method()
     def GetDiscoveryFilters(self) -> DBusStrList:
-        return ["UUIDs", "RSSI", "Pathloss", "Transport", "DuplicateData", "Discoverable",
-                "Pattern"]
+        return [
+            "UUIDs",
+            "RSSI",
+            "Pathloss",
+            "Transport",
+            "DuplicateData",
+            "Discoverable",
+            "Pattern",
+        ]
 
 
 class DeviceInterface(ServiceInterface):

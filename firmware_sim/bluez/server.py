@@ -17,9 +17,9 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dbus_fast import BusType, DBusError, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
@@ -46,6 +46,9 @@ from firmware_sim.model.contract import (
     SimError,
     uuid16,
 )
+
+if TYPE_CHECKING:
+    from firmware_sim.fleet import Fleet, SimDevice
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +111,10 @@ class _DiscoveryFilter:
             return False
         if self.rssi is not None and adv.rssi < self.rssi:
             return False
-        return not self.pattern or address.startswith(self.pattern) or adv.name.startswith(
-            self.pattern
+        return (
+            not self.pattern
+            or address.startswith(self.pattern)
+            or adv.name.startswith(self.pattern)
         )
 
 
@@ -162,17 +167,21 @@ class FakeBlueZ:
 
     async def start(self) -> None:
         """Connect, claim ``org.bluez`` and export the adapter and already-known devices."""
-        bus = MessageBus(bus_address=self._address, bus_type=BusType.SYSTEM,
-                         negotiate_unix_fd=True)
+        bus = MessageBus(bus_address=self._address, bus_type=BusType.SYSTEM, negotiate_unix_fd=True)
         await bus.connect()
         self._bus = bus
         bus.add_message_handler(self._filter)
         # Learn about clients leaving so their discovery/notify sessions end, as in bluetoothd.
-        await bus.call(Message(
-            destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus", member="AddMatch", signature="s",
-            body=["type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged'"],
-        ))
+        await bus.call(
+            Message(
+                destination="org.freedesktop.DBus",
+                path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus",
+                member="AddMatch",
+                signature="s",
+                body=["type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged'"],
+            )
+        )
         self._export("/org/bluez", AgentManagerInterface())
         self._export(self.adapter.path, self.adapter.iface)
         for node in self._devices.values():
@@ -235,6 +244,30 @@ class FakeBlueZ:
             self.adapter.announce(node)
         return node
 
+    def follow(self, fleet: Fleet) -> Callable[[], None]:
+        """Serve every device of ``fleet`` and follow its additions and removals. Returns a
+        function that stops following (the devices stay served)."""
+        for device in fleet.devices:
+            if device.address.upper() not in self._devices:
+                self.add_peripheral(device)
+
+        def added(device: SimDevice) -> None:
+            self.add_peripheral(device)
+
+        def removed(device: SimDevice) -> None:
+            self.remove_peripheral(device.address)
+
+        fleet.on_added.append(added)
+        fleet.on_removed.append(removed)
+
+        def unfollow() -> None:
+            with contextlib.suppress(ValueError):
+                fleet.on_added.remove(added)
+            with contextlib.suppress(ValueError):
+                fleet.on_removed.remove(removed)
+
+        return unfollow
+
     def remove_peripheral(self, address: str) -> None:
         """Stop serving a device: its link drops and its objects disappear."""
         node = self._devices.pop(address.upper(), None)
@@ -295,13 +328,18 @@ class FakeBlueZ:
         path = msg.path or "/"
         interface = msg.interface or ""
         if self.options.record_calls:
-            self.calls.append(RecordedCall(sender, interface, msg.member or "", path,
-                                           msg.signature))
+            self.calls.append(
+                RecordedCall(sender, interface, msg.member or "", path, msg.signature)
+            )
         if path.startswith("/org/bluez/") and path not in self._exported:
-            self.bus.send(Message.new_error(
-                msg, UNKNOWN_OBJECT,
-                f'Method "{msg.member}" with signature "{msg.signature}" on interface '
-                f'"{interface}" doesn\'t exist'))
+            self.bus.send(
+                Message.new_error(
+                    msg,
+                    UNKNOWN_OBJECT,
+                    f'Method "{msg.member}" with signature "{msg.signature}" on interface '
+                    f'"{interface}" doesn\'t exist',
+                )
+            )
             return True
         if interface == CHARACTERISTIC_INTERFACE and msg.member == "AcquireNotify":
             char = self._chars_by_path.get(path)
@@ -369,7 +407,8 @@ class AdapterNode:
             self.iface.emit_properties_changed({"Discovering": True})
             if self.server.options.advertising_interval is not None:
                 self._ticker = self.server.spawn(
-                    self._advertise(self.server.options.advertising_interval))
+                    self._advertise(self.server.options.advertising_interval)
+                )
         for node in self.server.devices:
             node.cancel_removal()
             self.announce(node)
@@ -435,10 +474,12 @@ class AdapterNode:
             changed["UUIDs"] = node.uuids()
         if fresh.manufacturer_data != previous.manufacturer_data:
             changed["ManufacturerData"] = {
-                k: Variant("ay", bytes(v)) for k, v in fresh.manufacturer_data.items()}
+                k: Variant("ay", bytes(v)) for k, v in fresh.manufacturer_data.items()
+            }
         if fresh.service_data != previous.service_data:
             changed["ServiceData"] = {
-                k: Variant("ay", bytes(v)) for k, v in fresh.service_data.items()}
+                k: Variant("ay", bytes(v)) for k, v in fresh.service_data.items()
+            }
         node.iface.emit_properties_changed(changed)
 
     async def _advertise(self, interval: float) -> None:
@@ -732,9 +773,18 @@ class CharacteristicNode:
         self._subscribed = False
 
     def flags(self) -> list[str]:
-        order = ("broadcast", "read", "write-without-response", "write", "notify", "indicate",
-                 "authenticated-signed-writes", "extended-properties", "reliable-write",
-                 "writable-auxiliaries")
+        order = (
+            "broadcast",
+            "read",
+            "write-without-response",
+            "write",
+            "notify",
+            "indicate",
+            "authenticated-signed-writes",
+            "extended-properties",
+            "reliable-write",
+            "writable-auxiliaries",
+        )
         known = [f for f in order if f in self.spec.flags]
         return known + sorted(self.spec.flags - set(order))
 
@@ -935,4 +985,3 @@ class DescriptorNode:
             await self.device.peripheral.write_descriptor(self.spec.handle, value)
         except SimError as err:
             raise to_dbus_error(err) from err
-

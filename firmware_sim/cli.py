@@ -1,0 +1,284 @@
+"""``python -m firmware_sim``: serve a simulated fleet as a fake BlueZ, list a scenario's
+devices, or drive a running simulator.
+
+``serve`` prints exactly one line on stdout, ``DBUS_SYSTEM_BUS_ADDRESS=<address>``, once the
+devices are discoverable; everything else goes to stderr. It runs until SIGINT or SIGTERM and
+then stops the dbus-daemon it started and removes its temporary directory and socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("firmware_sim")
+
+ENV_BUS = "DBUS_SYSTEM_BUS_ADDRESS"
+
+
+class UsageError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+# ---------------------------------------------------------------------------- fleet arguments
+
+
+def _scenario_path(value: str | None) -> Path | None:
+    """A scenario file, or the packaged scenario of that name (``default``, …)."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.exists() or "/" in value or value.endswith(".toml"):
+        return path
+    packaged = resources.files("firmware_sim") / "scenarios" / f"{value}.toml"
+    if packaged.is_file():
+        return Path(str(packaged))
+    return path
+
+
+def _add_fleet_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scenario", metavar="FILE",
+                        help="scenario TOML file (or a packaged scenario name)")
+    parser.add_argument("--devices", metavar="SPEC",
+                        help="devices to add, e.g. hr:2,glucose:1")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed (default: the scenario's)")
+
+
+def _build_fleet(args: argparse.Namespace) -> Any:
+    from firmware_sim.fleet import build_fleet
+
+    try:
+        return build_fleet(scenario=_scenario_path(args.scenario), devices=args.devices,
+                           seed=args.seed)
+    except (ValueError, OSError) as err:
+        raise UsageError(str(err)) from err
+
+
+# ---------------------------------------------------------------------------- serve
+
+
+async def serve(args: argparse.Namespace) -> int:
+    """Run the private bus, the fake BlueZ and the control object until a signal arrives."""
+    from firmware_sim.bluez import BlueZOptions, FakeBlueZ, PrivateBus
+    from firmware_sim.control import ControlServer
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+    fleet = _build_fleet(args)
+    options = BlueZOptions(
+        keep_gatt_after_disconnect=args.keep_gatt,
+        temporary_device_timeout=args.remove_temporary_after,
+        read_emits_value=args.read_emits_value,
+        advertising_interval=args.advertising_interval,
+    )
+    bus = PrivateBus()
+    bluez: FakeBlueZ | None = None
+    control: ControlServer | None = None
+    try:
+        bus.start()
+        bluez = FakeBlueZ(bus.address, options=options)
+        bluez.follow(fleet)
+        await bluez.start()
+        control = ControlServer(bus.address, fleet)
+        await control.start()
+        await fleet.start()
+        log.info("sim.serving devices=%d", len(fleet.devices))
+        sys.stdout.write(f"{ENV_BUS}={bus.address}\n")
+        sys.stdout.flush()
+        await stop.wait()
+        log.info("sim.stopping")
+    finally:
+        with contextlib.suppress(Exception):
+            await fleet.stop()
+        if control is not None:
+            with contextlib.suppress(Exception):
+                await control.stop()
+        if bluez is not None:
+            with contextlib.suppress(Exception):
+                await bluez.stop()
+        bus.stop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    return 0
+
+
+# ---------------------------------------------------------------------------- list
+
+
+def list_devices(args: argparse.Namespace) -> int:
+    """Print the devices a scenario / spec would serve."""
+    fleet = _build_fleet(args)
+    summaries = [d.describe() for d in fleet.devices]
+    if args.json:
+        print(json.dumps(summaries, indent=2, default=str))
+        return 0
+    print(f"{'NAME':<14} {'KIND':<11} {'ADDRESS':<17} TYPE")
+    for s in summaries:
+        print(f"{s['name']:<14} {s['kind']:<11} {s['address']:<17} {s['address_type']}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- ctl
+
+
+def _value(text: str) -> Any:
+    """A ``key=value`` value: JSON when it parses (numbers, true, null …), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _pairs(items: Sequence[str]) -> dict[str, Any]:
+    if len(items) == 1 and items[0].lstrip().startswith("{"):
+        try:
+            value = json.loads(items[0])
+        except json.JSONDecodeError as err:
+            raise UsageError(f"not a JSON object: {err.msg}") from err
+        if not isinstance(value, dict):
+            raise UsageError("expected a JSON object")
+        return value
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"expected key=value, got {item!r}")
+        out[key.replace("-", "_")] = _value(raw)
+    return out
+
+
+async def ctl(args: argparse.Namespace) -> int:
+    """Drive a running simulator through its control object."""
+    from firmware_sim.control import ControlClient, ControlError
+
+    address = args.bus or os.environ.get(ENV_BUS)
+    if not address:
+        raise UsageError(f"no bus address: pass --bus or set {ENV_BUS}")
+    try:
+        async with ControlClient(address) as client:
+            result: Any = None
+            cmd = args.ctl_command
+            if cmd == "list":
+                result = await client.list_devices()
+            elif cmd == "add":
+                options = _pairs(args.options)
+                if args.name:
+                    options["name"] = args.name
+                if args.address:
+                    options["address"] = args.address
+                result = await client.add_device(args.kind, **options)
+            elif cmd == "remove":
+                await client.remove_device(args.device)
+            elif cmd == "drop":
+                result = {"dropped": await client.drop_link(args.device)}
+            elif cmd == "fault":
+                result = await client.inject_fault(args.device, _pairs(args.spec))
+            elif cmd == "clear-faults":
+                await client.clear_faults(args.device)
+            elif cmd == "glucose":
+                result = {"sequence": await client.add_glucose_record(
+                    args.device, **_pairs(args.fields))}
+            elif cmd == "hr":
+                bpm = None if args.bpm == "auto" else int(args.bpm)
+                await client.set_heart_rate(args.device, bpm)
+            elif cmd == "visible":
+                await client.set_visible(args.device, args.state in ("yes", "on", "true", "1"))
+    except ControlError as err:
+        print(f"error: {err.name}: {err.text}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as err:
+        print(f"error: cannot reach the simulator: {err}", file=sys.stderr)
+        return 1
+    if result is not None:
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m firmware_sim``."""
+    parser = argparse.ArgumentParser(prog="python -m firmware_sim",
+                                     description="BLE device simulator behind a fake BlueZ")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="serve the devices on a private D-Bus as org.bluez")
+    _add_fleet_args(p)
+    p.add_argument("--keep-gatt", action="store_true",
+                   help="keep GATT objects after a disconnect (BlueZ's cache)")
+    p.add_argument("--remove-temporary-after", type=float, default=None, metavar="SECONDS",
+                   help="remove unpaired devices this long after discovery stops (BlueZ: 30)")
+    p.add_argument("--read-emits-value", action="store_true",
+                   help="also emit a read value as a Value change (duplicate notifications)")
+    p.add_argument("--advertising-interval", type=float, default=None, metavar="SECONDS",
+                   help="re-announce every device this often while discovering")
+
+    p = sub.add_parser("list", help="show the devices of a scenario")
+    _add_fleet_args(p)
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+
+    p = sub.add_parser("ctl", help="drive a running simulator")
+    p.add_argument("--bus", metavar="ADDRESS", help=f"bus address (default: ${ENV_BUS})")
+    csub = p.add_subparsers(dest="ctl_command", required=True)
+    csub.add_parser("list", help="list devices (JSON)")
+    c = csub.add_parser("add", help="add a device: add hr|glucose [key=value …]")
+    c.add_argument("kind")
+    c.add_argument("--name")
+    c.add_argument("--address")
+    c.add_argument("options", nargs="*", metavar="key=value")
+    for name, text in (("remove", "remove a device"), ("drop", "drop a device's link"),
+                       ("clear-faults", "remove every fault")):
+        csub.add_parser(name, help=text).add_argument("device", help="address or name")
+    c = csub.add_parser("fault", help="inject faults: fault DEVICE key=value … | '{json}'")
+    c.add_argument("device")
+    c.add_argument("spec", nargs="+")
+    c = csub.add_parser("glucose", help="add a glucose record: glucose DEVICE [key=value …]")
+    c.add_argument("device")
+    c.add_argument("fields", nargs="*")
+    c = csub.add_parser("hr", help="set a heart rate: hr DEVICE BPM|auto")
+    c.add_argument("device")
+    c.add_argument("bpm")
+    c = csub.add_parser("visible", help="visible DEVICE yes|no")
+    c.add_argument("device")
+    c.add_argument("state", choices=["yes", "no", "on", "off", "true", "false", "1", "0"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        if args.command == "serve":
+            return asyncio.run(serve(args))
+        if args.command == "list":
+            return list_devices(args)
+        return asyncio.run(ctl(args))
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        from firmware_sim.bluez import BusStartError
+
+        if isinstance(err, BusStartError):
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        raise

@@ -1,0 +1,266 @@
+"""The control interface of a running simulator: a D-Bus object on the simulator's private bus.
+
+Bus name ``com.edge.Sim``, object ``/com/edge/sim``, interface ``com.edge.Sim1``. Devices are
+named by address or name (``SIM-HR-1``). Structured arguments and results are JSON strings so
+that fault plans and glucose records keep their shape without a D-Bus type per field:
+
+=================================================== ===========================================
+``ListDevices() -> s``                              JSON list of device summaries
+``AddDevice(s kind, s options_json) -> s``          adds ``hr``/``glucose``; the new summary
+``RemoveDevice(s device)``                          link drops, device leaves the bus
+``DropLink(s device) -> b``                         False when it was not connected
+``InjectFault(s device, s spec_json) -> s``         merges fault keys; the plan in force (JSON)
+``ClearFaults(s device)``                           back to a well-behaved device
+``AddGlucoseRecord(s device, s fields_json) -> q``  the new record's sequence number
+``SetHeartRate(s device, i bpm)``                   pins the heart rate; -1 releases it
+``SetVisible(s device, b visible)``                 appear in / vanish from scans
+=================================================== ===========================================
+
+Errors: ``com.edge.Sim.Error.NoSuchDevice``, ``com.edge.Sim.Error.InvalidArguments``,
+``com.edge.Sim.Error.NotSupported`` (e.g. a heart rate for a glucose meter).
+
+:class:`ControlClient` is the matching client (used by ``python -m firmware_sim ctl``).
+"""
+
+# No ``from __future__ import annotations``: dbus-fast reads these annotations at class creation.
+import json
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from dbus_fast import BusType, DBusError, Message, MessageType
+from dbus_fast.aio import MessageBus
+from dbus_fast.annotations import DBusBool, DBusInt32, DBusStr, DBusUInt16
+from dbus_fast.constants import NameFlag, RequestNameReply
+from dbus_fast.service import ServiceInterface, dbus_method
+
+if TYPE_CHECKING:
+    from firmware_sim.fleet import Fleet, SimDevice
+
+log = logging.getLogger(__name__)
+
+CONTROL_BUS_NAME = "com.edge.Sim"
+CONTROL_PATH = "/com/edge/sim"
+CONTROL_INTERFACE = "com.edge.Sim1"
+_ERROR = "com.edge.Sim.Error"
+
+T = TypeVar("T")
+
+
+class ControlError(Exception):
+    """A control request failed; ``name`` is the D-Bus error name."""
+
+    def __init__(self, name: str, text: str) -> None:
+        super().__init__(text)
+        self.name = name
+        self.text = text
+
+
+def _invalid(text: str) -> DBusError:
+    return DBusError(f"{_ERROR}.InvalidArguments", text)
+
+
+def _json_object(text: str, what: str) -> dict[str, Any]:
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise _invalid(f"{what}: not JSON ({err.msg})") from err
+    if not isinstance(value, dict):
+        raise _invalid(f"{what}: expected a JSON object")
+    return value
+
+
+def _glucose_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    out = dict(fields)
+    if isinstance(out.get("base_time"), str):
+        try:
+            out["base_time"] = datetime.fromisoformat(out["base_time"])
+        except ValueError as err:
+            raise _invalid("base_time: expected ISO 8601") from err
+    return out
+
+
+class ControlInterface(ServiceInterface):
+    """``com.edge.Sim1`` over a :class:`~firmware_sim.fleet.Fleet`."""
+
+    def __init__(self, fleet: "Fleet") -> None:
+        super().__init__(CONTROL_INTERFACE)
+        self._fleet = fleet
+
+    def _device(self, device: str) -> "SimDevice":
+        found = self._fleet.find(device)
+        if found is None:
+            raise DBusError(f"{_ERROR}.NoSuchDevice", "no such simulated device")
+        return found
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except DBusError:
+            raise
+        except (ValueError, TypeError, KeyError) as err:
+            raise _invalid(str(err)) from err
+
+    @dbus_method()
+    def ListDevices(self) -> DBusStr:
+        return json.dumps(self._fleet.describe(), default=str)
+
+    @dbus_method()
+    def AddDevice(self, kind: DBusStr, options_json: DBusStr) -> DBusStr:
+        options = _json_object(options_json, "options")
+        device = self._call(lambda: self._fleet.add(kind, **options))
+        log.info("sim.control_device_added")
+        return json.dumps(device.describe(), default=str)
+
+    @dbus_method()
+    def RemoveDevice(self, device: DBusStr) -> None:
+        self._device(device)
+        self._fleet.remove(device)
+        log.info("sim.control_device_removed")
+
+    @dbus_method()
+    def DropLink(self, device: DBusStr) -> DBusBool:
+        return self._device(device).drop_link("control-drop")
+
+    @dbus_method()
+    def InjectFault(self, device: DBusStr, spec_json: DBusStr) -> DBusStr:
+        dev = self._device(device)
+        spec = _json_object(spec_json, "fault spec")
+        plan = self._call(lambda: dev.inject_fault(spec))
+        return json.dumps(plan.to_dict(), default=str)
+
+    @dbus_method()
+    def ClearFaults(self, device: DBusStr) -> None:
+        self._device(device).clear_faults()
+
+    @dbus_method()
+    def AddGlucoseRecord(self, device: DBusStr, fields_json: DBusStr) -> DBusUInt16:
+        dev = self._device(device)
+        add = getattr(dev, "add_glucose_record", None)
+        if add is None:
+            raise DBusError(f"{_ERROR}.NotSupported", "not a glucose meter")
+        fields = _glucose_fields(_json_object(fields_json, "record"))
+        return int(self._call(lambda: add(**fields)))
+
+    @dbus_method()
+    def SetHeartRate(self, device: DBusStr, bpm: DBusInt32) -> None:
+        dev = self._device(device)
+        setter = getattr(dev, "set_heart_rate", None)
+        if setter is None:
+            raise DBusError(f"{_ERROR}.NotSupported", "not a heart-rate strap")
+        self._call(lambda: setter(None if bpm < 0 else bpm))
+
+    @dbus_method()
+    def SetVisible(self, device: DBusStr, visible: DBusBool) -> None:
+        self._device(device).set_visible(visible)
+
+
+class ControlServer:
+    """Exports :class:`ControlInterface` on its own connection to the simulator's bus."""
+
+    def __init__(self, bus_address: str, fleet: "Fleet") -> None:
+        self._address = bus_address
+        self._iface = ControlInterface(fleet)
+        self._bus: MessageBus | None = None
+
+    async def start(self) -> None:
+        """Connect, export the object and claim ``com.edge.Sim``."""
+        bus = MessageBus(bus_address=self._address, bus_type=BusType.SYSTEM)
+        await bus.connect()
+        bus.export(CONTROL_PATH, self._iface)
+        reply = await bus.request_name(CONTROL_BUS_NAME, NameFlag.DO_NOT_QUEUE)
+        if reply is not RequestNameReply.PRIMARY_OWNER:
+            bus.disconnect()
+            raise RuntimeError(f"{CONTROL_BUS_NAME} is already owned on this bus")
+        self._bus = bus
+
+    async def stop(self) -> None:
+        """Leave the bus."""
+        bus, self._bus = self._bus, None
+        if bus is not None:
+            bus.disconnect()
+
+
+class ControlClient:
+    """Calls ``com.edge.Sim1`` on a running simulator's bus."""
+
+    def __init__(self, bus_address: str) -> None:
+        self._address = bus_address
+        self._bus: MessageBus | None = None
+
+    async def __aenter__(self) -> "ControlClient":
+        bus = MessageBus(bus_address=self._address, bus_type=BusType.SYSTEM)
+        await bus.connect()
+        self._bus = bus
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        bus, self._bus = self._bus, None
+        if bus is not None:
+            bus.disconnect()
+
+    async def _call(self, member: str, signature: str = "", *body: Any) -> Any:
+        if self._bus is None:
+            raise RuntimeError("ControlClient used outside 'async with'")
+        reply = await self._bus.call(
+            Message(
+                destination=CONTROL_BUS_NAME,
+                path=CONTROL_PATH,
+                interface=CONTROL_INTERFACE,
+                member=member,
+                signature=signature,
+                body=list(body),
+            )
+        )
+        if reply.message_type is MessageType.ERROR:
+            text = reply.body[0] if reply.body else ""
+            raise ControlError(reply.error_name or "unknown", str(text))
+        return reply.body[0] if reply.body else None
+
+    async def list_devices(self) -> list[dict[str, Any]]:
+        """Summaries of every device."""
+        result: list[dict[str, Any]] = json.loads(await self._call("ListDevices"))
+        return result
+
+    async def add_device(self, kind: str, **options: Any) -> dict[str, Any]:
+        """Add a device of ``kind`` (``hr``/``glucose``); returns its summary."""
+        result: dict[str, Any] = json.loads(
+            await self._call("AddDevice", "ss", kind, json.dumps(options))
+        )
+        return result
+
+    async def remove_device(self, device: str) -> None:
+        """Remove a device (address or name)."""
+        await self._call("RemoveDevice", "s", device)
+
+    async def drop_link(self, device: str) -> bool:
+        """Drop the device's link; False if it was not connected."""
+        return bool(await self._call("DropLink", "s", device))
+
+    async def inject_fault(self, device: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """Merge fault keys into the device's plan; returns the plan in force."""
+        result: dict[str, Any] = json.loads(
+            await self._call("InjectFault", "ss", device, json.dumps(spec))
+        )
+        return result
+
+    async def clear_faults(self, device: str) -> None:
+        """Remove every fault."""
+        await self._call("ClearFaults", "s", device)
+
+    async def add_glucose_record(self, device: str, **fields: Any) -> int:
+        """Store a glucose record on a meter; returns its sequence number."""
+        return int(
+            await self._call("AddGlucoseRecord", "ss", device, json.dumps(fields, default=str))
+        )
+
+    async def set_heart_rate(self, device: str, bpm: int | None) -> None:
+        """Pin a strap's heart rate (None releases it)."""
+        await self._call("SetHeartRate", "si", device, -1 if bpm is None else bpm)
+
+    async def set_visible(self, device: str, visible: bool) -> None:
+        """Make a device appear in or vanish from scans."""
+        await self._call("SetVisible", "sb", device, visible)
