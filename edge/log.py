@@ -8,6 +8,7 @@ object paths, long hex strings and any registered sensitive string (e.g. bound p
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -36,10 +37,35 @@ SENSITIVE_KEYS = frozenset(
 )
 #: keys holding a device address: replaced by its keyed hash
 ADDRESS_KEYS = frozenset({"address", "device_address", "device_id", "mac", "device"})
+#: a key containing one of these is sensitive too (``hr_bpm``, ``patient_pseudonym``)
+SENSITIVE_FRAGMENTS = (
+    "patient", "pseudonym", "glucose", "mg_dl", "mmol", "bpm", "heart_rate", "concentration",
+    "rr_interval", "secret", "passw", "passphrase", "private", "token",
+)
+#: ... and so is a key whose last ``_``-separated word is one of these (``vault_key``)
+SENSITIVE_LAST_WORDS = frozenset({"key", "hex", "raw", "payload", "value", "values", "data"})
+#: a key whose last word is one of these holds an address (``peer_address``)
+ADDRESS_LAST_WORDS = frozenset({"address", "mac"})
 
 # Look-arounds, not \b: in BlueZ paths (dev_AA_BB_...) the address follows an underscore.
 _MAC_RE = re.compile(r"(?i)(?<![0-9a-f])[0-9a-f]{2}(?:[:_-][0-9a-f]{2}){5}(?![0-9a-f])")
 _LONG_HEX_RE = re.compile(r"(?i)(?<![0-9a-f])[0-9a-f]{32,}(?![0-9a-f])")
+# pydantic's error text repeats the rejected input (input_value=72): a reading value.
+_INPUT_VALUE_RE = re.compile(r"input_value=(?:'[^']*'|\"[^\"]*\"|[^,\]\n]*)")
+
+
+@functools.lru_cache(maxsize=1024)
+def _key_kind(key: str) -> str:
+    """``address``, ``sensitive`` or ``plain`` for a log key (cached: keys repeat)."""
+    k = key.lower()
+    last = k.rsplit("_", 1)[-1]
+    if k in ADDRESS_KEYS or last in ADDRESS_LAST_WORDS:
+        return "address"
+    if k in SENSITIVE_KEYS or last in SENSITIVE_LAST_WORDS:
+        return "sensitive"
+    if any(f in k for f in SENSITIVE_FRAGMENTS):
+        return "sensitive"
+    return "plain"
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR, "critical": logging.CRITICAL}
@@ -74,15 +100,17 @@ class Redactor:
         """Remove addresses, long hex strings and registered strings from free text."""
         text = _MAC_RE.sub(lambda m: self.device_hash(m.group(0)), text)
         text = _LONG_HEX_RE.sub(REDACTED, text)
+        text = _INPUT_VALUE_RE.sub("input_value=" + REDACTED, text)
         pattern = self._pattern
         if pattern is not None:
             text = pattern.sub(REDACTED, text)
         return text
 
     def _clean(self, key: str, value: Any) -> Any:
-        if key in ADDRESS_KEYS and isinstance(value, str):
+        kind = _key_kind(key) if key else "plain"
+        if kind == "address" and isinstance(value, str):
             return self.device_hash(value)
-        if key in SENSITIVE_KEYS:
+        if kind == "sensitive":
             return REDACTED
         if isinstance(value, str):
             return self.scrub(value)
