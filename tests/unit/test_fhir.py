@@ -301,7 +301,7 @@ def test_sensor_device_id_is_stable_pseudonymous_and_case_insensitive() -> None:
 
 
 def test_bundle_is_a_valid_transaction_with_conditional_creates() -> None:
-    readings = [
+    readings: list[HeartRateReading | GlucoseReading] = [
         hr(70), glucose(seq=1), glucose(seq=2), hr(71, id="7d7c9a8e-0000-5000-8000-0000000000aa"),
     ]
     data = fhir.bundle_bytes(readings, hub_id=HUB)
@@ -359,7 +359,9 @@ def test_no_bluetooth_address_in_the_bundle_text() -> None:
 
 
 def test_bundle_bytes_are_deterministic_and_match_the_dict_form() -> None:
-    readings = [hr(80, (Decimal(900) / 1024,)), glucose(Decimal("0.00550"), "mol/L")]
+    readings: list[HeartRateReading | GlucoseReading] = [
+        hr(80, (Decimal(900) / 1024,)), glucose(Decimal("0.00550"), "mol/L"),
+    ]
     a = fhir.bundle_bytes(readings, hub_id=HUB)
     assert a == fhir.bundle_bytes(readings, hub_id=HUB)
     assert fhir.to_json(fhir.bundle(readings, hub_id=HUB)) == a
