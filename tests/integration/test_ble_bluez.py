@@ -1,0 +1,165 @@
+"""The BLE layer on bleak's REAL Linux backend, against the simulator's fake BlueZ on a private
+dbus-daemon: pairing, heart-rate streaming and glucose RACP sync through BleManager, and
+``edge scan --json`` as a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC
+from pathlib import Path
+
+import pytest
+
+from edge.ble.pairing import pair_device, unpair_device
+from edge.ble.ports import bleak_client_factory, bleak_scanner_factory
+from edge.ble.profiles import HEART_RATE_MEASUREMENT
+from edge.ble.supervisor import BleManager
+from edge.clock import SystemClock
+from edge.config import BleConfig
+from edge.errors import PairingRefused
+from edge.readings import GlucoseReading, HeartRateReading
+from firmware_sim.fleet import build_fleet
+from tests.support.ble_fakes import Binding, FakeRegistry, FakeSink
+from tests.support.bluez import REPO, bluetoothctl_shim, fake_bluez, serve_process, use_fake_bluez
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+CONFIG = BleConfig(
+    scan_seconds=2.0,
+    connect_timeout_s=10.0,
+    reconnect_base_s=0.1,
+    reconnect_cap_s=0.5,
+    stall_timeout_s=30.0,
+    racp_timeout_s=10.0,
+)
+
+
+async def _until(predicate: object, within_s: float = 15.0) -> None:
+    """Poll a condition on the simulator side (it offers no event for a CCCD write), bounded."""
+    assert callable(predicate)
+
+    async def loop() -> None:
+        while not predicate():  # noqa: ASYNC110 - nothing to wait on but the condition itself
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(loop(), within_s)
+
+
+@pytest.fixture
+async def manager_task() -> AsyncIterator[list[asyncio.Task[None]]]:
+    tasks: list[asyncio.Task[None]] = []
+    yield tasks
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_pair_then_stream_and_sync_through_ble_manager(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, manager_task: list[asyncio.Task[None]]
+) -> None:
+    fleet = build_fleet(devices="hr:1,glucose:1", seed=11)
+    strap = next(d for d in fleet if d.kind == "heart_rate")
+    meter = next(d for d in fleet if d.kind == "glucose")
+    clock = SystemClock()
+    async with fake_bluez(fleet) as sim:
+        use_fake_bluez(monkeypatch, sim.address, tmp_path)
+        scanners, clients = bleak_scanner_factory(), bleak_client_factory()
+
+        hr = await pair_device(clients, strap.address, clock=clock, scanner_factory=scanners,
+                               connect_timeout_s=10)
+        glu = await pair_device(clients, meter.address, kind="glucose", clock=clock,
+                                scanner_factory=scanners, connect_timeout_s=10)
+        assert (hr.kind, glu.kind) == ("heart_rate", "glucose")
+        assert hr.device_info["manufacturer"] == "Simulated Devices Ltd"
+        assert glu.device_info["model"] == "SIM-BGM-30"
+        assert meter.paired and not meter.connected
+
+        registry = FakeRegistry([Binding(hr.address, "heart_rate", "p-hr"),
+                                 Binding(glu.address, "glucose", "p-glu")])
+        sink = FakeSink(registry)
+        manager = BleManager(CONFIG, registry, sink, scanner_factory=scanners,
+                             client_factory=clients, clock=clock, local_tz=UTC)
+        manager_task.append(asyncio.create_task(manager.run()))
+
+        # Glucose: the first sync reports the whole history, cursor committed with it.
+        history = meter.records
+        await sink.wait_for(lambda s: len(s.of_kind("glucose")) == len(history))
+        seqs = sorted(r.sequence_number for r in sink.of_kind("glucose")
+                      if isinstance(r, GlucoseReading))
+        assert seqs == sorted(r.sequence for r in history)
+        cursor = registry.cursor(meter.address)
+        assert cursor is not None and cursor.last_sequence == history[-1].sequence
+        assert all(c[0] == glu.address for c in sink.glucose_commits)
+
+        # Heart rate: every notification becomes a reading, RR intervals kept.
+        await _until(lambda: strap.notifying(HEART_RATE_MEASUREMENT))
+        for _ in range(4):
+            await strap.tick()
+        await sink.wait_for(lambda s: len(s.of_kind("heart_rate")) >= 4)
+        hr_readings = [r for r in sink.of_kind("heart_rate") if isinstance(r, HeartRateReading)]
+        assert all(r.patient == "p-hr" and r.device_id == hr.address for r in hr_readings)
+        assert any(r.rr_intervals_s for r in hr_readings)
+
+        # A new record, then the link drops: the next connection syncs only the new one.
+        commits_before = len(sink.glucose_commits)
+        new_seq = meter.add_glucose_record(mg_dl_value=123)
+        assert meter.drop_link()
+        await sink.wait_for(lambda s: len(s.of_kind("glucose")) == len(history) + 1)
+        assert sink.duplicates == 0
+        assert sink.glucose_commits[commits_before][1][0].sequence_number == new_seq
+        assert len(sink.glucose_commits[commits_before][1]) == 1
+        cursor = registry.cursor(meter.address)
+        assert cursor is not None and cursor.last_sequence == new_seq
+
+        states = manager.device_states()
+        assert set(states) == {hr.address, glu.address}
+        assert states[glu.address].connects >= 2
+
+        # Unpair removes the bond in BlueZ.
+        manager_task[0].cancel()
+        await asyncio.gather(*manager_task, return_exceptions=True)
+        assert await unpair_device(clients, meter.address)
+        assert not meter.paired
+
+
+async def test_pairing_refused_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fleet = build_fleet(devices="glucose:1", seed=12)
+    meter = next(iter(fleet))
+    meter.inject_fault({"pairing_refused": "rejected"})
+    async with fake_bluez(fleet) as sim:
+        use_fake_bluez(monkeypatch, sim.address, tmp_path)
+        with pytest.raises(PairingRefused) as err:
+            await pair_device(bleak_client_factory(), meter.address, clock=SystemClock(),
+                              scanner_factory=bleak_scanner_factory(), connect_timeout_s=10)
+        assert meter.address not in str(err.value)
+        assert meter.address.replace(":", "_") not in str(err.value)
+        assert not meter.paired
+
+
+def test_edge_scan_json_subprocess(tmp_path: Path) -> None:
+    with serve_process(["--devices", "hr:2,glucose:1", "--seed", "5"]) as sim:
+        env = dict(os.environ)
+        env["DBUS_SYSTEM_BUS_ADDRESS"] = sim.address
+        env["PATH"] = f"{bluetoothctl_shim(tmp_path / 'bin')}{os.pathsep}{env.get('PATH', '')}"
+        env["EDGE_CONFIG"] = str(tmp_path / "absent.toml")
+        env["PYTHONPATH"] = str(REPO)
+        out = subprocess.run(
+            [sys.executable, "-m", "edge", "scan", "--seconds", "1.5", "--json"],
+            capture_output=True, text=True, env=env, cwd=REPO, timeout=60, check=False,
+        )
+    assert out.returncode == 0, out.stderr
+    found = json.loads(out.stdout)
+    assert isinstance(found, list)
+    sims = [d for d in found if (d["name"] or "").startswith("SIM-")]
+    assert sorted(d["name"] for d in sims) == ["SIM-GLU-1", "SIM-HR-1", "SIM-HR-2"]
+    for d in sims:
+        assert {"name", "address", "kind", "rssi"} <= set(d)
+        assert d["kind"] == ("glucose" if d["name"].startswith("SIM-GLU") else "heart_rate")
+        assert isinstance(d["rssi"], int)
