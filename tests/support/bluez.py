@@ -1,0 +1,237 @@
+"""Start a fake BlueZ for tests: in process (:func:`fake_bluez`) or as the real command line
+(:func:`serve_process`).
+
+In-process use with bleak (one fake per event loop; pytest-asyncio gives each test its own)::
+
+    async def test_x(monkeypatch, tmp_path):
+        fleet = build_fleet(devices="hr:1", seed=1)
+        async with fake_bluez(fleet) as sim:
+            use_fake_bluez(monkeypatch, sim.address, tmp_path)
+            async with BleakClient(...) ...
+
+``use_fake_bluez`` sets ``DBUS_SYSTEM_BUS_ADDRESS`` (bleak reads it when it first connects in a
+loop) and puts a ``bluetoothctl`` shim on PATH so bleak's version probe never reaches a real
+BlueZ tool. Both need a real ``dbus-daemon``; without one the helpers raise (never skip).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from firmware_sim.bluez import BlueZOptions, FakeBlueZ, PrivateBus
+from firmware_sim.control import ControlServer
+from firmware_sim.fleet import Fleet
+
+ENV_BUS = "DBUS_SYSTEM_BUS_ADDRESS"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class SimBus:
+    """A running private bus with the fake BlueZ (and optionally the control object)."""
+
+    address: str
+    bus: PrivateBus
+    bluez: FakeBlueZ
+    fleet: Fleet
+    control: ControlServer | None = None
+
+
+@contextlib.asynccontextmanager
+async def fake_bluez(
+    fleet: Fleet,
+    *,
+    options: BlueZOptions | None = None,
+    control: bool = False,
+    start_fleet: bool = False,
+) -> AsyncIterator[SimBus]:
+    """Start a private dbus-daemon and a fake BlueZ serving ``fleet``; stop both on exit.
+
+    ``start_fleet`` also runs the devices' periodic behaviour on the fleet's clock (leave it off
+    to drive the devices by hand, e.g. ``await strap.tick()``).
+    """
+    bus = PrivateBus()
+    bus.start()
+    bluez: FakeBlueZ | None = None
+    server: ControlServer | None = None
+    try:
+        bluez = FakeBlueZ(bus.address, options=options)
+        bluez.follow(fleet)
+        await bluez.start()
+        if control:
+            server = ControlServer(bus.address, fleet)
+            await server.start()
+        if start_fleet:
+            await fleet.start()
+        yield SimBus(bus.address, bus, bluez, fleet, server)
+    finally:
+        if start_fleet:
+            await fleet.stop()
+        if server is not None:
+            await server.stop()
+        if bluez is not None:
+            await bluez.stop()
+        bus.stop()
+
+
+def bluetoothctl_shim(directory: Path, version: str = "5.66") -> Path:
+    """Write an executable ``bluetoothctl`` answering ``--version`` into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shim = directory / "bluetoothctl"
+    shim.write_text(f"#!/bin/sh\necho 'bluetoothctl: {version}'\n", encoding="utf-8")
+    shim.chmod(0o755)
+    return directory
+
+
+def use_fake_bluez(monkeypatch: pytest.MonkeyPatch, address: str, tmp_path: Path) -> None:
+    """Point bleak (in this test's event loop) at ``address``, with a bluetoothctl shim."""
+    shim_dir = bluetoothctl_shim(tmp_path / "shim-bin")
+    monkeypatch.setenv(ENV_BUS, address)
+    monkeypatch.setenv("PATH", f"{shim_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
+# ---------------------------------------------------------------------------- the CLI
+
+
+def socket_path_of(address: str) -> Path:
+    """The socket path in a ``unix:path=…,guid=…`` D-Bus address."""
+    for part in address.removeprefix("unix:").split(","):
+        key, _, value = part.partition("=")
+        if key == "path":
+            return Path(value)
+    raise ValueError("not a unix:path= address")
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid`` (from /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            found += [int(p) for p in task.read_text().split()]
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@dataclass
+class ServeProcess:
+    """A running ``python -m firmware_sim serve``."""
+
+    proc: subprocess.Popen[bytes]
+    address: str
+    stderr_path: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def socket_path(self) -> Path:
+        return socket_path_of(self.address)
+
+    def daemon_pids(self) -> list[int]:
+        """The serve process's children (its dbus-daemon)."""
+        return child_pids(self.proc.pid)
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Send ``signum`` and wait for the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+        return self.proc.wait(timeout=timeout)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+
+def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    buf = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while b"\n" not in buf:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or proc.poll() is not None and not sel.select(0):
+                break
+            if not sel.select(min(remaining, 0.5)):
+                continue
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            buf += chunk
+    return buf
+
+
+@contextlib.contextmanager
+def serve_process(
+    args: Sequence[str] = (),
+    *,
+    timeout: float = 20.0,
+    env: dict[str, str] | None = None,
+) -> Iterator[ServeProcess]:
+    """Run ``python -m firmware_sim serve *args``, wait for its ``DBUS_SYSTEM_BUS_ADDRESS=``
+    line and yield it; on exit SIGTERM it (SIGKILL if it will not stop)."""
+    fd, name = tempfile.mkstemp(prefix="fsim-serve-", suffix=".log")
+    stderr_path = Path(name)
+    run_env = dict(os.environ if env is None else env)
+    run_env["PYTHONPATH"] = f"{REPO}{os.pathsep}{run_env.get('PYTHONPATH', '')}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "firmware_sim", "serve", *args],
+        stdout=subprocess.PIPE, stderr=fd, stdin=subprocess.DEVNULL, env=run_env, cwd=REPO,
+    )
+    os.close(fd)
+    try:
+        line = _read_line(proc, timeout)
+        text = line.decode(errors="replace")
+        if not text.startswith(f"{ENV_BUS}=") or not text.endswith("\n"):
+            proc.kill()
+            proc.wait()
+            raise AssertionError(
+                f"serve printed {text!r} instead of the address line; stderr:\n"
+                + stderr_path.read_text(errors="replace"))
+        yield ServeProcess(proc, text.strip().split("=", 1)[1], stderr_path)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        stderr_path.unlink(missing_ok=True)
+
+
+def bluez_frontend(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *,
+                   options: BlueZOptions | None = None) -> Any:
+    """The fake-BlueZ front end in the shape of ``firmware_sim.inprocess.inprocess_frontend``:
+    ``async with bluez_frontend(mp, tmp)(fleet) as (BleakScanner, BleakClient): ...`` serves
+    ``fleet`` on a private bus, points bleak at it and starts the fleet if it is not running."""
+    from bleak import BleakClient, BleakScanner
+
+    @contextlib.asynccontextmanager
+    async def frontend(fleet: Fleet) -> AsyncIterator[tuple[Any, Any]]:
+        start = not fleet.running
+        async with fake_bluez(fleet, options=options, start_fleet=start) as sim:
+            use_fake_bluez(monkeypatch, sim.address, tmp_path)
+            yield BleakScanner, BleakClient
+
+    return frontend
