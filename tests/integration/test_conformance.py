@@ -93,10 +93,10 @@ async def device_named(sim: Sim, name: str) -> BLEDevice:
     return (await scan_for(sim, {name}))[name][0]
 
 
-async def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> None:
-    """Poll ``condition`` until true; fail after ``timeout`` seconds."""
-    async with asyncio.timeout(timeout):
-        while not condition():
+async def wait_until(condition: Callable[[], bool], within: float = WAIT) -> None:
+    """Poll ``condition`` until true (no event exists for it); fail after ``within`` s."""
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110 - a bounded wait on a condition
             await asyncio.sleep(0.005)
 
 

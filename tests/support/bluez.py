@@ -168,7 +168,7 @@ def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
         sel.register(proc.stdout, selectors.EVENT_READ)
         while b"\n" not in buf:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or proc.poll() is not None and not sel.select(0):
+            if remaining <= 0 or (proc.poll() is not None and not sel.select(0)):
                 break
             if not sel.select(min(remaining, 0.5)):
                 continue
