@@ -212,8 +212,8 @@ def parse_config(data: dict[str, Any]) -> GatewayConfig:
         raise ConfigError("invalid configuration", describe_validation_error(exc)) from exc
 
 
-def load_config(path: Path) -> GatewayConfig:
-    """Read and validate the TOML file at ``path``. Relative paths inside it are kept as given."""
+def read_toml(path: Path) -> dict[str, Any]:
+    """The parsed TOML document at ``path``; ConfigError (one line) if missing or invalid."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError as exc:
@@ -232,7 +232,12 @@ def load_config(path: Path) -> GatewayConfig:
         raise ConfigError(
             "config is not valid TOML", [f"{path}: not valid TOML: {exc} — fix: correct the syntax"]
         ) from exc
-    return parse_config(data)
+    return data
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Read and validate the TOML file at ``path``. Relative paths inside it are kept as given."""
+    return parse_config(read_toml(path))
 
 
 def _private_file_problem(key: str, path: Path) -> str | None:
@@ -311,9 +316,34 @@ def check_environment(cfg: GatewayConfig) -> list[str]:
     return problems
 
 
+_KEY_FILE_KEYS = (
+    ("vault", "key_file"), ("uplink", "client_key"), ("uplink", "client_key_passphrase_file"),
+)
+
+
+def _raw_key_file_problems(data: dict[str, Any]) -> list[str]:
+    """Loose key-file permissions, found even when the schema is broken elsewhere, so one run
+    of check-config reports them together with the schema problems."""
+    problems = []
+    for section, key in _KEY_FILE_KEYS:
+        table = data.get(section)
+        value = table.get(key) if isinstance(table, dict) else None
+        if isinstance(value, str) and value and Path(value).exists():
+            p = _private_file_problem(f"{section}.{key}", Path(value))
+            if p:
+                problems.append(p)
+    return problems
+
+
 def load_checked(path: Path) -> GatewayConfig:
     """Load, validate and check the environment; raises ConfigError with every problem."""
-    cfg = load_config(path)
+    data = read_toml(path)
+    try:
+        cfg = parse_config(data)
+    except ConfigError as exc:
+        raise ConfigError(
+            "invalid configuration", exc.problems + _raw_key_file_problems(data)
+        ) from exc
     problems = check_environment(cfg)
     if problems:
         raise ConfigError("invalid configuration", problems)

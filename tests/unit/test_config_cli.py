@@ -175,6 +175,15 @@ def test_several_environment_problems_are_all_printed(setup: Setup, run: Run) ->
     ]
 
 
+def test_loose_key_files_are_reported_with_schema_problems(setup: Setup, run: Run) -> None:
+    setup.client_key.chmod(0o644)
+    path = setup.write(setup.text(pins="[]"))
+    rc, _, err = run("check-config", "--config", str(path))
+    assert rc == 2
+    assert sorted(line.split(":", 1)[0] for line in err) == ["uplink.client_key", "uplink.pins"]
+    assert any(f"chmod 600 {setup.client_key}" in line for line in err)
+
+
 def test_values_are_not_echoed(setup: Setup, run: Run) -> None:
     text = setup.text(uplink_extra='port = "s3cr3t-value"\n')
     rc, _, err = run("check-config", "--config", str(setup.write(text)))
