@@ -50,6 +50,7 @@ ADDRESS_LAST_WORDS = frozenset({"address", "mac"})
 # Look-arounds, not \b: in BlueZ paths (dev_AA_BB_...) the address follows an underscore.
 _MAC_RE = re.compile(r"(?i)(?<![0-9a-f])[0-9a-f]{2}(?:[:_-][0-9a-f]{2}){5}(?![0-9a-f])")
 _LONG_HEX_RE = re.compile(r"(?i)(?<![0-9a-f])[0-9a-f]{32,}(?![0-9a-f])")
+_DEVICE_HASH_RE = re.compile(r"dev-[0-9a-f]{8}")
 # pydantic's error text repeats the rejected input (input_value=72): a reading value.
 _INPUT_VALUE_RE = re.compile(r"input_value=(?:'[^']*'|\"[^\"]*\"|[^,\]\n]*)")
 
@@ -109,7 +110,8 @@ class Redactor:
     def _clean(self, key: str, value: Any) -> Any:
         kind = _key_kind(key) if key else "plain"
         if kind == "address" and isinstance(value, str):
-            return self.device_hash(value)
+            # already a device hash (a caller named the device itself): keep, never re-hash
+            return value if _DEVICE_HASH_RE.fullmatch(value) else self.device_hash(value)
         if kind == "sensitive":
             return REDACTED
         if isinstance(value, str):

@@ -128,6 +128,14 @@ def test_devices_show_as_a_stable_keyed_hash(restore_logging: None) -> None:
     assert shown == {h1, h2}
 
 
+def test_an_already_hashed_device_is_not_hashed_again(restore_logging: None) -> None:
+    out = _configure("info")
+    h = REDACTOR.device_hash(ADDR)
+    get_logger("edge.test").info("ble.connected", device=h, address=ADDR)
+    (record,) = _lines(out)
+    assert record["device"] == record["address"] == h
+
+
 def test_device_hash_depends_on_the_key_and_is_stable_for_one_key() -> None:
     a = Redactor(b"k" * 32)
     b = Redactor(b"k" * 32)
