@@ -47,20 +47,20 @@ def _scenario_path(value: str | None) -> Path | None:
 
 
 def _add_fleet_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scenario", metavar="FILE",
-                        help="scenario TOML file (or a packaged scenario name)")
-    parser.add_argument("--devices", metavar="SPEC",
-                        help="devices to add, e.g. hr:2,glucose:1")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed (default: the scenario's)")
+    parser.add_argument(
+        "--scenario", metavar="FILE", help="scenario TOML file (or a packaged scenario name)"
+    )
+    parser.add_argument("--devices", metavar="SPEC", help="devices to add, e.g. hr:2,glucose:1")
+    parser.add_argument("--seed", type=int, default=0, help="seed (default: the scenario's)")
 
 
 def _build_fleet(args: argparse.Namespace) -> Any:
     from firmware_sim.fleet import build_fleet
 
     try:
-        return build_fleet(scenario=_scenario_path(args.scenario), devices=args.devices,
-                           seed=args.seed)
+        return build_fleet(
+            scenario=_scenario_path(args.scenario), devices=args.devices, seed=args.seed
+        )
     except (ValueError, OSError) as err:
         raise UsageError(str(err)) from err
 
@@ -190,8 +190,9 @@ async def ctl(args: argparse.Namespace) -> int:
             elif cmd == "clear-faults":
                 await client.clear_faults(args.device)
             elif cmd == "glucose":
-                result = {"sequence": await client.add_glucose_record(
-                    args.device, **_pairs(args.fields))}
+                result = {
+                    "sequence": await client.add_glucose_record(args.device, **_pairs(args.fields))
+                }
             elif cmd == "hr":
                 bpm = None if args.bpm == "auto" else int(args.bpm)
                 await client.set_heart_rate(args.device, bpm)
@@ -213,22 +214,40 @@ async def ctl(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m firmware_sim``."""
-    parser = argparse.ArgumentParser(prog="python -m firmware_sim",
-                                     description="BLE device simulator behind a fake BlueZ")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser = argparse.ArgumentParser(
+        prog="python -m firmware_sim", description="BLE device simulator behind a fake BlueZ"
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="serve the devices on a private D-Bus as org.bluez")
     _add_fleet_args(p)
-    p.add_argument("--keep-gatt", action="store_true",
-                   help="keep GATT objects after a disconnect (BlueZ's cache)")
-    p.add_argument("--remove-temporary-after", type=float, default=None, metavar="SECONDS",
-                   help="remove unpaired devices this long after discovery stops (BlueZ: 30)")
-    p.add_argument("--read-emits-value", action="store_true",
-                   help="also emit a read value as a Value change (duplicate notifications)")
-    p.add_argument("--advertising-interval", type=float, default=None, metavar="SECONDS",
-                   help="re-announce every device this often while discovering")
+    p.add_argument(
+        "--keep-gatt",
+        action="store_true",
+        help="keep GATT objects after a disconnect (BlueZ's cache)",
+    )
+    p.add_argument(
+        "--remove-temporary-after",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="remove unpaired devices this long after discovery stops (BlueZ: 30)",
+    )
+    p.add_argument(
+        "--read-emits-value",
+        action="store_true",
+        help="also emit a read value as a Value change (duplicate notifications)",
+    )
+    p.add_argument(
+        "--advertising-interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="re-announce every device this often while discovering",
+    )
 
     p = sub.add_parser("list", help="show the devices of a scenario")
     _add_fleet_args(p)
@@ -243,8 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--name")
     c.add_argument("--address")
     c.add_argument("options", nargs="*", metavar="key=value")
-    for name, text in (("remove", "remove a device"), ("drop", "drop a device's link"),
-                       ("clear-faults", "remove every fault")):
+    for name, text in (
+        ("remove", "remove a device"),
+        ("drop", "drop a device's link"),
+        ("clear-faults", "remove every fault"),
+    ):
         csub.add_parser(name, help=text).add_argument("device", help="address or name")
     c = csub.add_parser("fault", help="inject faults: fault DEVICE key=value … | '{json}'")
     c.add_argument("device")
@@ -264,8 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
     try:
         if args.command == "serve":
             return asyncio.run(serve(args))

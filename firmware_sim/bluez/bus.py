@@ -142,8 +142,11 @@ class PrivateBus:
                 close_fds=True,
             )
             self._stderr_reader = threading.Thread(
-                target=_forward_stderr, args=(self._proc.stderr,), daemon=True,
-                name="dbus-daemon-stderr")
+                target=_forward_stderr,
+                args=(self._proc.stderr,),
+                daemon=True,
+                name="dbus-daemon-stderr",
+            )
             self._stderr_reader.start()
             self.address = self._read_address()
         except BaseException:

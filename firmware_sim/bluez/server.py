@@ -84,20 +84,37 @@ class BlueZOptions:
 
 @dataclass(frozen=True)
 class RecordedCall:
-    """A method call the fake received."""
+    """A method call the fake received. ``options`` summarises dict arguments (``a{sv}``):
+    ``key=value`` for plain values, ``key`` alone for the rest."""
 
     sender: str
     interface: str
     member: str
     path: str
     signature: str
+    options: tuple[str, ...] = ()
 
     @property
     def shape(self) -> str:
-        """``Interface.Member path`` with addresses and handles replaced by placeholders."""
+        """``Interface.Member(signature){options} path`` with the device address and the
+        attribute handles replaced by placeholders."""
         path = re.sub(r"dev_[0-9A-F_]{17}", "dev_X", self.path)
         path = re.sub(r"(service|char|desc)[0-9a-f]{4}", r"\1N", path)
-        return f"{self.interface}.{self.member} {path}"
+        opts = "{" + ",".join(self.options) + "}" if self.options else ""
+        return f"{self.interface}.{self.member}({self.signature}){opts} {path}"
+
+
+def _summarise_options(body: list[Any]) -> tuple[str, ...]:
+    out: list[str] = []
+    for arg in body:
+        if isinstance(arg, dict):
+            for key in sorted(arg):
+                value = arg[key].value if isinstance(arg[key], Variant) else arg[key]
+                plain = isinstance(value, str | bool | int)
+                out.append(f"{key}={value}" if plain else str(key))
+        elif isinstance(arg, str) and arg.startswith("org.bluez."):
+            out.append(arg)  # Properties.Set/Get: which interface
+    return tuple(out)
 
 
 @dataclass
@@ -329,7 +346,14 @@ class FakeBlueZ:
         interface = msg.interface or ""
         if self.options.record_calls:
             self.calls.append(
-                RecordedCall(sender, interface, msg.member or "", path, msg.signature)
+                RecordedCall(
+                    sender,
+                    interface,
+                    msg.member or "",
+                    path,
+                    msg.signature,
+                    _summarise_options(msg.body),
+                )
             )
         if path.startswith("/org/bluez/") and path not in self._exported:
             self.bus.send(

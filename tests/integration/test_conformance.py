@@ -64,17 +64,20 @@ class Sim:
 
 
 @pytest.fixture(params=["bluez", "inprocess"])
-async def sim(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
-              tmp_path: Path) -> AsyncIterator[Sim]:
+async def sim(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> AsyncIterator[Sim]:
     fleet = build_fleet(devices="hr:2,glucose:1", seed=11)
-    frontend = bluez_frontend(monkeypatch, tmp_path) if request.param == "bluez" \
-        else inprocess_frontend
+    frontend = (
+        bluez_frontend(monkeypatch, tmp_path) if request.param == "bluez" else inprocess_frontend
+    )
     async with frontend(fleet) as (scanner, client):
         yield Sim(request.param, fleet, scanner, client)
 
 
-async def scan_for(sim: Sim, names: set[str], service_uuids: list[str] | None = None
-                   ) -> dict[str, tuple[BLEDevice, AdvertisementData]]:
+async def scan_for(
+    sim: Sim, names: set[str], service_uuids: list[str] | None = None
+) -> dict[str, tuple[BLEDevice, AdvertisementData]]:
     """Scan until every name in ``names`` was seen; return everything seen by then."""
     seen: dict[str, tuple[BLEDevice, AdvertisementData]] = {}
     done = asyncio.Event()
@@ -137,7 +140,8 @@ async def test_connect_and_read_device_information_battery_and_location(sim: Sim
         assert bytes(await client.read_gatt_char(FIRMWARE)) == strap.info.firmware.encode()
         assert bytes(await client.read_gatt_char(BATTERY_LEVEL)) == bytes([strap.battery.level])
         assert bytes(await client.read_gatt_char(BODY_SENSOR_LOCATION)) == bytes(
-            [strap.body_location])
+            [strap.body_location]
+        )
 
 
 async def test_connect_by_address_string(sim: Sim) -> None:
@@ -145,7 +149,8 @@ async def test_connect_by_address_string(sim: Sim) -> None:
     async with sim.Client(strap.address, timeout=WAIT) as client:
         assert client.is_connected
         assert bytes(await client.read_gatt_char(BODY_SENSOR_LOCATION)) == bytes(
-            [strap.body_location])
+            [strap.body_location]
+        )
 
 
 @pytest.mark.parametrize("use_start_notify", [True, False], ids=["StartNotify", "AcquireNotify"])
@@ -155,8 +160,11 @@ async def test_heart_rate_notifications(sim: Sim, use_start_notify: bool) -> Non
     device = await device_named(sim, strap.name)
     got: asyncio.Queue[bytes] = asyncio.Queue()
     async with sim.Client(device) as client:
-        await client.start_notify(HR_MEASUREMENT, lambda _c, data: got.put_nowait(bytes(data)),
-                                  bluez={"use_start_notify": use_start_notify})
+        await client.start_notify(
+            HR_MEASUREMENT,
+            lambda _c, data: got.put_nowait(bytes(data)),
+            bluez={"use_start_notify": use_start_notify},
+        )
         values = []
         for _ in range(2):
             await strap.tick()  # one second of the strap's life: one measurement

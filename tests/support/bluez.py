@@ -194,7 +194,11 @@ def serve_process(
     run_env["PYTHONPATH"] = f"{REPO}{os.pathsep}{run_env.get('PYTHONPATH', '')}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "firmware_sim", "serve", *args],
-        stdout=subprocess.PIPE, stderr=fd, stdin=subprocess.DEVNULL, env=run_env, cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=fd,
+        stdin=subprocess.DEVNULL,
+        env=run_env,
+        cwd=REPO,
     )
     os.close(fd)
     try:
@@ -205,7 +209,8 @@ def serve_process(
             proc.wait()
             raise AssertionError(
                 f"serve printed {text!r} instead of the address line; stderr:\n"
-                + stderr_path.read_text(errors="replace"))
+                + stderr_path.read_text(errors="replace")
+            )
         yield ServeProcess(proc, text.strip().split("=", 1)[1], stderr_path)
     finally:
         if proc.poll() is None:
@@ -220,8 +225,9 @@ def serve_process(
         stderr_path.unlink(missing_ok=True)
 
 
-def bluez_frontend(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *,
-                   options: BlueZOptions | None = None) -> Any:
+def bluez_frontend(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *, options: BlueZOptions | None = None
+) -> Any:
     """The fake-BlueZ front end in the shape of ``firmware_sim.inprocess.inprocess_frontend``:
     ``async with bluez_frontend(mp, tmp)(fleet) as (BleakScanner, BleakClient): ...`` serves
     ``fleet`` on a private bus, points bleak at it and starts the fleet if it is not running."""
