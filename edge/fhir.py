@@ -22,7 +22,8 @@ Decisions worth knowing:
   status bits are listed in a note.
 - dataAbsentReason: ``nan`` -> not-a-number, ``+inf`` -> positive-infinity, ``-inf`` ->
   negative-infinity (all in the R4 code system); ``nres`` and ``reserved`` -> error (the device
-  produced a value it could not represent); anything else -> unknown.
+  produced a value it could not represent; also a unit other than kg/L or mol/L, which is never
+  guessed); anything else -> unknown.
 - Devices are pseudonymous: the sensor's Device id is a name-based UUID of (hub id, address),
   the gateway's one of the hub id; no Bluetooth address appears in the output. Pseudonymous, not
   anonymous: someone who knows the hub id can confirm a guessed address.
@@ -222,11 +223,15 @@ def _heart_rate_body(r: HeartRateReading) -> str:
 
 
 def _glucose_body(r: GlucoseReading) -> str:
-    unit = r.unit if r.unit in GLUCOSE_UNITS else "kg/L"
+    known_unit = r.unit in GLUCOSE_UNITS
+    unit = r.unit if known_unit else "kg/L"
     sample_type = r.sample_type if r.sample_type in GLUCOSE_MDC else None
     body = _GLUCOSE_HEADS[unit, sample_type]
     c = r.concentration
-    if c is not None and c.is_finite():
+    if not known_unit:
+        # Never guess a unit: a wrong number is worse than none.
+        body += _ABSENT["reserved"]
+    elif c is not None and c.is_finite():
         # An exponent shift, not a multiplication: exact, and keeps the device's digits.
         shifted = c.scaleb(GLUCOSE_UNITS[unit][3])
         body += '"valueQuantity":{"value":' + _num(shifted) + _GLUCOSE_VALUE_CLOSE[unit]

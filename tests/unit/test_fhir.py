@@ -229,6 +229,12 @@ def test_special_values_become_data_absent_reason(special: str | None, reason: s
         assert token not in data
 
 
+def test_an_unknown_unit_sends_no_number() -> None:
+    obs = fhir.observation(glucose(Decimal("0.00095"), unit="g/L"), sensor_id="s", gateway_id="g")
+    validate_observation(obs)
+    assert obs["dataAbsentReason"]["coding"][0]["code"] == "error"
+
+
 def test_a_non_finite_decimal_is_never_emitted_as_a_number() -> None:
     # The Reading models refuse non-finite Decimals; bypass them to test the mapping's own guard.
     nan = {"concentration": Decimal("NaN"), "concentration_special": "nan"}
