@@ -35,8 +35,8 @@ class CurrentTime:
 
     @property
     def exact_time(self) -> datetime:
-        """``date_time`` plus the fractions (rounded down to the microsecond)."""
-        return self.date_time + timedelta(microseconds=self.fractions256 * 1_000_000 // 256)
+        """``date_time`` plus the fractions (to the nearest microsecond)."""
+        return self.date_time + timedelta(microseconds=round(self.fractions256 * 1_000_000 / 256))
 
     @property
     def adjust_reasons(self) -> tuple[AdjustReason, ...]:
@@ -59,7 +59,7 @@ def decode_current_time(data: bytes | bytearray | memoryview) -> CurrentTime:
 
 def encode_current_time(now_local: datetime, adjust_reason_bits: int = 0) -> bytes:
     """The 0x2A2B value for a local wall-clock time (what a gateway writes to set a clock)."""
-    fractions = now_local.microsecond * 256 // 1_000_000
+    fractions = min(255, round(now_local.microsecond * 256 / 1_000_000))
     return encode_date_time(now_local) + bytes(
         [now_local.isoweekday(), fractions, adjust_reason_bits & 0xFF]
     )
