@@ -107,13 +107,14 @@ class RecordedCall:
 def _summarise_options(body: list[Any]) -> tuple[str, ...]:
     out: list[str] = []
     for arg in body:
-        if isinstance(arg, dict):
-            for key in sorted(arg):
-                value = arg[key].value if isinstance(arg[key], Variant) else arg[key]
-                plain = isinstance(value, str | bool | int)
-                out.append(f"{key}={value}" if plain else str(key))
-        elif isinstance(arg, str) and arg.startswith("org.bluez."):
-            out.append(arg)  # Properties.Set/Get: which interface
+        value = arg.value if isinstance(arg, Variant) else arg
+        if isinstance(value, dict):
+            for key in sorted(value):
+                item = value[key].value if isinstance(value[key], Variant) else value[key]
+                out.append(f"{key}={item}" if isinstance(item, str | bool | int) else str(key))
+        elif isinstance(value, str | bool | int):
+            # e.g. Properties.Set's interface, name and value; RemoveDevice's path
+            out.append(re.sub(r"dev_[0-9A-F_]{17}", "dev_X", str(value)))
     return tuple(out)
 
 
