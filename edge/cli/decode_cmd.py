@@ -12,7 +12,7 @@ import json
 import re
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -75,7 +75,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("--gateway", default="example-hub", metavar="G",
                    help="gateway device id for --fhir (default example-hub)")
     p.add_argument("--tz", default="UTC", metavar="ZONE",
-                   help="the glucose meter's time zone for --fhir (default UTC)")
+                   help="the glucose meter's time zone for --fhir: UTC, +02:00 or a zone name "
+                   "(default UTC)")
     p.set_defaults(func=_decode)
 
 
@@ -109,6 +110,20 @@ def parse_hex(parts: list[str]) -> bytes:
     if not re.fullmatch(r"(?:[0-9a-fA-F]{2})*", text):
         raise UsageError("HEX must be pairs of hex digits (spaces and colons are allowed)")
     return bytes.fromhex(text)
+
+
+def parse_zone(text: str) -> tzinfo:
+    """``UTC``, a fixed offset (``+02:00``) or an IANA zone name (``Europe/Berlin``)."""
+    if text.upper() in ("UTC", "Z"):
+        return UTC
+    m = re.fullmatch(r"([+-])(\d{2}):?(\d{2})", text)
+    if m:
+        offset = timedelta(hours=int(m.group(2)), minutes=int(m.group(3)))
+        return timezone(-offset if m.group(1) == "-" else offset)
+    try:
+        return ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise UsageError(f"unknown time zone {text!r}") from None
 
 
 # --- JSON views (the contract) ----------------------------------------------------------------
@@ -264,14 +279,10 @@ def _fhir(c: Characteristic, data: bytes, args: argparse.Namespace) -> dict[str,
             device_id=args.device, patient=args.patient, received_at=received,
         )
     elif c is Characteristic.GLUCOSE_MEASUREMENT:
-        try:
-            tz = ZoneInfo(args.tz)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise UsageError(f"unknown time zone {args.tz!r}") from None
         reading = glucose_reading(
             decode_glucose_measurement(data), None,
             device_id=args.device, patient=args.patient, received_at=received,
-            clock_offset_s=0, local_tz=tz,
+            clock_offset_s=0, local_tz=parse_zone(args.tz),
         )
     else:
         raise UsageError("--fhir needs heart_rate_measurement or glucose_measurement")
