@@ -8,7 +8,7 @@ import contextlib
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import timedelta, timezone, tzinfo
 from typing import Any
 
 from bleak.exc import BleakDBusError
@@ -20,6 +20,9 @@ from firmware_sim.fleet import Fleet, build_fleet
 from firmware_sim.inprocess import SimBleak
 from firmware_sim.model.clock import ManualClock
 from tests.support.ble_fakes import Binding, FakeRegistry, FakeSink
+
+#: the simulated meters' clocks run in UTC+1 (their ``utc_offset_minutes`` default)
+SIM_TZ = timezone(timedelta(minutes=60))
 
 FAST = BleConfig(
     scan_seconds=5.0,
@@ -82,8 +85,32 @@ class Rig:
     registry: FakeRegistry
     sink: FakeSink
     clients: CountingClients
+    scanners: Any
+    config: BleConfig
+    local_tz: tzinfo
     manager: BleManager
     task: asyncio.Task[None] | None = None
+
+    def new_manager(self) -> BleManager:
+        """A fresh manager on the same registry, sink and simulator (a daemon restart)."""
+        return BleManager(
+            self.config,
+            self.registry,
+            self.sink,
+            scanner_factory=self.scanners,
+            client_factory=self.clients,
+            clock=self.clock,
+            local_tz=self.local_tz,
+            rng=random.Random(0),
+        )
+
+    async def restart(self) -> None:
+        """Stop the running manager and start a new one."""
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        self.manager = self.new_manager()
+        await self.start()
 
     def device(self, kind: str, n: int = 1) -> Any:
         return [d for d in self.fleet if d.kind == kind][n - 1]
@@ -119,6 +146,7 @@ async def ble_rig(
     config: BleConfig = FAST,
     autojump: bool = True,
     start_fleet: bool = True,
+    local_tz: tzinfo = SIM_TZ,
 ) -> AsyncIterator[Rig]:
     clock = ManualClock(autojump=autojump)
     fleet = build_fleet(devices=devices, seed=seed, clock=clock)
@@ -133,10 +161,10 @@ async def ble_rig(
         scanner_factory=sim.Scanner,
         client_factory=clients,
         clock=clock,
-        local_tz=UTC,
+        local_tz=local_tz,
         rng=random.Random(seed),
     )
-    rig = Rig(fleet, clock, registry, sink, clients, manager)
+    rig = Rig(fleet, clock, registry, sink, clients, sim.Scanner, config, local_tz, manager)
     if start_fleet:
         await fleet.start()
     try:
