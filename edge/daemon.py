@@ -73,7 +73,8 @@ class ForwarderLike(Protocol):
 
 
 BleFactory = Callable[[Any, Any], BleLike]
-ForwarderFactory = Callable[[Any, Callable[[], dict[str, Any]]], ForwarderLike]
+StatusProvider = Callable[[], Awaitable[dict[str, Any]]]
+ForwarderFactory = Callable[[Any, StatusProvider], ForwarderLike]
 VaultFactory = Callable[[], Any]
 
 
@@ -142,6 +143,8 @@ async def within(clock: Clock, awaitable: Awaitable[Any], timeout_s: float) -> t
     finally:
         timer.cancel()
     if work in done:
+        if work.cancelled():
+            return True, None
         return True, work.result()
     work.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -350,16 +353,17 @@ class Daemon:
 
     def _make_forwarder(self, vault: Any) -> ForwarderLike:
         if self._forwarder_factory is not None:
-            return self._forwarder_factory(vault, self.status_document)
-        from edge.uplink.forwarder import Forwarder  # type: ignore[import-not-found]
+            return self._forwarder_factory(vault, self.status_devices)
+        from edge.uplink.forwarder import Forwarder
 
-        kwargs: dict[str, Any] = {"clock": self.clock, "status_provider": self.status_document}
-        if self._link_factory is not None:
-            kwargs["link_factory"] = self._link_factory
-        forwarder: ForwarderLike = Forwarder(
-            self.config.uplink, self.config.hub.id, vault, **kwargs
+        return Forwarder(
+            self.config.uplink,
+            self.config.hub.id,
+            vault,
+            link_factory=self._link_factory,
+            clock=self.clock,
+            status_provider=self.status_devices,
         )
-        return forwarder
 
     def _wake_forwarder(self) -> None:
         if self.forwarder is not None:
@@ -446,9 +450,7 @@ class Daemon:
         await self.forwarder.run()
 
     async def _probe_uplink(self) -> None:
-        fwd = self.forwarder
-        if fwd is not None:
-            fwd.stats()
+        await _probe_part(self.forwarder, "stats")
 
     async def _ble_part(self) -> None:
         assert self.intake is not None
@@ -456,8 +458,7 @@ class Daemon:
         await self.ble.run()
 
     async def _probe_ble(self) -> None:
-        if self.ble is not None:
-            self.ble.device_states()
+        await _probe_part(self.ble, "device_states")
 
     async def _purger_part(self) -> None:
         while True:
@@ -560,22 +561,18 @@ class Daemon:
             return "stopped"
         return str(to_jsonable(self.forwarder.state))
 
-    def status_document(self) -> dict[str, Any]:
-        """The status the forwarder publishes on MQTT: no PHI (devices by their log hash)."""
-        vault = self._status_cache.get("vault") or {}
-        devices = [
-            {"device": REDACTOR.device_hash(str(d.get("address", ""))),
-             "kind": d.get("kind"), "state": d.get("state"), "last_seen": d.get("last_seen")}
-            for d in self._device_states()
-        ]
+    async def status_devices(self) -> dict[str, Any]:
+        """The device part of the status the forwarder publishes on MQTT: no PHI (devices
+        named by their log hash, never their address or patient)."""
+        states = self._device_states()
         return {
-            "hub": self.config.hub.id,
-            "queue_depth": vault.get("pending"),
-            "oldest_pending_age_s": vault.get("oldest_pending_age_s"),
-            "refusals": vault.get("refusals"),
-            "devices": devices,
-            "uplink": self._uplink_state(),
-            "cert_days_left": cert_days_left(self.config.uplink.client_cert, self.clock.now()),
+            "bound": len(states),
+            "connected": sum(1 for d in states if d.get("state") in ("connected", "syncing")),
+            "states": [
+                {"device": REDACTOR.device_hash(str(d.get("address", ""))),
+                 "kind": d.get("kind"), "state": d.get("state"), "last_seen": d.get("last_seen")}
+                for d in states
+            ],
             "healthy": self.health.healthy(),
         }
 
@@ -644,6 +641,18 @@ class Daemon:
         if self.ble is not None:
             await self.ble.refresh()
         return {"refreshed": self.ble is not None}
+
+
+async def _probe_part(part: Any, fallback: str) -> None:
+    """A part's own ``async probe()`` when it has one (it reports progress, so a part that is
+    alive but stuck stops beating), else a cheap call that proves it answers."""
+    if part is None:
+        return
+    probe = getattr(part, "probe", None)
+    if callable(probe):
+        await resolve(probe())
+        return
+    getattr(part, fallback)()
 
 
 def _patient_param(request: dict[str, Any]) -> str:

@@ -60,6 +60,8 @@ class SdNotifier:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # Never block the event loop on a receiver that stopped reading.
+                self._sock.setblocking(False)
             self._sock.sendto(message.encode("utf-8", "replace"), self._address)
         except OSError as exc:
             log.warning("sdnotify.send_failed", error=type(exc).__name__)

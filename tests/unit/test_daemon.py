@@ -1,0 +1,312 @@
+"""The daemon's wiring, shutdown, watchdog and control handlers, with a fake BLE manager and a
+fake MQTT link around the real forwarder and intake."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.clock import ManualClock
+from edge.config import GatewayConfig, parse_config
+from edge.control import ControlClient
+from edge.daemon import Daemon, Supervisor, log_hash_key
+from edge.readings import HeartRateReading, TimeSource, stable_reading_id
+from edge.sdnotify import Health, SdNotifier
+from edge.uplink.forwarder import Forwarder
+from tests.unit.daemon_fakes import FakeBle, FakeBroker, MemoryVault
+
+PIN = "sha256/" + "A" * 43 + "="
+T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+
+
+def make_config(tmp_path: Path, **daemon: Any) -> GatewayConfig:
+    return parse_config({
+        "hub": {"id": "hub-test"},
+        "vault": {"path": str(tmp_path / "state" / "vault.db"), "key_provider": "env",
+                  "allow_env_key": True},
+        "uplink": {"host": "localhost", "ca_file": str(tmp_path / "ca.pem"),
+                   "client_cert": str(tmp_path / "hub.pem"),
+                   "client_key": str(tmp_path / "hub.key"), "pins": [PIN]},
+        "daemon": {"control_socket": str(tmp_path / "run" / "control.sock"),
+                   "health_interval_s": 1.0, "shutdown_timeout_s": 4.0, **daemon},
+    })
+
+
+def hr(patient: str, n: int, bpm: int = 70) -> HeartRateReading:
+    at = T0 + timedelta(seconds=n)
+    return HeartRateReading(
+        id=stable_reading_id("AA:BB:CC:DD:EE:01", "2a37", at.isoformat()),
+        device_id="AA:BB:CC:DD:EE:01", patient=patient, effective_time=at,
+        time_source=TimeSource.GATEWAY, received_at=at, bpm=bpm, sensor_contact="detected",
+    )
+
+
+class Rig:
+    """A daemon with a memory vault, a fake BLE manager and the real forwarder on a fake link."""
+
+    def __init__(self, tmp_path: Path, *, clock: Any = None, notifier: Any = None,
+                 signals: bool = False, vault: Any = None, **daemon: Any) -> None:
+        self.vault = vault if vault is not None else MemoryVault()
+        self.broker = FakeBroker()
+        self.bles: list[FakeBle] = []
+        self.config = make_config(tmp_path, **daemon)
+        self.fail_ble = False
+
+        def ble_factory(vault: Any, sink: Any) -> FakeBle:
+            ble = FakeBle(vault, sink)
+            ble.fail = self.fail_ble
+            self.bles.append(ble)
+            return ble
+
+        def forwarder_factory(vault: Any, status: Callable[[], Any]) -> Forwarder:
+            return Forwarder(self.config.uplink, self.config.hub.id, vault,
+                             link_factory=self.broker.connect, clock=self.daemon.clock,
+                             status_provider=status)
+
+        self.daemon = Daemon(
+            self.config, key=b"k" * 32, vault_factory=lambda: self.vault,
+            ble_factory=ble_factory, forwarder_factory=forwarder_factory,
+            clock=clock, notifier=notifier, install_signal_handlers=signals, env={},
+        )
+        self.task: asyncio.Task[int] | None = None
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self.daemon.run())
+        await asyncio.wait_for(self.daemon.ready.wait(), 10)
+
+    async def stop(self) -> int:
+        assert self.task is not None
+        self.daemon.request_stop()
+        return await asyncio.wait_for(self.task, 10)
+
+    @property
+    def sink(self) -> Any:
+        return self.bles[-1].sink
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    r = Rig(tmp_path)
+    r.vault.grant_consent("patient-a", scope="forward", actor="test")
+    await r.start()
+    await asyncio.wait_for(r.bles[0].started.wait(), 5)
+    yield r
+    if r.task is not None and not r.task.done():
+        await r.stop()
+
+
+async def wait_for(cond: Callable[[], bool], event: asyncio.Event) -> None:
+    """Wait (bounded) until ``cond`` holds, re-checking whenever ``event`` fires."""
+    async def loop() -> None:
+        while not cond():
+            event.clear()
+            await event.wait()
+    await asyncio.wait_for(loop(), 5)
+
+
+async def test_a_submitted_reading_flows_to_the_publisher(rig: Rig) -> None:
+    await rig.sink.submit([hr("patient-a", 1)])
+    await wait_for(lambda: len(rig.broker.observations) == 1, rig.broker.published)
+    topic, rid = rig.broker.observations[0]
+    assert topic == "edge/v1/hub-test/obs/patient-a"
+    assert rid == hr("patient-a", 1).id
+    await wait_for(lambda: rig.vault.stats().pending == 0, rig.broker.published)
+    assert rig.daemon.intake is not None
+    assert rig.daemon.intake.stats()["received"] == {"heart_rate": 1}
+
+
+async def test_no_consent_and_implausible_are_refused_and_counted(rig: Rig) -> None:
+    await rig.sink.submit([hr("patient-b", 1), hr("patient-a", 2, bpm=400)])
+    assert rig.vault.rows == []
+    assert rig.vault.refusals == {"no_consent": 1, "heart_rate_out_of_range": 1}
+    status = await rig.daemon.full_status()
+    assert status["refusals"]["no_consent"] == 1
+    assert status["intake"]["refused"]["heart_rate_out_of_range"] == 1
+
+
+async def test_status_and_consent_over_the_control_socket(rig: Rig) -> None:
+    client = ControlClient(rig.config.daemon.control_socket, timeout_s=5)
+    status = await asyncio.to_thread(client.request, "status")
+    assert status["source"] == "daemon"
+    assert status["devices"][0]["state"] == "connected"
+    assert set(status["parts"]) == {"vault", "uplink", "ble", "purger", "control"}
+
+    await asyncio.to_thread(client.request, "consent.grant", patient="patient-b")
+    await rig.sink.submit([hr("patient-b", 1)])
+    await wait_for(lambda: len(rig.broker.observations) == 1, rig.broker.published)
+
+    # hold acks so readings stay pending, then revoke: pending purged, audited, gate closed
+    rig.broker.hold = True
+    await rig.sink.submit([hr("patient-b", 2)])
+    await wait_for(lambda: len(rig.broker.observations) == 2, rig.broker.published)
+    result = await asyncio.to_thread(client.request, "consent.revoke", patient="patient-b")
+    assert result == {"patient": "patient-b", "consent": "revoked", "purged": 1}
+    assert (f"control:uid:{os.getuid()}", "consent.revoke", "patient-b") in rig.vault.audits
+    sent = len(rig.broker.observations)
+    await rig.sink.submit([hr("patient-b", 3)])
+    assert rig.vault.refusals["no_consent"] == 1
+    assert len(rig.broker.observations) == sent
+    rig.broker.release()
+
+    assert (await asyncio.to_thread(client.request, "devices.refresh")) == {"refreshed": True}
+    assert rig.bles[-1].refreshed == 1
+
+
+async def test_sigterm_stops_ble_first_and_lets_in_flight_publishes_finish(
+    tmp_path: Path,
+) -> None:
+    r = Rig(tmp_path, signals=True)
+    r.vault.grant_consent("patient-a", scope="forward", actor="test")
+    await r.start()
+    ble = r.bles[0]
+    await asyncio.wait_for(ble.started.wait(), 5)
+    r.broker.hold = True
+    await r.sink.submit([hr("patient-a", 1)])
+    await wait_for(lambda: len(r.broker.observations) == 1, r.broker.published)
+    assert r.task is not None
+
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(ble.cancelled.wait(), 5)
+    assert not r.task.done(), "the daemon waits for the in-flight PUBACK"
+    assert r.vault.stats().pending == 1
+    r.broker.release()
+    rc = await asyncio.wait_for(r.task, 10)
+    assert rc == 0
+    assert r.vault.closed
+    assert r.vault.stats().pending == 0, "the acknowledged reading was marked delivered"
+    assert not r.config.daemon.control_socket.exists()
+
+
+async def test_shutdown_is_bounded_when_the_broker_never_acks(tmp_path: Path) -> None:
+    r = Rig(tmp_path, shutdown_timeout_s=0.5)
+    r.vault.grant_consent("patient-a", scope="forward", actor="test")
+    await r.start()
+    await asyncio.wait_for(r.bles[0].started.wait(), 5)
+    r.broker.hold = True
+    await r.sink.submit([hr("patient-a", 1)])
+    await wait_for(lambda: len(r.broker.observations) == 1, r.broker.published)
+    assert await r.stop() == 0
+    assert r.vault.stats().pending == 1, "never acknowledged: stays pending for next time"
+    assert r.vault.closed
+
+
+class DatagramSink:
+    """A real AF_UNIX datagram socket standing in for systemd's notify socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.path = path
+
+    async def recv(self) -> str:
+        loop = asyncio.get_running_loop()
+        data = await asyncio.wait_for(loop.sock_recv(self.sock, 4096), 5)
+        return data.decode()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def test_watchdog_stops_petting_while_a_part_hangs(tmp_path: Path) -> None:
+    notify = DatagramSink(tmp_path / "notify.sock")
+    clock = ManualClock(T0)
+    r = Rig(tmp_path, clock=clock, notifier=SdNotifier({"NOTIFY_SOCKET": str(notify.path)}))
+    try:
+        await r.start()
+        assert (await notify.recv()).startswith("READY=1\nSTATUS=")
+        await asyncio.wait_for(r.bles[0].started.wait(), 5)
+
+        async def tick() -> str:
+            clock.advance(1.0)
+            return await notify.recv()
+
+        assert (await tick()).startswith("WATCHDOG=1\n")
+        r.bles[0].unhung.clear()  # the BLE part stops making progress
+        messages = [await tick() for _ in range(8)]
+        assert "STATUS=unhealthy: ble" in messages
+        first = messages.index("STATUS=unhealthy: ble")
+        assert first >= 2, "a part is only stale after missing several beats"
+        assert all(m == "STATUS=unhealthy: ble" for m in messages[first:]), messages
+        r.bles[0].unhung.set()
+        messages = [await tick() for _ in range(3)]
+        assert messages[-1].startswith("WATCHDOG=1\n")
+        assert r.daemon.supervisors["ble"].state == "running"
+    finally:
+        stop = asyncio.create_task(r.stop())
+        # shutdown waits on the manual clock too: keep time moving until it is done
+        while not stop.done():
+            clock.advance(0.5)
+            await asyncio.sleep(0)
+        assert stop.result() == 0
+        notify.close()
+
+
+async def test_a_part_that_keeps_dying_stops_the_petting(tmp_path: Path) -> None:
+    notify = DatagramSink(tmp_path / "notify.sock")
+    clock = ManualClock(T0)
+    r = Rig(tmp_path, clock=clock, notifier=SdNotifier({"NOTIFY_SOCKET": str(notify.path)}))
+    r.fail_ble = True
+    try:
+        await r.start()
+        await notify.recv()  # READY
+        seen = []
+        for _ in range(200):
+            clock.advance(1.0)
+            seen.append(await notify.recv())
+            if seen[-1] == "STATUS=unhealthy: ble":
+                break
+        assert seen[-1] == "STATUS=unhealthy: ble"
+        # it was restarted with backoff (not once per tick) before giving up
+        assert 3 <= len(r.bles) <= 10
+        assert r.daemon.supervisors["ble"].failures > 5
+        assert any(m.startswith("WATCHDOG=1") for m in seen), "healthy while restarting"
+    finally:
+        stop = asyncio.create_task(r.stop())
+        while not stop.done():
+            clock.advance(0.5)
+            await asyncio.sleep(0)
+        notify.close()
+
+
+async def test_supervisor_restarts_a_failing_part_with_backoff() -> None:
+    clock = ManualClock(T0)
+    health = Health(clock)
+    runs: list[int] = []
+    release = asyncio.Event()
+
+    async def part() -> None:
+        runs.append(1)
+        if len(runs) < 3:
+            raise RuntimeError("boom")
+        await release.wait()
+
+    sup = Supervisor("p", part, health, clock, interval_s=1.0)
+    task = asyncio.create_task(sup.run())
+    for _ in range(200):
+        if len(runs) >= 3:
+            break
+        clock.advance(0.25)
+        await asyncio.sleep(0)
+    assert len(runs) == 3
+    assert sup.restarts == 2 and sup.last_error == "RuntimeError"
+    assert health.healthy()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert sup.state == "stopped"
+
+
+def test_log_hash_key_is_stable_and_not_the_key() -> None:
+    k = bytes(range(32))
+    assert log_hash_key(k) == log_hash_key(k)
+    assert log_hash_key(k) != k and len(log_hash_key(k)) == 32
+    assert log_hash_key(k) != log_hash_key(bytes(32))
