@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "edge.cli.run_cmd",
     "edge.cli.ble_cmd",
     "edge.cli.uplink_cmd",
+    "edge.cli.vault_cmd",
 )
 
 

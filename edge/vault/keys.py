@@ -56,6 +56,11 @@ class KeyProvider(Protocol):
 
     #: the configured provider's name (``file``, ``env``, ``systemd-credential``)
     name: str
+    #: whether edge can create and rotate the key itself
+    writable: bool
+
+    def guidance(self) -> str:
+        """For a read-only provider: how the operator creates or replaces the key."""
 
     def describe(self) -> str:
         """Where the key lives, for messages (never the key)."""
@@ -153,6 +158,7 @@ class FileKeyProvider:
     """A 0600/0400 key file outside the vault's directory."""
 
     name = "file"
+    writable = True
 
     def __init__(self, path: Path, *, vault_dir: Path) -> None:
         self.path = path
@@ -161,6 +167,9 @@ class FileKeyProvider:
 
     def describe(self) -> str:
         return f"file {self.path}"
+
+    def guidance(self) -> str:
+        return ""
 
     def _check_location(self) -> None:
         key_dir = self.path.resolve().parent
@@ -244,6 +253,7 @@ class EnvKeyProvider:
     """Hex key in an environment variable; for tests, and only when allowed."""
 
     name = "env"
+    writable = False
 
     def __init__(self, var: str, *, allowed: bool) -> None:
         self.var = var
@@ -251,6 +261,9 @@ class EnvKeyProvider:
 
     def describe(self) -> str:
         return f"environment variable {self.var}"
+
+    def guidance(self) -> str:
+        return ENV_GUIDANCE.format(var=self.var)
 
     def load(self) -> bytes:
         if not self._allowed:
@@ -287,12 +300,16 @@ class SystemdCredentialProvider:
     """A credential in ``$CREDENTIALS_DIRECTORY``; read-only."""
 
     name = "systemd-credential"
+    writable = False
 
     def __init__(self, credential: str) -> None:
         self.credential = credential
 
     def describe(self) -> str:
         return f"systemd credential {self.credential}"
+
+    def guidance(self) -> str:
+        return SYSTEMD_GUIDANCE.format(name=self.credential)
 
     def _path(self) -> Path:
         directory = os.environ.get("CREDENTIALS_DIRECTORY")

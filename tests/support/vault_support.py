@@ -85,3 +85,33 @@ def file_digests(path: Path) -> dict[str, str | None]:
         p = Path(str(path) + suffix)
         out[suffix or "db"] = hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else None
     return out
+
+
+def write_gateway_config(tmp: Path, cfg: VaultConfig) -> Path:
+    """A gateway TOML whose [vault] section is ``cfg`` (uplink files need not exist)."""
+    lines = [
+        "[hub]", 'id = "hub-test"', "",
+        "[vault]",
+        f'path = "{cfg.path}"',
+        f'key_provider = "{cfg.key_provider}"',
+    ]
+    if cfg.key_file is not None:
+        lines.append(f'key_file = "{cfg.key_file}"')
+    lines += [
+        f'key_env = "{cfg.key_env}"',
+        f"allow_env_key = {'true' if cfg.allow_env_key else 'false'}",
+        f'key_credential = "{cfg.key_credential}"',
+        f"max_pending = {cfg.max_pending}",
+        f"max_pending_bytes = {cfg.max_pending_bytes}",
+        f"retention_days = {cfg.retention_days}",
+        "",
+        "[uplink]",
+        'host = "127.0.0.1"',
+        f'ca_file = "{tmp}/ca.pem"',
+        f'client_cert = "{tmp}/client.pem"',
+        f'client_key = "{tmp}/client.key"',
+        'pins = ["sha256/' + "A" * 43 + '="]',
+    ]
+    path = tmp / "gateway.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
