@@ -33,7 +33,7 @@ class UsageError(Exception):
 # ---------------------------------------------------------------------------- fleet arguments
 
 
-def _scenario_path(value: str | None) -> Path | None:
+def scenario_path(value: str | None) -> Path | None:
     """A scenario file, or the packaged scenario of that name (``default``, …)."""
     if value is None:
         return None
@@ -59,7 +59,7 @@ def _build_fleet(args: argparse.Namespace) -> Any:
 
     try:
         return build_fleet(
-            scenario=_scenario_path(args.scenario), devices=args.devices, seed=args.seed
+            scenario=scenario_path(args.scenario), devices=args.devices, seed=args.seed
         )
     except (ValueError, OSError) as err:
         raise UsageError(str(err)) from err

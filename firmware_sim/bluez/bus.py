@@ -59,15 +59,20 @@ class BusStartError(RuntimeError):
     """The private bus could not be started."""
 
 
-def find_dbus_daemon() -> str:
-    """The path of ``dbus-daemon``; raises :class:`BusStartError` naming the package if absent."""
+def find_dbus_daemon(daemon: str | None = None) -> str:
+    """The ``dbus-daemon`` to run (``daemon`` if given, else from PATH or /usr/bin); raises
+    :class:`BusStartError` naming the package to install when there is none."""
+    if daemon is not None:
+        if os.access(daemon, os.X_OK):
+            return daemon
+        raise BusStartError(f"dbus-daemon not found at {daemon}; install it with: {APT_HINT}")
     found = shutil.which("dbus-daemon")
-    if found is None:
-        for candidate in ("/usr/bin/dbus-daemon", "/bin/dbus-daemon"):
-            if os.access(candidate, os.X_OK):
-                return candidate
-        raise BusStartError(f"dbus-daemon not found; install it with: {APT_HINT}")
-    return found
+    if found is not None:
+        return found
+    for candidate in ("/usr/bin/dbus-daemon", "/bin/dbus-daemon"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    raise BusStartError(f"dbus-daemon not found; install it with: {APT_HINT}")
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -94,8 +99,9 @@ class PrivateBus:
     ``address`` is the D-Bus address to export as ``DBUS_SYSTEM_BUS_ADDRESS``.
     """
 
-    def __init__(self, *, start_timeout: float = 10.0) -> None:
+    def __init__(self, *, start_timeout: float = 10.0, daemon: str | None = None) -> None:
         self._start_timeout = start_timeout
+        self._daemon = daemon
         self._proc: subprocess.Popen[bytes] | None = None
         self._dir: Path | None = None
         self._stderr_reader: threading.Thread | None = None
@@ -120,7 +126,7 @@ class PrivateBus:
         """Start the daemon and return its address once it accepts connections."""
         if self._proc is not None:
             raise BusStartError("bus already started")
-        daemon = find_dbus_daemon()
+        daemon = find_dbus_daemon(self._daemon)
         self._dir = Path(tempfile.mkdtemp(prefix="fsim-dbus-"))
         try:
             socket_path = self._dir / "bus"
