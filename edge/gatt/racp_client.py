@@ -44,7 +44,8 @@ Behaviour:
   sequence space starting at the cursor (serial-number arithmetic), so a meter that answers
   "≥ 0" with its whole store still yields only the new records. A meter that compares
   numerically cannot report 0, 1 … after 65535 for "≥ 65534", so when the first transfer
-  reached 65535 the machine also asks for ``≤ cursor + 32767 (mod 65536)``.
+  reached 65535 the machine also asks for ``≤ cursor + 32767 (mod 65536)`` (a meter that
+  refuses that request leaves the wrapped records to the next sync's ``≥ 0``).
 * When nothing new came, it asks for the last record (``01 06``) so a meter whose newest record
   is not the one just before the cursor — a meter that restarted its numbering — is reported
   as ``reset_suspected``.
@@ -83,6 +84,14 @@ from edge.gatt.racp import (
 from edge.gatt.uuids import ATT_CCCD_IMPROPERLY_CONFIGURED, ATT_PROCEDURE_ALREADY_IN_PROGRESS
 
 SEQ_MODULO = 0x10000
+#: answers that mean "this meter cannot do that request" rather than "the transfer failed"
+_REFUSALS = frozenset({
+    RacpResponse.OPCODE_NOT_SUPPORTED,
+    RacpResponse.INVALID_OPERATOR,
+    RacpResponse.OPERATOR_NOT_SUPPORTED,
+    RacpResponse.INVALID_OPERAND,
+    RacpResponse.OPERAND_NOT_SUPPORTED,
+})
 #: records within this distance after the cursor are "new" (half the sequence space)
 WINDOW = 0x8000
 
@@ -164,6 +173,8 @@ class SyncResult:
     busy_retries: int
     #: the meter answered "no records found" to the main request
     no_records: bool
+    #: the meter refused the "≤" request for records after a wrap (they come next sync)
+    wrap_refused: bool = False
 
     @property
     def complete(self) -> bool:
@@ -254,6 +265,7 @@ class RacpSync:
         self._no_records = False
         self._probe_last: int | None = None
         self._probed = False
+        self._wrap_refused = False
 
     # --- public API: each returns the next action ---
 
@@ -438,7 +450,11 @@ class RacpSync:
         if self.phase is Phase.PROBE:
             self._probed = ok
             return self._finish(SyncStatus.COMPLETE, None)
-        if not ok:
+        if not ok and self.phase is Phase.WRAP and response in _REFUSALS:
+            # A meter without "≤" must not fail every sync: the cursor moves past 65535 and
+            # the next sync's "≥ 0" (filtered by the window) brings the wrapped records.
+            self._wrap_refused = True
+        elif not ok:
             return self._finish(SyncStatus.FAILED, response.label)
         assert self._cursor is not None or self.phase is Phase.MAIN
         if self.phase is Phase.MAIN:
@@ -519,6 +535,7 @@ class RacpSync:
             orphan_contexts=tuple(sorted(set(self._contexts) - paired - set(self._seen))),
             busy_retries=self._busy,
             no_records=self._no_records,
+            wrap_refused=self._wrap_refused,
         )
         self.state = State.FINISHED
         return Finished(self._result)

@@ -80,6 +80,7 @@ class Meter:
     wrap_aware: bool = False
     busy: int = 0  # this many report writes fail with ATT 0x80
     supports_last: bool = True
+    supports_le: bool = True
     events: list[tuple[str, bytes]] = field(default_factory=list)
     writes: list[bytes] = field(default_factory=list)
 
@@ -119,7 +120,7 @@ class Meter:
             if self.wrap_aware:
                 return [s for s in self.stored if (s - n) % 0x10000 < 0x8000]
             return [s for s in self.stored if s >= n]
-        if op is RacpOperator.LESS_THAN_OR_EQUAL_TO:
+        if op is RacpOperator.LESS_THAN_OR_EQUAL_TO and self.supports_le:
             return [s for s in self.stored if s <= n]
         return None
 
@@ -406,6 +407,15 @@ def test_wrap_with_a_serial_meter_dedupes_the_second_answer() -> None:
     assert result.next_sequence == 2
 
 
+def test_meter_refusing_the_wrap_request_gets_the_rest_next_time() -> None:
+    stored = [65533, 65534, 65535, 0, 1]
+    result = run(RacpSync(65534, TIMEOUT), Meter(stored=stored, supports_le=False))
+    assert result.complete and result.wrap_refused
+    assert seqs(result) == [65534, 65535] and result.next_sequence == 0
+    result = run(RacpSync(result.next_sequence, TIMEOUT), Meter(stored=stored, supports_le=False))
+    assert seqs(result) == [0, 1] and result.next_sequence == 2
+
+
 def test_cursor_at_65535_and_at_zero() -> None:
     stored = [65533, 65534, 65535, 0, 1]
     result = run(RacpSync(65535, TIMEOUT), Meter(stored=stored))
@@ -551,6 +561,17 @@ def test_error_responses_fail(code: RacpResponse, reason: str) -> None:
     )
     assert result.status is SyncStatus.FAILED and result.reason == reason
     assert result.next_sequence == 3 and seqs(result) == [3]
+
+
+def test_a_failure_of_the_wrap_request_is_still_a_failure() -> None:
+    sync = RacpSync(65535, TIMEOUT)
+    sync.start(0.0)
+    sync.measurement(gm(65535), 0.1)
+    expect_write(sync.indication(SUCCESS, 0.2), racp.report_up_to(32766))
+    result = finished(sync.indication(racp.encode_response_code(
+        RacpOpcode.REPORT_STORED_RECORDS, RacpResponse.PROCEDURE_NOT_COMPLETED), 0.3))
+    assert result.status is SyncStatus.FAILED and result.reason == "procedure_not_completed"
+    assert result.next_sequence == 65535
 
 
 def test_stray_abort_answer_while_waiting_is_ignored() -> None:
