@@ -134,7 +134,10 @@ class Fleet:
         """Create and add a device. ``kind`` is ``hr``/``heart_rate`` or ``glucose``; name and
         address default to ``SIM-HR-<n>`` / a seed-stable address; other options go to the
         device class (see :mod:`firmware_sim.scenario` for the list)."""
+        from firmware_sim.scenario import check_options  # scenario imports this module
+
         kind = normalize_kind(kind)
+        check_options(kind, options, where=f"{kind} device")
         cls, prefix, address_type = KINDS[kind]
         n = self._counters.get(kind, 0) + 1
         self._counters[kind] = n

@@ -191,25 +191,17 @@ def parse_scenario(text: str, *, source: str = "<scenario>") -> Scenario:
     return Scenario(seed=seed, description=description, devices=entries, source=source)
 
 
-def _entry(raw: Any, where: str) -> DeviceEntry:
-    if not isinstance(raw, dict):
-        raise ScenarioError(f"{where}: must be a table")
-    if "kind" not in raw:
-        raise ScenarioError(f"{where}: missing key 'kind' (hr or glucose)")
-    try:
-        kind = normalize_kind(str(raw["kind"]))
-    except ValueError as e:
-        raise ScenarioError(f"{where}.kind: {e}") from e
+def check_options(
+    kind: str, options: dict[str, Any], *, where: str, extra: set[str] | None = None
+) -> dict[str, Any]:
+    """Check device options for ``kind`` (normalised) against the schema; returns them."""
     allowed = OPTION_TYPES[kind]
-    options: dict[str, Any] = {}
     value: Any
-    for key, value in raw.items():
-        if key in _ENTRY_KEYS:
-            continue
+    for key, value in options.items():
         if key not in allowed:
             raise ScenarioError(
                 f"{where}: unknown key {key!r} for a {kind} device; allowed: "
-                f"{', '.join(sorted(_ENTRY_KEYS | set(allowed)))}"
+                f"{', '.join(sorted((extra or set()) | set(allowed)))}"
             )
         types = allowed[key]
         if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
@@ -221,7 +213,21 @@ def _entry(raw: Any, where: str) -> DeviceEntry:
             lo, hi = _RANGES[key]
             if not lo <= cast(float, value) <= hi:
                 raise ScenarioError(f"{where}.{key}: {value} outside {lo:g}..{hi:g}")
-        options[key] = value
+    return dict(options)
+
+
+def _entry(raw: Any, where: str) -> DeviceEntry:
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"{where}: must be a table")
+    if "kind" not in raw:
+        raise ScenarioError(f"{where}: missing key 'kind' (hr or glucose)")
+    try:
+        kind = normalize_kind(str(raw["kind"]))
+    except ValueError as e:
+        raise ScenarioError(f"{where}.kind: {e}") from e
+    options = check_options(
+        kind, {k: v for k, v in raw.items() if k not in _ENTRY_KEYS}, where=where, extra=_ENTRY_KEYS
+    )
     count = raw.get("count", 1)
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise ScenarioError(f"{where}.count: expected an integer >= 0")
