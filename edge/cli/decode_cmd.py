@@ -2,7 +2,8 @@
 
 Prints one JSON object on stdout. The field names are a contract other tooling relies on
 (issue 2); numbers from the device are printed with every digit it sent (``5.50``). Malformed
-input: exit 2 and one line on stderr naming the reason.
+input: exit 2 and one line on stderr naming the reason. With ``--fhir``, a reading intake would
+refuse (control solution, impossible value) is reported the same way instead of an Observation.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from edge.errors import EdgeError, MalformedPayload
+from edge.errors import EdgeError, Implausible, MalformedPayload
 from edge.gatt.glucose import (
     decode_glucose_context,
     decode_glucose_feature,
@@ -67,7 +68,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("hex", nargs="+", metavar="HEX",
                    help="the value as hex; spaces, colons and dashes are ignored")
     p.add_argument("--fhir", action="store_true",
-                   help="print the FHIR R4 Observation that would be forwarded")
+                   help="print the FHIR R4 Observation that would be forwarded (exit 2 if "
+                   "it would be refused as implausible)")
     p.add_argument("--patient", default="example-patient", metavar="P",
                    help="patient pseudonym for --fhir (default example-patient)")
     p.add_argument("--device", default="example-sensor", metavar="D",
@@ -269,7 +271,7 @@ def decode_to_json(characteristic: Characteristic, data: bytes) -> dict[str, Any
 
 
 def _fhir(c: Characteristic, data: bytes, args: argparse.Namespace) -> dict[str, Any]:
-    from edge import fhir  # only --fhir needs the mapping
+    from edge import fhir, plausibility  # only --fhir needs these
 
     received = datetime.now(UTC)
     reading: HeartRateReading | GlucoseReading
@@ -286,6 +288,9 @@ def _fhir(c: Characteristic, data: bytes, args: argparse.Namespace) -> dict[str,
         )
     else:
         raise UsageError("--fhir needs heart_rate_measurement or glucose_measurement")
+    # Only what intake would forward becomes an Observation (control solution is not patient
+    # data, an impossible value is refused); Implausible says why.
+    plausibility.check(reading)
     return fhir.observation(reading, sensor_id=args.device, gateway_id=args.gateway)
 
 
@@ -314,6 +319,9 @@ def _decode(args: argparse.Namespace) -> int:
         obj = _fhir(c, data, args) if args.fhir else decode_to_json(c, data)
     except MalformedPayload as exc:
         print(f"edge: {exc}", file=sys.stderr)
+        return EXIT_MALFORMED
+    except Implausible as exc:
+        print(f"edge: not forwarded ({exc.reason}): {exc}", file=sys.stderr)
         return EXIT_MALFORMED
     sys.stdout.write(dumps(obj) + "\n")
     return 0

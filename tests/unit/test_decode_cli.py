@@ -170,6 +170,22 @@ def test_fhir_glucose_keeps_precision_and_references(capsys: pytest.CaptureFixtu
     assert obj["effectiveDateTime"].startswith("2026-01-02T02:04:05")
 
 
+@pytest.mark.parametrize(
+    ("argv", "reason"),
+    [
+        (["2a18", "02 0100 EA07 03 0F 08 1E 00 5FB0 4A"], "not forwarded (control_solution)"),
+        (["2a37", "0605"], "not forwarded (heart_rate_out_of_range)"),
+    ],
+)
+def test_fhir_refuses_what_intake_would_refuse(
+    capsys: pytest.CaptureFixture[str], argv: list[str], reason: str
+) -> None:
+    rc, out, err = run(capsys, *argv, "--fhir")
+    assert rc == 2 and out == ""
+    assert err.count("\n") == 1 and reason in err
+    assert decoded(capsys, *argv)[0]  # without --fhir it still decodes
+
+
 def test_installed_console_script() -> None:
     exe = Path(sys.executable).with_name("edge")
     proc = subprocess.run(
