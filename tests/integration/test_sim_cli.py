@@ -1,0 +1,164 @@
+"""``python -m firmware_sim``: list, serve (as a subprocess, driven by bleak and ``ctl``), and
+a clean stop that leaves no process, socket or directory behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bleak import BleakClient, BleakScanner
+from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import AdvertisementData
+
+from firmware_sim.fleet import build_fleet
+from tests.support.bluez import REPO, pid_alive, serve_process, use_fake_bluez
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+WAIT = 10.0
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "firmware_sim", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env=env,
+        check=False,
+    )
+
+
+def ctl(address: str, *args: str) -> Any:
+    done = run_cli("ctl", "--bus", address, *args)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout) if done.stdout.strip() else None
+
+
+def test_list_shows_names_kinds_and_seed_stable_addresses() -> None:
+    first = run_cli("list", "--devices", "hr:2,glucose:1", "--seed", "5")
+    second = run_cli("list", "--devices", "hr:2,glucose:1", "--seed", "5")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    fleet = build_fleet(devices="hr:2,glucose:1", seed=5)
+    rows = [line.split() for line in first.stdout.splitlines()[1:]]
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        (d.name, d.kind, d.address) for d in fleet.devices
+    ]
+    assert [r[0] for r in rows] == ["SIM-HR-1", "SIM-HR-2", "SIM-GLU-1"]
+    as_json = json.loads(run_cli("list", "--devices", "hr:1", "--json").stdout)
+    assert as_json[0]["name"] == "SIM-HR-1"
+
+
+def test_list_of_a_scenario_file(tmp_path: Path) -> None:
+    scenario = tmp_path / "two.toml"
+    scenario.write_text('seed = 9\n[[devices]]\nkind = "glucose"\ncount = 2\n', encoding="utf-8")
+    done = run_cli("list", "--scenario", str(scenario))
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[0] for line in done.stdout.splitlines()[1:]] == [
+        "SIM-GLU-1",
+        "SIM-GLU-2",
+    ]
+
+
+def test_bad_arguments_are_one_line_errors_and_start_nothing(tmp_path: Path) -> None:
+    done = run_cli("serve", "--scenario", str(tmp_path / "missing.toml"))
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.startswith("error: ")
+    env = {k: v for k, v in os.environ.items() if k != "DBUS_SYSTEM_BUS_ADDRESS"}
+    done = run_cli("ctl", "list", env=env)
+    assert done.returncode == 2
+    assert "DBUS_SYSTEM_BUS_ADDRESS" in done.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_serve_stops_cleanly_on_signal(signum: int) -> None:
+    with serve_process(["--devices", "hr:1,glucose:1", "--seed", "2"]) as served:
+        socket_path = served.socket_path
+        assert socket_path.exists()
+        daemons = served.daemon_pids()
+        assert len(daemons) == 1 and pid_alive(daemons[0])
+        assert served.stop(signum) == 0
+        assert served.proc.stdout is not None
+        assert served.proc.stdout.read() == b""  # the address line was the only output
+        assert not pid_alive(daemons[0])
+        assert not socket_path.exists()
+        assert not socket_path.parent.exists()
+
+
+async def test_serve_is_usable_by_bleak_and_driven_by_ctl(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with serve_process(["--devices", "hr:1,glucose:1", "--seed", "4"]) as served:
+        address = served.address
+        use_fake_bluez(monkeypatch, address, tmp_path)
+        listed = ctl(address, "list")
+        assert [d["name"] for d in listed] == ["SIM-HR-1", "SIM-GLU-1"]
+        added = ctl(address, "add", "hr", "resting_bpm=70")
+        assert added["name"] == "SIM-HR-2"
+
+        seen: dict[str, BLEDevice] = {}
+        all_seen = asyncio.Event()
+
+        def detected(device: BLEDevice, adv: AdvertisementData) -> None:
+            seen[adv.local_name or ""] = device
+            if {"SIM-HR-1", "SIM-HR-2", "SIM-GLU-1"} <= seen.keys():
+                all_seen.set()
+
+        async with BleakScanner(detected):
+            await asyncio.wait_for(all_seen.wait(), WAIT)
+
+        # a heart rate pinned from the command line arrives in the strap's notifications
+        ctl(address, "hr", "SIM-HR-1", "142")
+        beats: asyncio.Queue[bytes] = asyncio.Queue()
+        dropped = asyncio.Event()
+        client = BleakClient(seen["SIM-HR-1"], disconnected_callback=lambda _c: dropped.set())
+        await client.connect()
+        await client.start_notify(
+            "00002a37-0000-1000-8000-00805f9b34fb", lambda _c, d: beats.put_nowait(bytes(d))
+        )
+        beat = await asyncio.wait_for(beats.get(), WAIT)  # the strap ticks once a second
+        assert (beat[1] if not beat[0] & 1 else int.from_bytes(beat[1:3], "little")) == 142
+        assert ctl(address, "drop", "SIM-HR-1") == {"dropped": True}
+        await asyncio.wait_for(dropped.wait(), WAIT)
+        assert not client.is_connected
+        await client.disconnect()
+
+        plan = ctl(address, "fault", "SIM-GLU-1", "connect_failures=1", "pairing_refused=failed")
+        assert plan == {"connect_failures": 1, "pairing_refused": "failed"}
+        record = ctl(address, "glucose", "SIM-GLU-1", "concentration=5.5", "unit=mmol/L")
+        assert isinstance(record["sequence"], int)
+        ctl(address, "visible", "SIM-HR-2", "no")
+        ctl(address, "remove", "SIM-HR-2")
+        assert [d["name"] for d in ctl(address, "list")] == ["SIM-HR-1", "SIM-GLU-1"]
+
+        missing = run_cli("ctl", "--bus", address, "drop", "SIM-NOPE-9")
+        assert missing.returncode == 1
+        assert "com.edge.Sim.Error.NoSuchDevice" in missing.stderr
+        assert served.stop() == 0
+
+
+async def test_serve_killed_outright_still_takes_its_daemon_down() -> None:
+    with serve_process(["--devices", "hr:1"]) as served:
+        (daemon,) = served.daemon_pids()
+        directory = served.socket_path.parent
+        served.proc.kill()  # no chance to clean up: the kernel's parent-death signal must
+        served.proc.wait(timeout=WAIT)
+        try:
+            async with asyncio.timeout(WAIT):
+                while pid_alive(daemon):  # noqa: ASYNC110 - bounded wait for the kernel
+                    await asyncio.sleep(0.01)
+        finally:
+            # only the directory is left behind after SIGKILL; tidy it for the test run
+            for leftover in directory.glob("*"):
+                leftover.unlink()
+            directory.rmdir()
