@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fhir.resources.R4B.observation import Observation
 
 from edge.cli import main
 
@@ -159,6 +160,7 @@ def test_fhir_heart_rate(capsys: pytest.CaptureFixture[str]) -> None:
     assert obj["device"] == {"reference": "Device/example-sensor"}
     assert "Device/example-hub" in json.dumps(obj["extension"])
     assert obj["valueQuantity"]["value"] == 72
+    Observation.model_validate(obj)
 
 
 def test_fhir_glucose_keeps_precision_and_references(capsys: pytest.CaptureFixture[str]) -> None:
@@ -168,6 +170,7 @@ def test_fhir_glucose_keeps_precision_and_references(capsys: pytest.CaptureFixtu
     assert obj["device"] == {"reference": "Device/dev-3"}
     assert obj["valueQuantity"]["value"] == Decimal("5.50") and '"value": 5.50' in out
     assert obj["effectiveDateTime"].startswith("2026-01-02T02:04:05")
+    Observation.model_validate(json.loads(out))  # valid R4
 
 
 @pytest.mark.parametrize(
