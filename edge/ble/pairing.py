@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from edge.ble.errors import BLE_EXCEPTIONS, ble_error, is_auth_error
 from edge.ble.ports import BleClient, ClientFactory, ScannerFactory
@@ -141,14 +141,3 @@ async def unpair_device(
         return False
     log.info("ble.unpaired", address=address)
     return True
-
-
-class BindingVault(Protocol):
-    """The vault calls pairing makes."""
-
-    def bind_device(self, address: str, kind: str, patient: str, *, bonded: bool,
-                    actor: str) -> Any: ...
-
-    def unbind_device(self, address: str, *, actor: str) -> Any: ...
-
-    def audit(self, actor: str, action: str, subject: str) -> Any: ...

@@ -9,17 +9,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-from collections.abc import Iterator
+import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
-from edge.ble.pairing import pair_device, unpair_device
+from edge.ble.pairing import PairedDevice, pair_device, unpair_device
 from edge.ble.ports import bleak_client_factory, bleak_scanner_factory
 from edge.ble.profiles import KINDS, normalize_address
 from edge.ble.scanner import scan_nearby
 from edge.cli.common import config_from_args, print_json
 from edge.clock import SystemClock
 from edge.config import BleConfig, GatewayConfig, load_config, resolve_config_path
-from edge.errors import ConfigError, EdgeError
+from edge.errors import ConfigError, EdgeError, PairingRefused
+from edge.log import configure_logging
 
 ACTOR = "cli"
 
@@ -51,6 +53,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.set_defaults(func=_devices)
 
 
+def _quiet_logs() -> None:
+    """stdout is for the operator's answer (JSON included); warnings go to stderr."""
+    configure_logging("warning", "console", stream=sys.stderr)
+
+
 def _address(raw: str) -> str:
     try:
         return normalize_address(raw)
@@ -67,19 +74,16 @@ def _ble_config(args: argparse.Namespace) -> BleConfig:
     return load_config(path).ble
 
 
-@contextlib.contextmanager
-def _vault(cfg: GatewayConfig) -> Iterator[Any]:
-    from edge.vault import Vault
-    from edge.vault.keys import key_provider
+@contextlib.asynccontextmanager
+async def _vault(cfg: GatewayConfig) -> AsyncIterator[Any]:
+    from edge.vault import Vault, key_provider
 
     key = key_provider(cfg.vault).load()
-    vault = Vault.open(cfg.vault, key)
+    vault = await Vault.open(cfg.vault, key)
     try:
         yield vault
     finally:
-        close = getattr(vault, "close", None)
-        if callable(close):
-            close()
+        await vault.close()
 
 
 def _tell_daemon(cfg: GatewayConfig) -> bool:
@@ -94,6 +98,7 @@ def _tell_daemon(cfg: GatewayConfig) -> bool:
 
 
 def _scan(args: argparse.Namespace) -> int:
+    _quiet_logs()
     ble = _ble_config(args)
     if args.seconds <= 0:
         raise ConfigError("--seconds must be positive", ["--seconds: must be > 0"])
@@ -113,21 +118,10 @@ def _scan(args: argparse.Namespace) -> int:
 
 
 def _pair(args: argparse.Namespace) -> int:
+    _quiet_logs()
     address = _address(args.address)
     cfg = config_from_args(args)
-    ble = cfg.ble
-    with _vault(cfg) as vault:
-        paired = asyncio.run(
-            pair_device(
-                bleak_client_factory(ble.adapter),
-                address,
-                kind=args.kind,
-                clock=SystemClock(),
-                scanner_factory=bleak_scanner_factory(ble.adapter),
-                connect_timeout_s=ble.connect_timeout_s,
-            )
-        )
-        vault.bind_device(paired.address, paired.kind, args.patient, bonded=True, actor=ACTOR)
+    paired = asyncio.run(_pair_and_bind(cfg, address, args.patient, args.kind))
     running = _tell_daemon(cfg)
     result = {
         "address": paired.address,
@@ -145,21 +139,51 @@ def _pair(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _pair_and_bind(
+    cfg: GatewayConfig, address: str, patient: str, kind: str | None
+) -> PairedDevice:
+    """Open the vault first (a wrong key fails before anything is bonded), bond, bind."""
+    ble = cfg.ble
+    async with _vault(cfg) as vault:
+        try:
+            paired = await pair_device(
+                bleak_client_factory(ble.adapter),
+                address,
+                kind=kind,
+                clock=SystemClock(),
+                scanner_factory=bleak_scanner_factory(ble.adapter),
+                connect_timeout_s=ble.connect_timeout_s,
+            )
+        except PairingRefused:
+            await vault.audit(ACTOR, "device.pairing_refused", vault.device_hash(address))
+            raise
+        # bind_device audits ``device.bound`` in the same transaction
+        await vault.bind_device(paired.address, paired.kind, patient, bonded=True, actor=ACTOR)
+    return paired
+
+
 def _unpair(args: argparse.Namespace) -> int:
+    _quiet_logs()
     address = _address(args.address)
     cfg = config_from_args(args)
-    with _vault(cfg) as vault:
-        removed = vault.unbind_device(address, actor=ACTOR)
+    removed = asyncio.run(_unbind(cfg, address))
+    # the daemon drops its supervisor (and link) before BlueZ forgets the device
     _tell_daemon(cfg)
     in_bluez = asyncio.run(
         unpair_device(bleak_client_factory(cfg.ble.adapter), address,
                       connect_timeout_s=cfg.ble.connect_timeout_s)
     )
-    if removed is False:
+    if not removed:
         print(f"{address} was not bound" + ("; removed from BlueZ" if in_bluez else ""))
     else:
         print(f"unpaired {address}" + ("" if in_bluez else " (BlueZ did not know it)"))
     return 0
+
+
+async def _unbind(cfg: GatewayConfig, address: str) -> bool:
+    async with _vault(cfg) as vault:
+        # unbind_device audits ``device.unbound`` (and drops the meter's cursor)
+        return bool(await vault.unbind_device(address, actor=ACTOR))
 
 
 def _live_states(cfg: GatewayConfig) -> dict[str, dict[str, Any]]:
@@ -180,6 +204,11 @@ def _live_states(cfg: GatewayConfig) -> dict[str, dict[str, Any]]:
     return states
 
 
+async def _bindings(cfg: GatewayConfig) -> list[Any]:
+    async with _vault(cfg) as vault:
+        return list(await vault.bindings())
+
+
 def _iso(value: Any) -> str | None:
     if value is None:
         return None
@@ -188,9 +217,9 @@ def _iso(value: Any) -> str | None:
 
 
 def _devices(args: argparse.Namespace) -> int:
+    _quiet_logs()
     cfg = config_from_args(args)
-    with _vault(cfg) as vault:
-        bindings = list(vault.bindings())
+    bindings = asyncio.run(_bindings(cfg))
     live = _live_states(cfg)
     rows = []
     for b in bindings:
