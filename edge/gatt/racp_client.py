@@ -54,6 +54,7 @@ Behaviour:
 * Contexts pair with measurements by sequence number when the measurement's
   ``context_follows`` flag is set. Duplicates (same sequence number and base time) are
   dropped and counted; malformed notifications are kept in the result and counted.
+* At most ``max_notifications`` notifications per sync (a meter that never stops is aborted).
 * ``timeout_s`` is an inactivity timeout: every notification in a transfer restarts it. On a
   timeout the machine writes an abort and finishes as failed.
 * Only a complete sync moves the cursor (``next_sequence``); after a failure the records that
@@ -147,8 +148,9 @@ class SyncResult:
 
     status: SyncStatus
     #: a stable word when not complete: ``timeout``, ``procedure_already_in_progress``,
-    #: ``cccd_improperly_configured``, ``att_error_0xNN``, ``malformed_indication``, an RACP
-    #: response name (``operator_not_supported`` …), or ``aborted``
+    #: ``cccd_improperly_configured``, ``att_error_0xNN``, ``malformed_indication``,
+    #: ``too_many_notifications``, an RACP response name (``operator_not_supported`` …), or
+    #: ``aborted``
     reason: str | None
     #: new records, oldest first (also on failure: what arrived before it)
     records: tuple[GlucoseRecord, ...]
@@ -236,6 +238,7 @@ class RacpSync:
         *,
         max_busy_retries: int = 3,
         check_reset: bool = True,
+        max_notifications: int = 3 * SEQ_MODULO,
     ) -> None:
         if next_sequence is not None and not 0 <= next_sequence < SEQ_MODULO:
             raise ValueError("a sequence number is uint16")
@@ -245,6 +248,8 @@ class RacpSync:
         self._timeout = timeout_s
         self._max_busy = max_busy_retries
         self._check_reset = check_reset
+        self._max_notifications = max_notifications
+        self._notifications = 0
         self.state = State.IDLE
         self.phase = Phase.MAIN
         self.deadline = 0.0
@@ -349,6 +354,8 @@ class RacpSync:
         return self._finish(SyncStatus.FAILED, f"att_error_0x{code & 0xFF:02x}")
 
     def _on_measurement(self, now: float, arg: object) -> Action:
+        if self._too_many():
+            return self._stop(SyncStatus.FAILED, "too_many_notifications", now)
         try:
             m = decode_glucose_measurement(arg)  # type: ignore[arg-type]
         except MalformedPayload as exc:
@@ -370,6 +377,8 @@ class RacpSync:
         return self._keep_waiting(now)
 
     def _on_context(self, now: float, arg: object) -> Action:
+        if self._too_many():
+            return self._stop(SyncStatus.FAILED, "too_many_notifications", now)
         try:
             c = decode_glucose_context(arg)  # type: ignore[arg-type]
         except MalformedPayload as exc:
@@ -422,6 +431,11 @@ class RacpSync:
         return Wait(self.deadline)
 
     # --- helpers ---
+
+    def _too_many(self) -> bool:
+        """Bound a meter that never stops sending (only while a request is in progress)."""
+        self._notifications += 1
+        return self.state is State.WAITING and self._notifications > self._max_notifications
 
     def _in_window(self, seq: int) -> bool:
         return self._cursor is None or (seq - self._cursor) % SEQ_MODULO < WINDOW

@@ -366,6 +366,18 @@ def test_chatty_meter_cannot_hold_an_abort_open() -> None:
     assert result.status is SyncStatus.ABORTED
 
 
+def test_a_meter_that_never_stops_is_bounded() -> None:
+    sync = RacpSync(None, TIMEOUT, max_notifications=5)
+    sync.start(0.0)
+    for s in range(5):
+        assert isinstance(sync.measurement(gm(s), 0.1), Wait)
+    expect_write(sync.context(gc(4), 0.2), racp.abort())
+    sync.measurement(gm(6), 0.3)  # in flight while stopping: no second abort
+    result = finished(sync.indication(ABORT_OK, 0.4))
+    assert result.status is SyncStatus.FAILED and result.reason == "too_many_notifications"
+    assert result.next_sequence is None
+
+
 def test_timeout_while_clearing_fails() -> None:
     sync = RacpSync(5, TIMEOUT)
     sync.start(0.0)
