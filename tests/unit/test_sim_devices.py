@@ -2,7 +2,9 @@
 
 import random
 import struct
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -25,27 +27,36 @@ from firmware_sim.model.recorder import RecordingEvents
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
-def strap(clock: ManualClock, seed: int = 1, **options: object) -> HeartRateStrap:
+def strap(clock: ManualClock, seed: int = 1, **options: Any) -> HeartRateStrap:
     return HeartRateStrap(
         name="SIM-HR-1",
         address="C1:22:33:44:55:66",
         clock=clock,
         rng=random.Random(seed),
-        **options,  # type: ignore[arg-type]
+        **options,
     )
 
 
-def meter(clock: ManualClock, seed: int = 1, **options: object) -> GlucoseMeter:
+def meter(clock: ManualClock, seed: int = 1, **options: Any) -> GlucoseMeter:
     return GlucoseMeter(
         name="SIM-GLU-1",
         address="00:22:33:44:55:66",
         clock=clock,
         rng=random.Random(seed),
-        **options,  # type: ignore[arg-type]
+        **options,
     )
 
 
-def parse_hr(value: bytes) -> dict[str, object]:
+@dataclass
+class HR:
+    bpm: int
+    uint16: bool
+    contact: int
+    energy: int | None
+    rr: list[int]
+
+
+def parse_hr(value: bytes) -> HR:
     """A minimal reader written for the tests, from the profile table."""
     flags = value[0]
     i = 1
@@ -64,13 +75,7 @@ def parse_hr(value: bytes) -> dict[str, object]:
         rest = value[i:]
         assert len(rest) % 2 == 0
         rr = [struct.unpack_from("<H", rest, j)[0] for j in range(0, len(rest), 2)]
-    return {
-        "bpm": bpm,
-        "uint16": bool(flags & 1),
-        "contact": (flags >> 1) & 0b11,
-        "energy": energy,
-        "rr": rr,
-    }
+    return HR(bpm, bool(flags & 1), (flags >> 1) & 0b11, energy, rr)
 
 
 async def run_strap(device: HeartRateStrap, clock: ManualClock, seconds: int) -> list[bytes]:
@@ -108,16 +113,16 @@ async def test_hr_measurements_realistic_and_capped() -> None:
     values = await run_strap(d, clock, 60)
     assert len(values) == 60
     parsed = [parse_hr(v) for v in values]
-    assert all(40 <= p["bpm"] <= 190 for p in parsed)  # type: ignore[operator]
-    assert {p["uint16"] for p in parsed} == {True, False}
-    all_rr = [rr for p in parsed for rr in p["rr"]]  # type: ignore[attr-defined]
+    assert all(40 <= p.bpm <= 190 for p in parsed)
+    assert {p.uint16 for p in parsed} == {True, False}
+    all_rr = [rr for p in parsed for rr in p.rr]
     assert all(300 < rr < 1600 for rr in all_rr)  # 1/1024 s: 37..200 bpm
     assert len(set(all_rr)) > 10  # beat-to-beat variability
     for p, v in zip(parsed, values, strict=True):
-        cap = enc.max_rr_intervals(uint16=bool(p["uint16"]), energy=p["energy"] is not None)
-        assert len(p["rr"]) <= cap  # type: ignore[arg-type]
+        cap = enc.max_rr_intervals(uint16=bool(p.uint16), energy=p.energy is not None)
+        assert len(p.rr) <= cap
         assert len(v) <= 20
-    assert any(p["energy"] is not None for p in parsed)
+    assert any(p.energy is not None for p in parsed)
 
 
 async def test_hr_backlog_fills_the_first_notification_to_the_mtu_cap() -> None:
@@ -127,23 +132,23 @@ async def test_hr_backlog_fills_the_first_notification_to_the_mtu_cap() -> None:
         await clock.advance(1)
         await d.tick()
     values = await run_strap(d, clock, 1)
-    assert len(parse_hr(values[0])["rr"]) == 9  # type: ignore[arg-type]
+    assert len(parse_hr(values[0]).rr) == 9
 
 
 async def test_hr_sensor_contact_comes_and_goes() -> None:
     clock = ManualClock(START)
     d = strap(clock, seed=4)
     parsed = [parse_hr(v) for v in await run_strap(d, clock, 300)]
-    contacts = [p["contact"] for p in parsed]
+    contacts = [p.contact for p in parsed]
     assert 3 in contacts and 2 in contacts  # detected and not detected
-    assert all(p["rr"] == [] for p in parsed if p["contact"] == 2)
+    assert all(p.rr == [] for p in parsed if p.contact == 2)
 
 
 async def test_hr_contact_unsupported_and_uint16_format() -> None:
     clock = ManualClock(START)
     d = strap(clock, contact="unsupported", hr_format="uint16")
     parsed = [parse_hr(v) for v in await run_strap(d, clock, 5)]
-    assert all(p["contact"] == 0 and p["uint16"] for p in parsed)
+    assert all(p.contact == 0 and p.uint16 for p in parsed)
 
 
 async def test_hr_set_heart_rate() -> None:
@@ -151,21 +156,21 @@ async def test_hr_set_heart_rate() -> None:
     d = strap(clock, contact="always")
     d.set_heart_rate(150)
     parsed = [parse_hr(v) for v in await run_strap(d, clock, 4)]
-    assert [p["bpm"] for p in parsed] == [150] * 4
+    assert [p.bpm for p in parsed] == [150] * 4
     d.set_heart_rate(None)
     parsed = [parse_hr(v) for v in await run_strap(d, clock, 3)]
-    assert all(p["bpm"] != 150 for p in parsed)
+    assert all(p.bpm != 150 for p in parsed)
 
 
 async def test_hr_control_point_resets_energy_and_rejects_others() -> None:
     clock = ManualClock(START)
     d = strap(clock, contact="always", energy=True)
-    before = [parse_hr(v)["energy"] for v in await run_strap(d, clock, 60)]
-    assert max(e for e in before if e is not None) >= 1  # type: ignore[type-var]
+    before = [parse_hr(v).energy for v in await run_strap(d, clock, 60)]
+    assert max(e for e in before if e is not None) >= 1
     cp = d.char(HEART_RATE_CONTROL_POINT).handle
     await d.write(cp, b"\x01", with_response=True)
     assert d.energy_j == 0
-    after = [parse_hr(v)["energy"] for v in await run_strap(d, clock, 10)]
+    after = [parse_hr(v).energy for v in await run_strap(d, clock, 10)]
     assert [e for e in after if e is not None] == [0]
     for bad in (b"\x00", b"\x02", b"\x01\x01", b""):
         with pytest.raises(SimError) as err:
