@@ -9,7 +9,7 @@ context's extended flags octet comes right after the sequence number; units conv
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from enum import StrEnum
@@ -355,8 +355,6 @@ class GlucoseContext:
     medication: Decimal | None = None
     medication_unit: MedicationUnit | None = None
     hba1c_percent: Decimal | None = None
-    #: whether the tester/health octet was present
-    tester_health_present: bool = field(default=False, compare=False)
 
 
 def _lookup(r: Reader, table: dict[int, StrEnum], code: int, what: str) -> StrEnum:
@@ -402,7 +400,6 @@ def decode_glucose_context(data: bytes | bytearray | memoryview) -> GlucoseConte
     return GlucoseContext(
         sequence_number=seq,
         extended_flags=extended,
-        tester_health_present=bool(flags & _CTX_TESTER_HEALTH),
         **values,  # type: ignore[arg-type]
     )
 
