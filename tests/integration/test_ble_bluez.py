@@ -163,3 +163,70 @@ def test_edge_scan_json_subprocess(tmp_path: Path) -> None:
         assert {"name", "address", "kind", "rssi"} <= set(d)
         assert d["kind"] == ("glucose" if d["name"].startswith("SIM-GLU") else "heart_rate")
         assert isinstance(d["rssi"], int)
+
+
+async def test_manager_into_real_intake_and_vault(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, manager_task: list[asyncio.Task[None]]
+) -> None:
+    """The daemon's data path below the uplink: bleak -> BleManager -> Intake -> SQLCipher.
+    The meter is bound but not yet bonded: the glucose session bonds on its first connect."""
+    from edge.config import VaultConfig
+    from edge.intake import Intake
+    from edge.vault import Vault
+
+    fleet = build_fleet(devices="hr:1,glucose:1", seed=13)
+    strap = next(d for d in fleet if d.kind == "heart_rate")
+    meter = next(d for d in fleet if d.kind == "glucose")
+    (tmp_path / "v").mkdir(mode=0o700)
+    vault = await Vault.open(VaultConfig(path=tmp_path / "v" / "vault.db"), bytes(range(32)))
+    try:
+        await vault.bind_device(strap.address, "heart_rate", "p-hr", bonded=True, actor="test")
+        await vault.bind_device(meter.address, "glucose", "p-glu", bonded=True, actor="test")
+        appended = asyncio.Event()
+        intake = Intake(vault, on_appended=appended.set)
+        for patient in ("p-hr", "p-glu"):
+            await intake.grant(patient, scope="forward", actor="test")
+        async with fake_bluez(fleet) as sim:
+            use_fake_bluez(monkeypatch, sim.address, tmp_path)
+            manager = BleManager(CONFIG, vault, intake, scanner_factory=bleak_scanner_factory(),
+                                 client_factory=bleak_client_factory(), clock=SystemClock(),
+                                 local_tz=UTC)
+            manager_task.append(asyncio.create_task(manager.run()))
+
+            history = meter.records
+
+            async def cursor_at(seq: int) -> None:
+                # intake calls on_appended after each commit (records + cursor together)
+                while True:
+                    appended.clear()
+                    c = await vault.cursor(meter.address)
+                    if c is not None and c.last_sequence == seq:
+                        return
+                    await appended.wait()
+
+            await asyncio.wait_for(cursor_at(history[-1].sequence), 20)
+            assert meter.paired
+            glucose_stored = intake.received["glucose"]
+            assert glucose_stored + sum(intake.refused.values()) == len(history)
+
+            await _until(lambda: strap.notifying(HEART_RATE_MEASUREMENT))
+            for _ in range(3):
+                await strap.tick()
+            await _until(lambda: intake.received["heart_rate"] >= 3)
+
+            seq = meter.add_glucose_record(mg_dl_value=150)
+            assert meter.drop_link()
+            await asyncio.wait_for(cursor_at(seq), 20)
+            assert intake.received["glucose"] == glucose_stored + 1
+            # the cursor's device time round-trips through the vault, so the resync asked only
+            # for new records: nothing was offered twice
+            assert intake.duplicates == 0
+            pending = await vault.next_batch(1000)
+            assert sum(1 for p in pending if p.kind == "glucose") == glucose_stored + 1
+            assert sum(1 for p in pending if p.kind == "heart_rate") >= 3
+            assert (await vault.bindings())[0].last_seen is not None
+    finally:
+        for t in manager_task:
+            t.cancel()
+        await asyncio.gather(*manager_task, return_exceptions=True)
+        await vault.close()
