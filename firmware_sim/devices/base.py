@@ -87,6 +87,8 @@ class SimDevice:
     """
 
     kind: ClassVar[str] = "generic"
+    #: ATT MTU the device negotiates (transports report it; 23 is the BLE default)
+    mtu: int = 23
     #: seconds between periodic ticks
     tick_seconds: ClassVar[float] = 1.0
 

@@ -55,12 +55,21 @@ async def settle(rounds: int = _SETTLE_ROUNDS) -> None:
 class ManualClock:
     """Virtual time. ``sleep`` parks the caller until the clock passes its deadline."""
 
-    def __init__(self, start: datetime | None = None, *, autojump: bool = False) -> None:
+    def __init__(
+        self,
+        start: datetime | None = None,
+        *,
+        autojump: bool = False,
+        autojump_delay: float = 0.0,
+    ) -> None:
+        """``autojump_delay`` (real seconds) paces the jumps, capping how fast virtual time
+        runs while the test waits on something that is not this clock (a thread, real I/O)."""
         self._start = start or datetime(2026, 1, 1, 8, 0, tzinfo=UTC)
         self._mono = 0.0
         self._seq = itertools.count()
         self._heap: list[tuple[float, int, asyncio.Future[None]]] = []
         self._autojump = autojump
+        self._autojump_delay = autojump_delay
         self._jumper: asyncio.Task[None] | None = None
 
     def now(self) -> datetime:
@@ -123,6 +132,9 @@ class ManualClock:
         # nothing new scheduled on this clock is the practical stand-in.
         while True:
             await settle()
+            if self._autojump_delay > 0:
+                await asyncio.sleep(self._autojump_delay)
+                await settle()
             nxt = self._next_deadline()
             if nxt is None:
                 return

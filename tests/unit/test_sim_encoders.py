@@ -5,6 +5,8 @@ from datetime import datetime
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from firmware_sim import encoders as enc
 from firmware_sim.encoders import GlucoseContext
@@ -170,3 +172,25 @@ def test_current_time_and_simple_values() -> None:
     assert enc.uint16(0x037F) == h("7f 03")
     assert enc.uint8(1) == h("01")
     assert enc.utf8("SIM") == b"SIM"
+
+
+def decode_sfloat(raw: int) -> Decimal:
+    """An independent reader for the round trip (two's complement nibble and 12 bits)."""
+    exponent = raw >> 12
+    mantissa = raw & 0x0FFF
+    if exponent >= 8:
+        exponent -= 16
+    if mantissa >= 0x800:
+        mantissa -= 0x1000
+    return Decimal(mantissa).scaleb(exponent)
+
+
+@given(
+    mantissa=st.integers(min_value=-2045, max_value=2045),
+    exponent=st.integers(min_value=-8, max_value=7),
+)
+def test_sfloat_round_trips_every_representable_value(mantissa: int, exponent: int) -> None:
+    value = Decimal(mantissa).scaleb(exponent)
+    raw = enc.sfloat(value)
+    assert decode_sfloat(raw) == value
+    assert 0 <= raw <= 0xFFFF

@@ -345,3 +345,22 @@ async def test_unbound_classes_refuse() -> None:
         SimBleakScanner()
     with pytest.raises(BleakError, match="not bound"):
         SimBleakClient("00:11:22:33:44:55")
+
+
+async def test_fleet50_one_scan_finds_all_and_ten_connect_at_once() -> None:
+    from firmware_sim.scenario import load_scenario
+
+    spec = load_scenario("fleet50")
+    fleet = Fleet(seed=spec.seed, clock=ManualClock(autojump=True))
+    spec.populate(fleet)
+    async with inprocess_frontend(fleet) as (scanner_factory, client_factory):
+        found = await scanner_factory.discover(timeout=5, return_adv=True)
+        assert len(found) == 50
+        straps = [d for d, adv in found.values() if HR_SERVICE in adv.service_uuids][:10]
+        clients = [client_factory(d) for d in straps]
+        await asyncio.wait_for(asyncio.gather(*(c.connect() for c in clients)), WAIT)
+        assert all(c.is_connected for c in clients)
+        values = await asyncio.gather(*(c.read_gatt_char(BODY_LOCATION) for c in clients))
+        assert values == [bytearray(b"\x01")] * 10
+        await asyncio.gather(*(c.disconnect() for c in clients))
+    assert sum(d.connected for d in fleet.devices) == 0
