@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta, timezone, tzinfo
 from typing import Any
 
-from bleak.exc import BleakDBusError
+from bleak.exc import BleakDBusError, BleakGATTProtocolError
 
+from edge.ble.profiles import RACP
 from edge.ble.state import DeviceState
 from edge.ble.supervisor import BleManager, DeviceSupervisor
 from edge.config import BleConfig
@@ -58,11 +59,21 @@ class _CountingClient:
         finally:
             c.active -= 1
 
+    async def write_gatt_char(self, char: Any, data: bytes, response: bool | None = None) -> None:
+        c = self._counter
+        if c.racp_busy > 0 and str(char).lower() == RACP and data[:1] == b"\x01":
+            # as a meter answers a report request while its own procedure still runs
+            c.racp_busy -= 1
+            raise BleakGATTProtocolError(0x80)
+        c.racp_writes.append(bytes(data))
+        await self._inner.write_gatt_char(char, data, response)
+
 
 @dataclass
 class CountingClients:
-    """A client factory over the double that records every connect attempt; ``fail_next``
-    makes the next N attempts fail as BlueZ does."""
+    """A client factory over the double that records every connect attempt and RACP write;
+    ``fail_next`` makes the next N connects fail as BlueZ does, ``racp_busy`` the next N RACP
+    report requests fail with ATT 0x80 (procedure already in progress)."""
 
     inner: Any
     clock: ManualClock
@@ -70,6 +81,8 @@ class CountingClients:
     active: int = 0
     max_active: int = 0
     fail_next: int = 0
+    racp_busy: int = 0
+    racp_writes: list[bytes] = field(default_factory=list)
 
     def __call__(self, device: Any, **kwargs: Any) -> Any:
         return _CountingClient(self.inner(device, **kwargs), self)

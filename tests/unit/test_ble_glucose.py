@@ -164,3 +164,30 @@ async def test_malformed_glucose_notifications_are_counted() -> None:
         await rig.sink.wait_for(lambda s: len(s.glucose_commits) >= 1)
         assert rig.sink.refused["malformed"] >= 1
         assert rig.manager.counters["malformed"] == rig.sink.refused["malformed"]
+
+
+async def test_procedure_already_in_progress_is_aborted_and_retried() -> None:
+    async with ble_rig("glucose:1", seed=10) as rig:
+        meter = rig.device("glucose")
+        rig.bind(meter, "p-g")
+        rig.clients.racp_busy = 2
+        await rig.start()
+        await rig.sink.wait_for(lambda s: len(s.glucose_commits) == 1)
+        assert rig.clients.racp_busy == 0
+        # two aborts (03 00) went out before the request that succeeded
+        assert [w[:1] for w in rig.clients.racp_writes[:3]] == [b"\x03", b"\x03", b"\x01"]
+        assert {r.id for r in _glucose(rig)} == _ids_on_meter(rig, meter)
+        assert rig.manager.device_states()[meter.address].connects == 1
+
+
+async def test_meter_that_stays_busy_fails_the_sync_boundedly() -> None:
+    async with ble_rig("glucose:1", seed=10) as rig:
+        meter = rig.device("glucose")
+        rig.bind(meter, "p-g")
+        rig.clients.racp_busy = 4  # more than the 3 retries of one sync
+        await rig.start()
+        await rig.wait_state(meter, lambda s: s.last_error == "racp")
+        assert rig.sink.glucose_commits == []
+        # the next connection gets through
+        await rig.sink.wait_for(lambda s: len(s.glucose_commits) == 1)
+        assert rig.manager.device_states()[meter.address].connects == 2
