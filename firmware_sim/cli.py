@@ -83,7 +83,7 @@ async def serve(args: argparse.Namespace) -> int:
         keep_gatt_after_disconnect=args.keep_gatt,
         temporary_device_timeout=args.remove_temporary_after,
         read_emits_value=args.read_emits_value,
-        advertising_interval=args.advertising_interval,
+        advertising_interval=args.advertising_interval or None,
     )
     bus = PrivateBus()
     bluez: FakeBlueZ | None = None
@@ -244,9 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--advertising-interval",
         type=float,
-        default=None,
+        default=1.0,
         metavar="SECONDS",
-        help="re-announce every device this often while discovering",
+        help="while scanning, re-announce a device not heard from for this long (0: never)",
     )
 
     p = sub.add_parser("list", help="show the devices of a scenario")

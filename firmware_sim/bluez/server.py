@@ -56,6 +56,8 @@ BLUEZ_SERVICE = "org.bluez"
 CCCD_UUID = uuid16(0x2902)
 DEFAULT_ADAPTER_ADDRESS = "00:1A:7D:DA:71:13"
 LE_ABORT = "le-connection-abort-by-local"
+#: seconds after StartDiscovery when every device is heard a second time
+_FIRST_REPEAT = 0.1
 
 #: Unique bus name of the client whose method call is being served (set by the message filter
 #: before dbus-fast dispatches; tasks created for coroutine methods inherit it).
@@ -75,9 +77,11 @@ class BlueZOptions:
     temporary_device_timeout: float | None = None
     #: a ReadValue result is also emitted as a ``Value`` change (duplicate notifications)
     read_emits_value: bool = False
-    #: how often a discovering adapter re-reads every advertisement (RSSI updates), seconds;
-    #: None relies on the peripherals reporting advertisement changes themselves
-    advertising_interval: float | None = None
+    #: while discovering, a device not heard from for this long (seconds) is announced again,
+    #: as a real device keeps advertising; the first repeat comes shortly after discovery
+    #: starts, so a scanner that subscribes after StartDiscovery returns still hears it
+    #: (bleak's find_device_by_*). None: only announce on start and on peripheral changes
+    advertising_interval: float | None = 1.0
     #: record every method call received (for the bleak canary test)
     record_calls: bool = False
 
@@ -488,6 +492,7 @@ class AdapterNode:
         node.adv = fresh
         if not self.wanted(node):
             return
+        node.announced_at = asyncio.get_running_loop().time()
         if not node.exported:
             node.export()
             return
@@ -508,10 +513,15 @@ class AdapterNode:
         node.iface.emit_properties_changed(changed)
 
     async def _advertise(self, interval: float) -> None:
+        loop = asyncio.get_running_loop()
+        wait = min(_FIRST_REPEAT, interval)
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(wait)
+            stale_before = loop.time() - wait
             for node in self.server.devices:
-                self.announce(node)
+                if node.announced_at <= stale_before:
+                    self.announce(node)
+            wait = interval
 
     async def remove_device(self, path: str) -> None:
         node = next((n for n in self.server.devices if n.path == path and n.exported), None)
@@ -535,6 +545,7 @@ class DeviceNode:
         self.path = _device_path(self.adapter_path, self.address)
         self.iface = DeviceInterface(self)
         self.adv = peripheral.advertisement()
+        self.announced_at = 0.0
         self.connected = False
         self.services_resolved = False
         self.paired = peripheral.paired

@@ -236,7 +236,9 @@ async def test_invisible_devices_are_not_reported_until_they_reappear(
 async def test_rssi_changes_while_scanning_arrive_as_advertisements(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    async with served(monkeypatch, tmp_path, devices="hr:1") as (_sim, fleet):
+    # no periodic repeats: every advertisement here comes from a tick
+    options = BlueZOptions(advertising_interval=None)
+    async with served(monkeypatch, tmp_path, "hr:1", options) as (_sim, fleet):
         device = strap(fleet)
         rssis: asyncio.Queue[int] = asyncio.Queue()
 
