@@ -151,8 +151,24 @@ class _PinnedClient(paho.Client):
         except BlockingIOError:
             raise
         except OSError as exc:
-            self.edge_last_error = exc
+            self.edge_last_error = self._pending_alert() or exc
             raise
+
+    def _pending_alert(self) -> ssl.SSLError | None:
+        """After a failed write, the broker's TLS alert may be waiting unread (TLS 1.3 rejects
+        a client certificate after the client's handshake is done); it names the real cause."""
+        sock = self._sock
+        if not isinstance(sock, ssl.SSLSocket):
+            return None
+        try:
+            sock.recv(1)
+        except ssl.SSLWantReadError:
+            return None
+        except ssl.SSLError as alert:
+            return alert if isinstance(classify_ssl_error(alert), TlsVerificationError) else None
+        except OSError:
+            return None
+        return None
 
 
 class MqttLink:
@@ -271,6 +287,8 @@ class MqttLink:
         err = reason or UplinkUnavailable("connection closed")
         if not self._connack.done():
             self._connack.set_exception(err)
+            # Nobody may be waiting for it any more (connect failed early); mark it seen.
+            self._connack.exception()
         pending, self._futures = self._futures, {}
         for fut in pending.values():
             if not fut.done():
@@ -394,9 +412,12 @@ async def connect_link(
     except Exception as exc:
         session.sock.close()
         raise UplinkUnavailable(f"MQTT connect failed ({type(exc).__name__})") from exc
-    if rc != MQTTErrorCode.MQTT_ERR_SUCCESS and client.edge_last_error is not None:
-        session.sock.close()
-        raise classify_ssl_error(client.edge_last_error) from client.edge_last_error
+    if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or link.is_closed:
+        link.abort()
+        cause = client.edge_last_error
+        if cause is not None:
+            raise classify_ssl_error(cause) from cause
+        raise UplinkUnavailable(f"MQTT connect failed ({paho.error_string(rc)})")
     link._start()
     try:
         await asyncio.wait_for(asyncio.shield(link._connack), connect_timeout)

@@ -32,6 +32,8 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edge.uplink.pki import CertFiles
 from tests.support.pki import TestPki
@@ -92,6 +94,7 @@ def render_config(
     log_file: Path,
     bind: str = "127.0.0.1",
     debug: bool = True,
+    persistence_dir: Path | None = None,
 ) -> str:
     """config/mosquitto/mosquitto.conf.template with the placeholders filled in."""
     tpl = string.Template(CONF_TEMPLATE.read_text())
@@ -106,6 +109,8 @@ def render_config(
         # As root, mosquitto drops to user "mosquitto", who cannot read our 0600 keys.
         user_line="user root" if os.geteuid() == 0 else "",
         debug_line="log_type debug" if debug else "",
+        persistence="true" if persistence_dir else "false",
+        persistence_location=f"{persistence_dir}/" if persistence_dir else "/nonexistent/",
     )
 
 
@@ -201,11 +206,15 @@ def start_broker(
     prefix: str = "edge/v1",
     name: str = "mosquitto",
     debug: bool = True,
+    client_ca: Path | None = None,
+    persistent: bool = False,
 ) -> Broker:
     """Render config + ACL under ``tmpdir/<name>`` and start mosquitto on a free port.
 
     ``server`` picks the broker certificate (default: the good one; hostile ones are in
     ``pki.hostile``). ``debug`` logs every packet (needed to prove what a client sent).
+    ``client_ca`` replaces the CA that client certificates must chain to. ``persistent``
+    keeps sessions and queued messages across a restart (mosquitto's persistence file).
     """
     workdir = Path(tmpdir) / name
     workdir.mkdir(parents=True, exist_ok=True)
@@ -220,12 +229,13 @@ def start_broker(
     conf.write_text(
         render_config(
             port=port,
-            cafile=pki.ca.cert,
+            cafile=client_ca or pki.ca.cert,
             certfile=cert.cert,
             keyfile=cert.key,
             acl_file=acl,
             log_file=log_file,
             debug=debug,
+            persistence_dir=workdir if persistent else None,
         )
     )
     broker = Broker(host="127.0.0.1", port=port, conf_path=conf, log_path=log_file)
@@ -243,6 +253,8 @@ class Received:
     retain: bool
     content_type: str | None
     message_expiry: int | None
+    #: the broker re-delivered it to this subscriber (not a re-send by the publisher)
+    dup: bool = False
 
 
 @dataclass
@@ -254,6 +266,8 @@ class Subscriber:
     ca: Path
     topic: str = "#"
     client_id: str = "subscriber"
+    #: keep the session (and queued messages) across reconnects and broker restarts
+    persistent_session: bool = False
     messages: list[Received] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -289,6 +303,7 @@ class Subscriber:
             retain=bool(msg.retain),
             content_type=getattr(props, "ContentType", None),
             message_expiry=getattr(props, "MessageExpiryInterval", None),
+            dup=bool(msg.dup),
         )
         with self._cond:
             self.messages.append(rec)
@@ -297,7 +312,14 @@ class Subscriber:
     def start(self, timeout: float = 10.0) -> Subscriber:
         """Connect and wait for the SUBACK."""
         self._client.reconnect_delay_set(min_delay=1, max_delay=1)
-        self._client.connect(self.broker.host, self.broker.port, keepalive=30)
+        props = None
+        if self.persistent_session:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+        self._client.connect(
+            self.broker.host, self.broker.port, keepalive=30,
+            clean_start=not self.persistent_session, properties=props,
+        )
         self._client.loop_start()
         self.wait_subscribed(timeout)
         return self
@@ -333,13 +355,14 @@ class Subscriber:
 
 def subscriber(
     broker: Broker, pki: TestPki, *, identity: str | None = None, topic: str = "#",
-    client_id: str | None = None,
+    client_id: str | None = None, persistent_session: bool = False,
 ) -> Subscriber:
     """A (not yet started) subscriber as the admin, or as the named clinician."""
     ident = pki.admin if identity is None else pki.clinician(identity)
     return Subscriber(
         broker=broker, identity=ident, ca=pki.ca.cert, topic=topic,
         client_id=client_id or f"sub-{identity or 'admin'}",
+        persistent_session=persistent_session,
     )
 
 
@@ -470,13 +493,14 @@ class TcpProxy:
             await self._server.wait_closed()
 
 
-def ids_in(messages: Sequence[Received]) -> list[str]:
-    """Observation identifiers (stable reading ids) in received Bundles, in arrival order."""
+def ids_in(messages: Sequence[Received], *, skip_redelivered: bool = False) -> list[str]:
+    """Observation identifiers (stable reading ids) in received Bundles, in arrival order.
+    ``skip_redelivered`` leaves out the broker's own re-deliveries (DUP set)."""
     import json
 
     out: list[str] = []
     for m in messages:
-        if "/obs/" not in m.topic:
+        if "/obs/" not in m.topic or (skip_redelivered and m.dup):
             continue
         doc = json.loads(m.payload)
         for entry in doc.get("entry", []):

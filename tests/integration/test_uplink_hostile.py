@@ -1,0 +1,225 @@
+"""Hostile and misconfigured brokers: the forwarder sends nothing, says why (state, log,
+audit) and keeps the readings; `edge uplink probe` names the same reason."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from edge.config import UplinkConfig
+from edge.uplink.forwarder import Forwarder
+from edge.uplink.mqtt import TlsMqttConnector
+from edge.uplink.probe import probe
+from tests.support.mosquitto import (
+    REPO,
+    Broker,
+    start_broker,
+    start_tls12_only_peer,
+)
+from tests.support.pki import TestPki, make_pki
+from tests.support.uplink_fakes import FakeOutbox, RecordingConnector, make_readings, until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def tpki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
+    return make_pki(tmp_path_factory.mktemp("hostile"), "hub-1")
+
+
+@dataclass
+class Peer:
+    port: int
+    log: Any  # () -> str
+
+
+@contextmanager
+def hostile_peer(kind: str, tmp_path: Path, tpki: TestPki) -> Iterator[Peer]:
+    if kind == "tls12_only":
+        srv = start_tls12_only_peer(tmp_path, tpki)
+        try:
+            yield Peer(srv.port, srv.log_text)
+        finally:
+            srv.stop()
+        return
+    if kind == "client_cert_refused":
+        broker = start_broker(tmp_path, tpki, client_ca=tpki.dir / "other-ca.crt")
+    else:
+        broker = start_broker(tmp_path, tpki, server=tpki.hostile[kind])
+    try:
+        yield Peer(broker.port, broker.log_text)
+    finally:
+        broker.stop()
+
+
+@asynccontextmanager
+async def forwarding(fwd: Forwarder) -> AsyncIterator[None]:
+    task = asyncio.create_task(fwd.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def wait_until(pred: Any, limit_s: float = 15.0) -> None:
+    await until(pred, limit_s, 0.01)
+
+
+CASES = [
+    ("same_ca_other_key", "pin_mismatch", "uplink.pin_mismatch"),
+    ("wrong_host", "hostname_mismatch", "uplink.tls_refused"),
+    ("expired", "certificate_expired", "uplink.tls_refused"),
+    ("other_ca", "unknown_ca", "uplink.tls_refused"),
+    ("tls12_only", "tls_version", "uplink.tls_refused"),
+    ("client_cert_refused", "client_certificate_refused", "uplink.tls_refused"),
+]
+
+
+@pytest.mark.parametrize(("kind", "reason", "action"), CASES, ids=[c[0] for c in CASES])
+async def test_hostile_broker_gets_nothing(
+    kind: str, reason: str, action: str, tmp_path: Path, tpki: TestPki
+) -> None:
+    outbox = FakeOutbox()
+    ids = outbox.add_readings(make_readings(20, ["patient-a"]))
+    with hostile_peer(kind, tmp_path, tpki) as peer:
+        cfg = tpki.uplink_config(peer.port)
+        rec = RecordingConnector(TlsMqttConnector(cfg, tpki.hub_id))
+        fwd = Forwarder(cfg, tpki.hub_id, outbox, link_factory=rec)
+        with capture_logs() as logs:
+            async with forwarding(fwd):
+                await wait_until(lambda: len(rec.errors) >= 2)
+                assert fwd.state == f"refused:{reason}", rec.errors
+        result = await probe(cfg, tpki.hub_id, step_timeout=5)
+        log_text = peer.log()
+
+    # Nothing was sent and everything is still pending.
+    assert rec.links == [] and rec.log == []
+    assert outbox.pending_ids() == set(ids) and outbox.delivered == []
+    # The reason is in the audit, the log and the probe's report.
+    assert outbox.audits, "refusal not audited"
+    assert all(a[:2] == ("uplink", action) for a in outbox.audits)
+    events = [e for e in logs if e["event"] in ("uplink.pin_mismatch", "uplink.tls_refused")]
+    assert events and all(e["log_level"] == "warning" for e in events)
+    assert result.ok is False and result.reason == reason
+    assert result.exit_code == 3
+    assert any(reason in line for line in result.lines())
+    assert "PUBLISH" not in log_text
+    if kind == "same_ca_other_key":
+        subject = outbox.audits[0][2]
+        hostile_pin = tpki.hostile[kind].pin
+        assert subject == hostile_pin and result.presented_pin == hostile_pin
+        assert events[0]["presented_pin"] == hostile_pin
+        # The TLS handshake completed (the broker logged the connection) but no CONNECT came.
+        assert "New connection from 127.0.0.1" in log_text
+        assert "New client connected" not in log_text
+        assert "CONNACK" not in log_text
+    elif kind != "tls12_only":
+        assert events[0]["reason"] == reason
+        assert "New client connected" not in log_text
+
+
+@pytest.fixture
+def broker(tmp_path: Path, tpki: TestPki) -> Iterator[Broker]:
+    b = start_broker(tmp_path, tpki)
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+async def test_probe_success_reports_tls_pin_and_status(broker: Broker, tpki: TestPki) -> None:
+    cfg = tpki.uplink_config(broker.port, pins=["sha256/" + "A" * 43 + "=", tpki.ca.pin])
+    result = await probe(cfg, tpki.hub_id)
+    assert result.ok, result.lines()
+    assert result.exit_code == 0
+    assert result.tls_version == "TLSv1.3"
+    assert result.pin_matched == tpki.ca.pin and result.pin_matched_on == "ca"
+    assert result.connected and result.status_published
+    assert result.status_topic == "edge/v1/hub-1/status"
+    text = broker.wait_for_log("Received PUBLISH from hub-1")
+    assert "edge/v1/hub-1/status" in text
+    assert "/obs/" not in text  # never a reading
+
+
+async def test_probe_not_authorised_when_the_acl_refuses_the_status(
+    broker: Broker, tpki: TestPki
+) -> None:
+    cfg = tpki.uplink_config(broker.port, topic_prefix="elsewhere/v1")
+    result = await probe(cfg, tpki.hub_id)
+    assert not result.ok and result.reason == "not_authorised"
+    assert result.connected and not result.status_published
+    assert result.exit_code == 3
+
+
+async def test_probe_unreachable(tpki: TestPki) -> None:
+    from tests.support.mosquitto import free_port
+
+    result = await probe(tpki.uplink_config(free_port()), tpki.hub_id, step_timeout=2)
+    assert result.reason == "unreachable" and result.exit_code == 1
+
+
+def _gateway_toml(tmp_path: Path, cfg: UplinkConfig, tpki: TestPki, pins: list[str]) -> Path:
+    path = tmp_path / "gateway.toml"
+    pin_list = ", ".join(f'"{p}"' for p in pins)
+    path.write_text(
+        f'[hub]\nid = "{tpki.hub_id}"\n\n'
+        f'[uplink]\nhost = "{cfg.host}"\nport = {cfg.port}\n'
+        f'ca_file = "{cfg.ca_file}"\nclient_cert = "{cfg.client_cert}"\n'
+        f'client_key = "{cfg.client_key}"\npins = [{pin_list}]\n'
+    )
+    return path
+
+
+def test_probe_command_line(broker: Broker, tpki: TestPki, tmp_path: Path) -> None:
+    cfg = tpki.uplink_config(broker.port)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    ok = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge",
+            "uplink",
+            "probe",
+            "--config",
+            str(_gateway_toml(tmp_path, cfg, tpki, [tpki.broker.pin])),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=REPO,
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "probe: OK" in ok.stdout and "TLSv1.3" in ok.stdout
+    assert f"matched (leaf) {tpki.broker.pin}" in ok.stdout
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge",
+            "uplink",
+            "probe",
+            "--config",
+            str(_gateway_toml(tmp_path, cfg, tpki, [tpki.hostile["same_ca_other_key"].pin])),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=REPO,
+    )
+    assert bad.returncode == 3
+    assert "FAILED — pin_mismatch" in bad.stdout
+    assert f"broker presented {tpki.broker.pin}" in bad.stdout
