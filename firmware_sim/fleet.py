@@ -138,7 +138,8 @@ class Fleet:
 
         kind = normalize_kind(kind)
         check_options(kind, options, where=f"{kind} device")
-        cls, prefix, address_type = KINDS[kind]
+        cls, prefix, default_type = KINDS[kind]
+        address_type = str(options.get("address_type", default_type))
         n = self._counters.get(kind, 0) + 1
         self._counters[kind] = n
         rng = random.Random(f"{self.seed}:{kind}:{n}")  # noqa: S311 (simulation, not crypto)
@@ -156,7 +157,7 @@ class Fleet:
         if self.find(name) is not None:
             raise ValueError(f"name {name} already in the fleet")
         plan = faults if isinstance(faults, FaultPlan) else FaultPlan.from_dict(faults or {})
-        options.setdefault("address_type", address_type)
+        options["address_type"] = address_type
         device = cls(name=name, address=address, clock=self.clock, rng=rng, faults=plan, **options)
         self.devices.append(device)
         if self._running:

@@ -391,6 +391,8 @@ class GlucoseMeter(SimDevice):
 
     async def _respond(self, value: bytes) -> None:
         await self.clock.sleep(self.record_interval)
+        if self._abort_requested:
+            value = enc.racp_response(enc.RACP_ABORT, enc.RSP_SUCCESS)
         self._emit(self.racp, value)
 
     async def _report(self, chosen: list[GlucoseRecord]) -> None:

@@ -37,6 +37,14 @@ def test_names_and_address_kinds() -> None:
     assert len({d.address for d in fleet.devices}) == 4
 
 
+def test_address_type_per_scenario() -> None:
+    fleet = Fleet(seed=1)
+    glu = fleet.add("glucose", address_type="random", history=20)
+    hr = fleet.add("hr", address_type="public")
+    assert glu.address_type == "random" and int(glu.address[:2], 16) >> 6 == 0b11
+    assert hr.address_type == "public" and int(hr.address[:2], 16) >> 6 == 0b00
+
+
 def test_addresses_stable_per_seed() -> None:
     a = [d.address for d in build_fleet(devices="hr:3,glucose:2", seed=5).devices]
     b = [d.address for d in build_fleet(devices="hr:3,glucose:2", seed=5).devices]

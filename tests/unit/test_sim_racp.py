@@ -316,3 +316,13 @@ async def test_link_loss_ends_the_procedure_silently() -> None:
     assert len(sequences(meter, events)) == 3
     assert events.values(meter.racp.handle) == []
     assert not meter.procedure_running
+
+
+async def test_abort_while_a_count_is_pending_answers_the_abort() -> None:
+    clock = ManualClock()
+    meter, events = await paired_meter(clock, record_interval=1.0)
+    await subscribe_all(meter)
+    await meter.write(meter.racp.handle, h("04 01"), with_response=True)
+    await meter.write(meter.racp.handle, h("03 00"), with_response=True)
+    await clock.advance(5)
+    assert events.values(meter.racp.handle) == [h("06 00 03 01")]
