@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from dbus_fast import BusType, DBusError, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.constants import NameFlag, RequestNameReply
+from dbus_fast.service import ServiceInterface
 
 from firmware_sim.bluez.errors import UNKNOWN_OBJECT, bluez_error, to_dbus_error
 from firmware_sim.bluez.objects import (
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BLUEZ_SERVICE = "org.bluez"
+OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
 CCCD_UUID = uuid16(0x2902)
 DEFAULT_ADAPTER_ADDRESS = "00:1A:7D:DA:71:13"
 LE_ABORT = "le-connection-abort-by-local"
@@ -153,6 +155,39 @@ def _device_path(adapter_path: str, address: str) -> str:
     return f"{adapter_path}/dev_{address.upper().replace(':', '_')}"
 
 
+class _RootObjectManagerBus(MessageBus):
+    """dbus-fast sends InterfacesAdded/Removed from the object's own path; bluetoothd's
+    ObjectManager is ``/`` and clients matching on ``path='/'`` expect them from there."""
+
+    def _emit_interface_added(self, path: str, interface: ServiceInterface) -> None:
+        if not self.connected:
+            return
+
+        def send(_iface: ServiceInterface, props: Any, _data: Any, err: Exception | None) -> None:
+            if err is not None:
+                log.warning("sim.bluez_properties_failed", exc_info=err)
+            self.send(
+                Message.new_signal(
+                    "/",
+                    OBJECT_MANAGER,
+                    "InterfacesAdded",
+                    "oa{sa{sv}}",
+                    [path, {interface.name: props}],
+                )
+            )
+
+        ServiceInterface._get_all_property_values(interface, send)
+
+    def _emit_interface_removed(self, path: str, removed_interfaces: list[str]) -> None:
+        if not self.connected:
+            return
+        self.send(
+            Message.new_signal(
+                "/", OBJECT_MANAGER, "InterfacesRemoved", "oas", [path, removed_interfaces]
+            )
+        )
+
+
 class FakeBlueZ:
     """``org.bluez`` on the bus at ``bus_address``, serving ``peripherals``.
 
@@ -189,7 +224,9 @@ class FakeBlueZ:
 
     async def start(self) -> None:
         """Connect, claim ``org.bluez`` and export the adapter and already-known devices."""
-        bus = MessageBus(bus_address=self._address, bus_type=BusType.SYSTEM, negotiate_unix_fd=True)
+        bus = _RootObjectManagerBus(
+            bus_address=self._address, bus_type=BusType.SYSTEM, negotiate_unix_fd=True
+        )
         await bus.connect()
         self._bus = bus
         bus.add_message_handler(self._filter)

@@ -202,6 +202,9 @@ async def test_discovery_filter_on_uuids_is_applied_by_the_fake_itself(
         reply = await raw.call(ADAPTER, "org.bluez.Adapter1", "StartDiscovery")
         assert reply.message_type is MessageType.METHOD_RETURN
         assert sorted((await raw.devices()).values()) == ["SIM-GLU-1"]
+        added = await raw.wait_signal(lambda m: m.member == "InterfacesAdded")
+        assert added.path == "/"  # from bluetoothd's ObjectManager, like the real one
+        assert added.body[1]["org.bluez.Device1"]["Name"].value == "SIM-GLU-1"
         again = await raw.call(ADAPTER, "org.bluez.Adapter1", "StartDiscovery")
         assert again.error_name == "org.bluez.Error.InProgress"
         await raw.call(ADAPTER, "org.bluez.Adapter1", "StopDiscovery")
@@ -293,6 +296,7 @@ async def test_temporary_devices_are_removed_after_discovery_stops(
             lambda m: m.member == "InterfacesRemoved" and m.body[0] == temporary
         )
         assert "org.bluez.Device1" in removed.body[1]
+        assert removed.path == "/"
         assert sorted((await raw.devices()).values()) == ["SIM-HR-2"]  # the bonded one stays
 
 
