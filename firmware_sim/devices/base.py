@@ -15,6 +15,7 @@ from firmware_sim.model.contract import (
     Advertisement,
     CharacteristicSpec,
     DescriptorSpec,
+    Peripheral,
     PeripheralEvents,
     Security,
     ServiceSpec,
@@ -404,3 +405,8 @@ class SimDevice:
         if self.fault_state.should_drop(self._link_notifications):
             self.drop_link("fault-drop-after-notifications")
         return True
+
+
+def _conforms(device: SimDevice) -> Peripheral:
+    """Static check (mypy): a SimDevice is a Peripheral."""
+    return device
