@@ -17,7 +17,9 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import stat
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -223,6 +225,11 @@ class _Engine:
         path = config.path
         _prepare_directory(path.parent)
         new = _prepare_file(path)
+        if key is not None and not new and not _key_opens(driver, path, key):
+            raise KeyUnavailable(
+                f"{provider} provider: the vault key does not open {path} "
+                "(wrong key, or not a vault)"
+            )
         try:
             conn = driver.connect(
                 f"file:{quote(str(path))}?mode=rw", uri=True, isolation_level=None
@@ -231,9 +238,7 @@ class _Engine:
             raise VaultError(f"vault {path} cannot be opened ({type(exc).__name__})") from exc
         try:
             if key is not None:
-                # SQLCipher logs decryption failures to stderr; the caller reports them.
-                conn.execute("PRAGMA cipher_log_level = NONE")
-                conn.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
+                _apply_key(conn, key)
             try:
                 conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
             except driver.DatabaseError as exc:
@@ -784,8 +789,7 @@ class _Engine:
             target = self.driver.connect(str(dest), isolation_level=None)
             try:
                 if key is not None:
-                    target.execute("PRAGMA cipher_log_level = NONE")
-                    target.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
+                    _apply_key(target, key)
                 with self._errors():
                     # One step: a consistent snapshot (this thread is the only writer).
                     self.conn.backup(target, pages=-1)
@@ -797,6 +801,45 @@ class _Engine:
             for suffix in ("", "-wal", "-shm", "-journal"):
                 Path(str(dest) + suffix).unlink(missing_ok=True)
             raise
+
+
+def _apply_key(conn: Any, key: bytes) -> None:
+    # SQLCipher logs decryption failures to stderr; the caller reports them in one line.
+    conn.execute("PRAGMA cipher_log_level = NONE")
+    conn.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
+
+
+def _decrypts(driver: Any, uri: str, key: bytes) -> bool:
+    conn = driver.connect(uri, uri=True, isolation_level=None)
+    try:
+        _apply_key(conn, key)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return True
+    except driver.DatabaseError:
+        return False
+    finally:
+        conn.close()
+
+
+def _key_opens(driver: Any, path: Path, key: bytes) -> bool:
+    """Whether ``key`` opens the vault, without changing a byte of its files.
+
+    A normal connection that fails to decrypt still checkpoints a crashed writer's WAL when it
+    closes, so the key is tried on the main file opened immutable (no locks, no WAL, no
+    writes). The main file can lag the WAL in one case: a re-key committed to the WAL but not
+    yet checkpointed. If the immutable try fails while a WAL exists, the key is tried on a
+    private copy of the database and its WAL.
+    """
+    if _decrypts(driver, f"file:{quote(str(path))}?mode=ro&immutable=1", key):
+        return True
+    wal = Path(str(path) + "-wal")
+    if not wal.exists() or wal.stat().st_size == 0:
+        return False
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".keycheck-") as tmp:
+        copy = Path(tmp) / path.name
+        shutil.copyfile(path, copy)
+        shutil.copyfile(wal, Path(str(copy) + "-wal"))
+        return _decrypts(driver, f"file:{quote(str(copy))}?mode=rw", key)
 
 
 def _prepare_directory(directory: Path) -> None:
