@@ -118,6 +118,9 @@ async def _clock_timeout(sim: SimBleak, coro: Coroutine[Any, Any, T], seconds: f
     timer = asyncio.ensure_future(sim.fleet.clock.sleep(seconds))
     try:
         done, _ = await asyncio.wait({work, timer}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        work.cancel()  # our caller was cancelled: take the work down with it
+        raise
     finally:
         timer.cancel()
     if work in done:

@@ -364,3 +364,20 @@ async def test_fleet50_one_scan_finds_all_and_ten_connect_at_once() -> None:
         assert values == [bytearray(b"\x01")] * 10
         await asyncio.gather(*(c.disconnect() for c in clients))
     assert sum(d.connected for d in fleet.devices) == 0
+
+
+async def test_cancelled_connect_leaves_the_device_alone() -> None:
+    clock = ManualClock()
+    fleet = build_fleet(devices="hr:1", clock=clock)
+    hr = fleet.devices[0]
+    hr.inject_fault({"slow_response_seconds": 3})
+    sim = SimBleak(fleet)
+    dev = BLEDevice(hr.address, hr.name, {})
+    connecting = asyncio.ensure_future(sim.Client(dev).connect())
+    await clock.advance(1)
+    connecting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await connecting
+    await clock.advance(5)
+    assert not hr.connected
+    assert clock.sleepers == 0
