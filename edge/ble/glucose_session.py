@@ -21,10 +21,12 @@ The RACP protocol itself (requests, wrap, busy retries, timeouts, context pairin
 
 The records and the new cursor go to intake in ONE call (one vault transaction).
 
-Choice: after the sync the session stays connected and listens. A meter that pushes a new
-measurement (a notification outside a RACP procedure) triggers a new sync from the cursor
-rather than storing the pushed record directly, so the cursor logic stays in one place. A
-meter that drops the link (most do after a transfer) is re-synced on the next connection.
+Choice: after the sync the session stays connected and listens, re-syncing from the cursor
+when the meter pushes a measurement (a notification outside a RACP procedure: the pushed record
+is fetched through RACP rather than stored directly, so the cursor logic stays in one place)
+and every ``poll_s`` while connected (meters that store new records silently). A meter that
+drops the link (most do after a transfer) is re-synced on its next connection, which the
+supervisor makes once the meter advertises again.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class GlucoseSession:
         clock: Clock,
         local_tz: tzinfo,
         racp_timeout_s: float,
+        poll_s: float = 60.0,
         on_syncing: Callable[[], None] = lambda: None,
         on_synced: Callable[[], None] = lambda: None,
         on_reading: Callable[[int], None] = lambda n: None,
@@ -95,6 +98,7 @@ class GlucoseSession:
         self._clock = clock
         self._local_tz = local_tz
         self._timeout = racp_timeout_s
+        self._poll_s = poll_s
         self._on_syncing = on_syncing
         self._on_synced = on_synced
         self._on_reading = on_reading
@@ -135,18 +139,20 @@ class GlucoseSession:
             return False
 
     async def run(self) -> None:
-        """Prepare the link, sync, then listen for pushed records until the link drops."""
+        """Prepare the link and sync; then re-sync on pushed records and every ``poll_s``
+        until the link drops (raises ``link_lost``)."""
         await self._prepare()
         await self._sync()
         while True:
             pushed = asyncio.ensure_future(self._pushed.wait())
             dropped = asyncio.ensure_future(self._link.wait_dropped())
-            waits: set[asyncio.Future[Any]] = {pushed, dropped}
+            poll = asyncio.ensure_future(self._clock.sleep(self._poll_s))
+            waits: set[asyncio.Future[Any]] = {pushed, dropped, poll}
             try:
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                await cancel_and_wait(pushed)
-                await cancel_and_wait(dropped)
+                for w in waits:
+                    await cancel_and_wait(w)
             if self._link.dropped.is_set():
                 raise BleOperationError("listen", "link_lost")
             self._pushed.clear()

@@ -41,6 +41,9 @@ log = get_logger("edge.ble.supervisor")
 
 #: how often at most a device's last-seen time is written to the vault
 TOUCH_INTERVAL_S = 60.0
+#: a connected glucose meter is re-synced from its cursor this often (it may store records
+#: without notifying); pushed records are fetched at once
+GLUCOSE_POLL_S = 60.0
 
 
 class DeviceSupervisor:
@@ -60,7 +63,9 @@ class DeviceSupervisor:
         local_tz: tzinfo,
         rng: random.Random,
         counters: Counter[str],
+        glucose_poll_s: float = GLUCOSE_POLL_S,
     ) -> None:
+        self._glucose_poll_s = glucose_poll_s
         self.address = normalize_address(binding.address)
         self.kind = binding.kind
         self.patient = binding.patient
@@ -134,7 +139,10 @@ class DeviceSupervisor:
     async def _one_connection(self) -> bool:
         """Connect once and run a session. True when the session did useful work."""
         self._set(state=IDLE)
-        device = self._watcher.cached(self.address)
+        # A strap that dropped is reconnected at once from its last sighting; a meter is
+        # connected when it advertises (meters advertise when they have something to send, and
+        # connecting to one that does not only burns a connection slot until the timeout).
+        device = self._watcher.cached(self.address) if self.kind == "heart_rate" else None
         if device is None:
             device = await self._watcher.wait_for(self.address)
         self._seen()
@@ -156,10 +164,9 @@ class DeviceSupervisor:
                     self._clock, self._config.connect_timeout_s, client.connect()
                 )
             except BLE_EXCEPTIONS as exc:
-                reason = reason_of(exc)
-                if reason == "not_found":
-                    self._watcher.forget(self.address)
-                self._fail(f"connect:{reason}")
+                # the next attempt waits for a fresh advertisement
+                self._watcher.forget(self.address)
+                self._fail(f"connect:{reason_of(exc)}")
                 await link.close()
                 return False
         self._set(state=CONNECTED, connects=self._state.connects + 1)
@@ -223,6 +230,7 @@ class DeviceSupervisor:
                 clock=self._clock,
                 local_tz=self._local_tz,
                 racp_timeout_s=self._config.racp_timeout_s,
+                poll_s=self._glucose_poll_s,
                 on_syncing=lambda: self._set(state=SYNCING),
                 on_synced=lambda: self._set(state=CONNECTED),
                 on_reading=self._count_readings,
@@ -257,8 +265,10 @@ class BleManager:
         clock: Clock,
         local_tz: tzinfo | None,
         rng: random.Random | None = None,
+        glucose_poll_s: float = GLUCOSE_POLL_S,
     ) -> None:
         self._config = config
+        self._glucose_poll_s = glucose_poll_s
         self._vault = vault
         self._sink = sink
         self._client_factory = client_factory
@@ -323,6 +333,7 @@ class BleManager:
                     local_tz=self._local_tz,
                     rng=self._rng,
                     counters=self.counters,
+                    glucose_poll_s=self._glucose_poll_s,
                 )
                 task = tg.create_task(self._guard(sup), name="ble-supervisor")
                 self._supervisors[address] = (sup, task)

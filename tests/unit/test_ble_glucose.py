@@ -191,3 +191,19 @@ async def test_meter_that_stays_busy_fails_the_sync_boundedly() -> None:
         # the next connection gets through
         await rig.sink.wait_for(lambda s: len(s.glucose_commits) == 1)
         assert rig.manager.device_states()[meter.address].connects == 2
+
+
+async def test_connected_meter_is_polled_for_silently_stored_records() -> None:
+    async with ble_rig("glucose:1", seed=11, autojump=False) as rig:
+        meter = rig.device("glucose")
+        rig.bind(meter, "p-g")
+        await rig.start()
+        while not rig.sink.glucose_commits:
+            await rig.clock.advance(0.5)
+        seq = meter.add_glucose_record(mg_dl_value=99)
+        await rig.clock.advance(30)
+        assert len(rig.sink.glucose_commits) == 1, "polled before the interval"
+        await rig.clock.advance(31)
+        await rig.sink.wait_for(lambda s: len(s.glucose_commits) == 2)
+        assert [r.sequence_number for r in rig.sink.glucose_commits[1][1]] == [seq]
+        assert rig.manager.device_states()[meter.address].connects == 1
