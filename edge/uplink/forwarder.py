@@ -69,15 +69,15 @@ class OutboxStats(Protocol):
 
 
 class Outbox(Protocol):
-    """What the forwarder needs from the vault."""
+    """What the forwarder needs from the vault (``edge.vault.Vault``)."""
 
-    def next_batch(self, limit: int, *, after_seq: int = 0) -> Sequence[PendingLike]: ...
+    async def next_batch(self, limit: int, *, after_seq: int = 0) -> Sequence[PendingLike]: ...
 
-    def mark_delivered(self, ids: Sequence[str]) -> int: ...
+    async def mark_delivered(self, ids: Sequence[str]) -> int: ...
 
-    def stats(self) -> OutboxStats: ...
+    async def stats(self) -> OutboxStats: ...
 
-    def audit(self, actor: str, action: str, subject: str = "") -> Any: ...
+    async def audit(self, actor: str, action: str, subject: str = "") -> None: ...
 
 
 #: turns a group of one patient's pending rows into a message payload
@@ -183,7 +183,9 @@ class Forwarder:
         self._inflight: dict[asyncio.Future[None], Batch] = {}
         self._cursor = 0
         self._acked: list[str] = []
-        self._flush_scheduled = False
+        self._flush_task: asyncio.Task[None] | None = None
+        self._flush_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
         self._end: asyncio.Future[None] | None = None
         self._counters = _Counters()
         self._bytes_ratio = 3.0
@@ -230,9 +232,9 @@ class Forwarder:
             try:
                 link = await self._link_factory(self._will)
             except PinMismatch as exc:
-                self._refused(exc, "uplink.pin_mismatch", exc.presented_pin)
+                await self._refused(exc, "uplink.pin_mismatch", exc.presented_pin)
             except TlsVerificationError as exc:
-                self._refused(exc, "uplink.tls_refused", exc.reason)
+                await self._refused(exc, "uplink.tls_refused", exc.reason)
             except KeyUnavailable as exc:
                 self._state = "refused:key_unavailable"
                 self._counters.last_error = "key_unavailable"
@@ -249,22 +251,30 @@ class Forwarder:
 
     # --- connection outcome ----------------------------------------------------------------
 
-    def _refused(self, exc: TlsVerificationError, action: str, subject: str) -> None:
+    async def _refused(self, exc: TlsVerificationError, action: str, subject: str) -> None:
         self._state = f"refused:{exc.reason}"
         self._counters.last_error = exc.reason
         if isinstance(exc, PinMismatch):
             log.warning("uplink.pin_mismatch", presented_pin=subject)
         else:
             log.warning("uplink.tls_refused", reason=exc.reason, error=str(exc))
-        self._audit(action, subject)
+        await self._audit(action, subject)
 
-    def _audit(self, action: str, subject: str) -> None:
+    async def _audit(self, action: str, subject: str) -> None:
         now = self._clock.monotonic()
         last = self._last_audit
         if last is not None and last[:2] == (action, subject) and now - last[2] < AUDIT_REPEAT_S:
             return
         self._last_audit = (action, subject, now)
-        self._vault.audit("uplink", action, subject)
+        try:
+            await self._vault.audit("uplink", action, subject)
+        except EdgeError as exc:
+            log.error("uplink.audit_failed", action=action, error=type(exc).__name__)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # --- one connection --------------------------------------------------------------------
 
@@ -300,7 +310,9 @@ class Forwarder:
         finally:
             await _stop(tasks)
             link.abort()
-            self._flush_acked()
+            # Everything acknowledged is marked before the cursor restarts at the oldest
+            # pending reading, so nothing acknowledged is ever sent again.
+            await self._flush()
             self._inflight.clear()
             self._cursor = 0
             self._link = None
@@ -331,14 +343,13 @@ class Forwarder:
         raise _SessionEnd(str(reason) if reason else "connection closed")
 
     async def _shutdown(self, link: Link) -> None:
-        """Clean stop: flush acks, say offline (retained), DISCONNECT — bounded in time."""
-        self._flush_acked()
-        if link.is_closed:
-            return
+        """Clean stop: say offline (retained), DISCONNECT, record acks — bounded in time."""
+        if not link.is_closed:
+            with contextlib.suppress(Exception):
+                fut = link.publish(self._status_topic, offline_document(self._hub), retain=True)
+                await asyncio.wait_for(fut, 1.0)
         with contextlib.suppress(Exception):
-            fut = link.publish(self._status_topic, offline_document(self._hub), retain=True)
-            await asyncio.wait_for(fut, 1.0)
-        self._flush_acked()
+            await asyncio.wait_for(self._flush(), 5.0)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(link.close(), 2.0)
         link.abort()
@@ -354,7 +365,11 @@ class Forwarder:
                 await self._space.wait()
                 continue
             self._wake.clear()
-            rows = self._vault.next_batch(free * cfg.batch_max_readings, after_seq=self._cursor)
+            rows = await self._vault.next_batch(
+                free * cfg.batch_max_readings, after_seq=self._cursor
+            )
+            if link.is_closed:
+                return
             if not rows:
                 await self._wake.wait()
                 continue
@@ -427,27 +442,31 @@ class Forwarder:
             self._counters.messages_acked += 1
             self._acked.extend(batch.ids)
             self._backoff.reset()
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush_acked)
+            if self._flush_task is None or self._flush_task.done():
+                self._flush_task = asyncio.get_running_loop().create_task(self._flush())
         elif isinstance(exc, PublishRefused):
             self._counters.publish_refusals += 1
             self._state = f"refused:{exc.reason}"
             log.warning("uplink.publish_refused", reason=exc.reason, code=exc.reason_code)
-            self._audit("uplink.publish_refused", exc.reason)
+            self._spawn(self._audit("uplink.publish_refused", exc.reason))
             self._end_session(f"publish refused ({exc.reason})")
         # Any other failure is the link dying; _watch_link ends the session.
 
-    def _flush_acked(self) -> None:
-        """Mark every acknowledged reading delivered, in one vault transaction."""
-        self._flush_scheduled = False
-        if not self._acked:
-            return
-        ids, self._acked = self._acked, []
-        self._vault.mark_delivered(ids)
-        self._counters.readings_delivered += len(ids)
-        if self._on_delivered is not None:
-            self._on_delivered(ids)
+    async def _flush(self) -> None:
+        """Mark every acknowledged reading delivered; PUBACKs arriving meanwhile are batched
+        into the next vault transaction."""
+        async with self._flush_lock:
+            while self._acked:
+                ids, self._acked = self._acked, []
+                try:
+                    await self._vault.mark_delivered(ids)
+                except EdgeError as exc:
+                    # They stay pending and are sent again: a duplicate, never a loss.
+                    log.error("uplink.mark_delivered_failed", n=len(ids), error=type(exc).__name__)
+                    continue
+                self._counters.readings_delivered += len(ids)
+                if self._on_delivered is not None:
+                    self._on_delivered(ids)
 
     async def _ack_watchdog(self, link: Link) -> None:
         timeout = self._cfg.ack_timeout_s
@@ -468,7 +487,7 @@ class Forwarder:
 
     async def status_document(self) -> dict[str, Any]:
         """The retained online status: queue, devices, certificate — no PHI."""
-        st = self._vault.stats()
+        st = await self._vault.stats()
         doc: dict[str, Any] = {
             "hub": self._hub,
             "state": "online",
@@ -497,7 +516,7 @@ class Forwarder:
                 self._counters.publish_refusals += 1
                 self._state = f"refused:{exc.reason}"
                 log.warning("uplink.status_refused", reason=exc.reason, code=exc.reason_code)
-                self._audit("uplink.publish_refused", exc.reason)
+                await self._audit("uplink.publish_refused", exc.reason)
                 raise _SessionEnd(f"status refused ({exc.reason})") from exc
             self._backoff.reset()
             await self._clock.sleep(self._cfg.status_interval_s)

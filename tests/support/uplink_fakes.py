@@ -107,12 +107,12 @@ class FakeOutbox:
             )
         return [r.id for r in readings]
 
-    def next_batch(self, limit: int, *, after_seq: int = 0) -> list[Row]:
+    async def next_batch(self, limit: int, *, after_seq: int = 0) -> list[Row]:
         self.batch_calls.append((limit, after_seq))
         out = [r for s, r in sorted(self.rows.items()) if s > after_seq]
         return out[:limit]
 
-    def mark_delivered(self, ids: Sequence[str]) -> int:
+    async def mark_delivered(self, ids: Sequence[str]) -> int:
         wanted = set(ids)
         gone = [s for s, r in self.rows.items() if r.id in wanted]
         for s in gone:
@@ -123,10 +123,10 @@ class FakeOutbox:
     def pending_ids(self) -> set[str]:
         return {r.id for r in self.rows.values()}
 
-    def stats(self) -> Stats:
+    async def stats(self) -> Stats:
         return Stats(pending=len(self.rows), oldest_pending_age_s=1.5 if self.rows else None)
 
-    def audit(self, actor: str, action: str, subject: str = "") -> None:
+    async def audit(self, actor: str, action: str, subject: str = "") -> None:
         self.audits.append((actor, action, subject))
 
 
