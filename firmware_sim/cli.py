@@ -4,6 +4,20 @@ devices, or drive a running simulator.
 ``serve`` prints exactly one line on stdout, ``DBUS_SYSTEM_BUS_ADDRESS=<address>``, once the
 devices are discoverable; everything else goes to stderr. It runs until SIGINT or SIGTERM and
 then stops the dbus-daemon it started and removes its temporary directory and socket.
+
+Typical use::
+
+    python -m firmware_sim serve --devices hr:2,glucose:1 > /tmp/sim.env &
+    until [ -s /tmp/sim.env ]; do sleep 0.1; done; export "$(cat /tmp/sim.env)"
+    python -m edge scan                                    # unchanged bleak finds SIM-HR-1 …
+    python -m firmware_sim ctl hr SIM-HR-1 150             # drive it (bus from the env)
+    python -m firmware_sim ctl fault SIM-GLU-1 connect_failures=2 pairing_refused=failed
+    python -m firmware_sim ctl glucose SIM-GLU-1 concentration=5.5 unit=mmol/L
+    python -m firmware_sim ctl drop SIM-HR-1
+    python -m firmware_sim ctl add hr resting_bpm=70 ; python -m firmware_sim ctl list
+
+Real-BlueZ quirks are off unless asked for: ``--keep-gatt``, ``--remove-temporary-after 30``,
+``--read-emits-value``. The control interface is described in :mod:`firmware_sim.control`.
 """
 
 from __future__ import annotations

@@ -254,10 +254,12 @@ class FakeBlueZ:
         log.info("sim.bluez_started")
 
     async def stop(self) -> None:
-        """Drop every link, stop timers and leave the bus."""
+        """End notify sessions, stop timers, detach from the peripherals and leave the bus.
+        (Links the peripherals hold stay theirs to drop: ``Fleet.stop`` does.)"""
         self.adapter.shutdown()
         for node in list(self._devices.values()):
             node.shutdown()
+            node.peripheral.set_events(None)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
