@@ -141,7 +141,13 @@ class Fleet:
         cls, prefix, default_type = KINDS[kind]
         address_type = str(options.get("address_type", default_type))
         n = self._counters.get(kind, 0) + 1
-        self._counters[kind] = n
+        if name is None:
+            # skip names a scenario already gave out explicitly
+            while self.find(f"{prefix}-{n}") is not None:
+                n += 1
+            name = f"{prefix}-{n}"
+        elif self.find(name) is not None:
+            raise ValueError(f"name {name} already in the fleet")
         rng = random.Random(f"{self.seed}:{kind}:{n}")  # noqa: S311 (simulation, not crypto)
         addr_rng = random.Random(f"{self.seed}:{kind}:{n}:address")  # noqa: S311
         if address is None:
@@ -153,12 +159,10 @@ class Fleet:
             address = address.upper()
             if self.find(address) is not None:
                 raise ValueError(f"address {address} already in the fleet")
-        name = name or f"{prefix}-{n}"
-        if self.find(name) is not None:
-            raise ValueError(f"name {name} already in the fleet")
         plan = faults if isinstance(faults, FaultPlan) else FaultPlan.from_dict(faults or {})
         options["address_type"] = address_type
         device = cls(name=name, address=address, clock=self.clock, rng=rng, faults=plan, **options)
+        self._counters[kind] = n
         self.devices.append(device)
         if self._running:
             self._start_device(device)

@@ -37,6 +37,16 @@ def test_names_and_address_kinds() -> None:
     assert len({d.address for d in fleet.devices}) == 4
 
 
+def test_auto_names_skip_explicit_ones_and_failures_do_not_consume_numbers() -> None:
+    fleet = Fleet(seed=1)
+    assert fleet.add("hr").name == "SIM-HR-1"
+    with pytest.raises(ValueError):
+        fleet.add("hr", hr_format="uint32")
+    fleet.add("hr", name="SIM-HR-3")  # takes the second seed slot
+    assert fleet.add("hr").name == "SIM-HR-4"  # slot 3's name is taken: skipped
+    assert fleet.add("hr").name == "SIM-HR-5"
+
+
 def test_address_type_per_scenario() -> None:
     fleet = Fleet(seed=1)
     glu = fleet.add("glucose", address_type="random", history=20)
