@@ -334,8 +334,9 @@ class FakeBlueZ:
         node = self._devices.pop(address.upper(), None)
         if node is None:
             return
-        node.shutdown()
         node.peripheral.set_events(None)
+        node.shutdown()
+        node._link_down()  # as bluetoothd: the link goes before the object
         node.unexport()
 
     # plumbing used by the nodes --------------------------------------------------------------
@@ -422,6 +423,11 @@ class FakeBlueZ:
             fd, mtu = await char.acquire_notify(sender)
         except DBusError as err:
             self.bus.send(Message.new_error(msg, err.type, err.text))
+            return
+        except Exception:
+            # never leave the caller waiting for a reply
+            log.warning("sim.acquire_notify_failed", exc_info=True)
+            self.bus.send(Message.new_error(msg, "org.bluez.Error.Failed", "Operation failed"))
             return
         try:
             await self.bus.send(Message.new_method_return(msg, "hq", [0, mtu], [fd]))
@@ -594,7 +600,7 @@ class DeviceNode:
         self._gatt_uuids: list[str] = []
         self.services: list[ServiceNode] = []
         self.characteristics: dict[int, CharacteristicNode] = {}
-        self._connecting: asyncio.Future[None] | None = None
+        self._connecting = False
         self._pairing: asyncio.Task[None] | None = None
         self._pair_cancelled = False
         self._removal: asyncio.TimerHandle | None = None
@@ -690,11 +696,11 @@ class DeviceNode:
     async def connect(self) -> None:
         if self.connected:
             return
-        if self._connecting is not None:
+        if self._connecting:
             # A second Connect while one is under way, as bluetoothd answers it.
             raise bluez_error("InProgress", "In Progress")
         self.cancel_removal()
-        self._connecting = asyncio.get_running_loop().create_future()
+        self._connecting = True
         try:
             await self.peripheral.connect()
         except SimError as err:
@@ -705,8 +711,7 @@ class DeviceNode:
                 self._set(connected=False)
             raise to_dbus_error(err) from err
         finally:
-            fut, self._connecting = self._connecting, None
-            fut.set_result(None)
+            self._connecting = False
         self._link_up()
 
     def _link_up(self) -> None:

@@ -120,3 +120,20 @@ async def test_glucose_record_fault_and_visibility_through_control_reach_bleak(
         async with BleakClient(found, pair=True) as client:
             assert client.is_connected
             assert meter.paired
+
+
+async def test_removing_a_connected_device_disconnects_its_client(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fleet = build_fleet(devices="hr:1", seed=8)
+    async with fake_bluez(fleet, control=True) as sim, ControlClient(sim.address) as ctl:
+        use_fake_bluez(monkeypatch, sim.address, tmp_path)
+        found = await BleakScanner.find_device_by_name("SIM-HR-1", timeout=WAIT)
+        assert found is not None
+        gone = asyncio.Event()
+        client = BleakClient(found, disconnected_callback=lambda _c: gone.set())
+        await client.connect()
+        await ctl.remove_device("SIM-HR-1")
+        await asyncio.wait_for(gone.wait(), WAIT)
+        assert not client.is_connected
+        assert await ctl.list_devices() == []
