@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -323,7 +322,7 @@ async def test_files_are_private_and_an_open_directory_is_refused(tmp_path: Path
     async with await Vault.open(cfg, key) as v:
         await v.append([hr(0)])
         for suffix in ("", "-wal", "-shm"):
-            mode = stat.S_IMODE(Path(str(cfg.path) + suffix).stat().st_mode)
+            mode = stat.S_IMODE(os.stat(str(cfg.path) + suffix).st_mode)
             assert mode == 0o600, suffix
         assert stat.S_IMODE(cfg.path.parent.stat().st_mode) == 0o700
     os.chmod(cfg.path.parent, 0o755)

@@ -6,7 +6,8 @@ Modes (the vault config comes from ``--dir``, laid out by ``vault_config``):
 ``writer START``         append batches forever; after each append RETURNS print
                          ``A <id> <id> ...``; every few batches deliver some and print
                          ``D <id> ...`` after mark_delivered returns
-``rotate-die STAGE``     run a key rotation and SIGKILL itself when it reaches STAGE
+``rotate-die STAGE``     run a key rotation, printing each step's name as it is reached, and
+                         SIGKILL itself at STAGE (``never``: the parent kills it)
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ async def _main(ns: argparse.Namespace) -> None:
         stage = ns.arg
 
         def hook(name: str) -> None:
+            print(name, flush=True)
             if name == stage:
                 _die()
 

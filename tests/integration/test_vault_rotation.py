@@ -1,0 +1,154 @@
+"""Key rotation: a crash at every step leaves a vault that opens with exactly one of the two
+keys; the next `edge keys rotate` says which and finishes the job."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlcipher3
+
+from edge.config import VaultConfig
+from edge.vault import Vault
+from edge.vault.keys import decode_key
+from tests.support.vault_proc import REPO, spawn
+from tests.support.vault_support import hr, vault_config, write_gateway_config, write_key
+
+pytestmark = pytest.mark.integration
+
+#: step reached -> (which key the database opens with, what `edge keys rotate` then says)
+STAGES = {
+    "started": ("current", "re-keyed with a new key"),
+    "previous_kept": ("current", "opened with the CURRENT key"),
+    "key_written": ("previous", "opened with the PREVIOUS key"),
+    "rekey_begin": ("previous", "opened with the PREVIOUS key"),
+    "rekey_committed": ("current", "opened with the NEW key"),
+    "audited": ("current", "opened with the NEW key"),
+    "finished": ("current", "re-keyed with a new key"),
+}
+
+
+def edge_cli(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [sys.executable, "-m", "edge", "--config", str(tmp / "gateway.toml"), *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )
+
+
+def read_key(path: Path) -> bytes | None:
+    return decode_key(path.read_bytes()) if path.exists() else None
+
+
+def keys_that_open(cfg: VaultConfig, keys: dict[str, bytes | None], scratch: Path) -> set[str]:
+    """Ground truth, by plain SQLCipher on copies of the files (the originals stay as the
+    crash left them)."""
+    opened = set()
+    for name, key in keys.items():
+        if key is None:
+            continue
+        d = scratch / name
+        d.mkdir()
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(cfg.path) + suffix)
+            if src.exists():
+                shutil.copyfile(src, d / ("vault.db" + suffix))
+        conn = sqlcipher3.connect(str(d / "vault.db"))
+        conn.execute("PRAGMA cipher_log_level = NONE")
+        conn.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
+        try:
+            if conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 400:
+                opened.add(name)
+        except sqlcipher3.DatabaseError:
+            pass
+        finally:
+            conn.close()
+    return opened
+
+
+async def make_vault(tmp: Path) -> tuple[VaultConfig, bytes]:
+    cfg = vault_config(tmp)
+    key = write_key(cfg)
+    write_gateway_config(tmp, cfg)
+    async with await Vault.open(cfg, key) as v:
+        for start in range(0, 400, 100):
+            await v.append([hr(i) for i in range(start, start + 100)])
+        await v.audit("admin:test", "test.setup")
+    return cfg, key
+
+
+async def check_finished(cfg: VaultConfig, old: bytes) -> None:
+    assert cfg.key_file is not None
+    current = read_key(cfg.key_file)
+    assert current is not None and current != old
+    assert read_key(Path(str(cfg.key_file) + ".old")) is None
+    assert oct(cfg.key_file.stat().st_mode & 0o777) == "0o600"
+    async with await Vault.open(cfg, current) as v:
+        assert (await v.stats()).pending == 400
+        assert await v.verify_audit() >= 3
+        actions = [e.action for e in await v.audit_tail(50)]
+        assert actions[-1] == "keys.rotated"
+        last_start = len(actions) - 1 - actions[::-1].index("keys.rotation_started")
+        assert "keys.rotated" in actions[last_start:]
+        assert await v.integrity_check() == []
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+async def test_crash_at_each_step_is_recovered(tmp_path: Path, stage: str) -> None:
+    cfg, k0 = await make_vault(tmp_path)
+    proc = spawn(tmp_path, "rotate-die", stage, stdout=subprocess.DEVNULL)
+    assert proc.wait(timeout=60) == -9
+
+    assert cfg.key_file is not None
+    keys = {"current": read_key(cfg.key_file),
+            "previous": read_key(Path(str(cfg.key_file) + ".old"))}
+    expected_key, expected_words = STAGES[stage]
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    opened = keys_that_open(cfg, keys, scratch)
+    if keys["current"] == keys["previous"]:
+        assert opened == {"current", "previous"}
+    else:
+        assert opened == {expected_key}
+
+    res = edge_cli(tmp_path, "keys", "rotate")
+    assert res.returncode == 0, res.stderr
+    assert expected_words in res.stdout
+    await check_finished(cfg, k0)
+
+
+async def test_kill_during_the_rekey_itself(tmp_path: Path) -> None:
+    cfg, k0 = await make_vault(tmp_path)
+    async with await Vault.open(cfg, k0) as v:  # a few MB, so the re-key takes a while
+        for start in range(1000, 21000, 2000):
+            await v.append([hr(i) for i in range(start, start + 2000)])
+    rng = random.Random(7)
+    for _ in range(3):
+        proc = spawn(tmp_path, "rotate-die", "never", stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        while (line := proc.stdout.readline()) and line.strip() != "rekey_begin":
+            pass
+        assert line, "the rotation never reached the re-key"
+        # A random instant inside (or just after) PRAGMA rekey.
+        deadline = rng.uniform(0.0, 0.05)
+        try:
+            proc.wait(timeout=deadline)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        proc.wait(timeout=30)
+        proc.stdout.close()
+        res = edge_cli(tmp_path, "keys", "rotate")
+        assert res.returncode == 0, res.stderr
+        assert "re-keyed" in res.stdout
+    assert cfg.key_file is not None
+    current = read_key(cfg.key_file)
+    assert current is not None
+    async with await Vault.open(cfg, current) as v:
+        assert (await v.stats()).pending == 20400
+        assert await v.integrity_check() == []
+        assert await v.verify_audit() >= 2
