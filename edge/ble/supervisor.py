@@ -177,6 +177,8 @@ class DeviceSupervisor:
         except PairingRefused as exc:
             self._fail("pairing")
             log.warning("ble.pairing_refused", address=self.address, error=str(exc))
+            # visible in `edge status` next to the reading refusals
+            await self._sink.refuse("pairing_refused")
         except BleOperationError as exc:
             self._fail(f"{exc.operation}:{exc.reason}")
         except RacpError as exc:
@@ -356,7 +358,10 @@ class BleManager:
         # Unknown devices are counted as a number only; forward the count to intake's refusals.
         while True:
             await self._clock.sleep(self._config.scan_seconds)
-            await self.flush_unknown()
+            try:
+                await self.flush_unknown()
+            except Exception as exc:  # a count must never take the BLE part down
+                log.warning("ble.unknown_count_failed", error=type(exc).__name__)
 
     async def flush_unknown(self) -> None:
         """Report new unknown-device sightings to intake as ``unknown_device`` refusals."""
@@ -365,6 +370,7 @@ class BleManager:
         if delta > 0:
             self._unknown_reported = total
             self.counters["unknown_device"] += delta
+            log.info("ble.unknown_devices", n=delta)
             await self._sink.refuse("unknown_device", delta)
 
     def device_states(self) -> dict[str, DeviceState]:

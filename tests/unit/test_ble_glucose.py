@@ -207,3 +207,18 @@ async def test_connected_meter_is_polled_for_silently_stored_records() -> None:
         await rig.sink.wait_for(lambda s: len(s.glucose_commits) == 2)
         assert [r.sequence_number for r in rig.sink.glucose_commits[1][1]] == [seq]
         assert rig.manager.device_states()[meter.address].connects == 1
+
+
+async def test_meter_refusing_to_bond_is_an_error_state_and_counted() -> None:
+    async with ble_rig("glucose:1", seed=12) as rig:
+        meter = rig.device("glucose")
+        meter.inject_fault({"pairing_refused": "rejected"})
+        rig.bind(meter, "p-g")
+        await rig.start()
+        state = await rig.wait_state(meter, lambda s: s.state == "error:pairing")
+        assert state.last_error == "pairing"
+        await rig.sink.wait_for(lambda s: s.refused["pairing_refused"] >= 2)
+        assert rig.sink.glucose_commits == [] and not meter.paired
+        meter.clear_faults()
+        await rig.sink.wait_for(lambda s: len(s.glucose_commits) == 1)
+        assert meter.paired
