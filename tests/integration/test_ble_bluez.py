@@ -230,3 +230,52 @@ async def test_manager_into_real_intake_and_vault(
             t.cancel()
         await asyncio.gather(*manager_task, return_exceptions=True)
         await vault.close()
+
+
+async def test_realistic_bluez_quirks(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, manager_task: list[asyncio.Task[None]]
+) -> None:
+    """GATT objects kept after disconnect, reads echoed as Value changes, unbonded devices
+    forgotten soon after discovery stops: streaming and syncing stay correct."""
+    from firmware_sim.bluez import BlueZOptions
+
+    options = BlueZOptions(keep_gatt_after_disconnect=True, read_emits_value=True,
+                           temporary_device_timeout=0.3)
+    fleet = build_fleet(devices="hr:1,glucose:1", seed=14)
+    strap = next(d for d in fleet if d.kind == "heart_rate")
+    meter = next(d for d in fleet if d.kind == "glucose")
+    async with fake_bluez(fleet, options=options) as sim:
+        use_fake_bluez(monkeypatch, sim.address, tmp_path)
+        registry = FakeRegistry([Binding(strap.address, "heart_rate", "p-hr", bonded=False),
+                                 Binding(meter.address, "glucose", "p-glu")])
+        sink = FakeSink(registry)
+        # reconnects come later than BlueZ's (shortened) temporary-device timeout
+        config = CONFIG.model_copy(update={"reconnect_base_s": 1.0, "reconnect_cap_s": 1.0})
+        manager = BleManager(config, registry, sink, scanner_factory=bleak_scanner_factory(),
+                             client_factory=bleak_client_factory(), clock=SystemClock(),
+                             local_tz=UTC)
+        manager_task.append(asyncio.create_task(manager.run()))
+        history = meter.records
+        await sink.wait_for(lambda s: len(s.of_kind("glucose")) == len(history))
+
+        for round_ in (1, 2):
+            await _until(lambda: strap.notifying(HEART_RATE_MEASUREMENT))
+            before = len(sink.of_kind("heart_rate"))
+            for _ in range(2):
+                await strap.tick()
+            await sink.wait_for(lambda s, b=before: len(s.of_kind("heart_rate")) >= b + 2)
+            if round_ == 1:
+                # the unbonded strap drops; BlueZ forgets it once nobody scans
+                assert strap.drop_link()
+        sup = manager.supervisor(strap.address)
+        assert sup is not None and sup.state.connects >= 2
+        # the first reconnect went to the forgotten device object and failed; the supervisor
+        # then waited for a fresh advertisement
+        assert any(k.startswith("error:connect:") for k in manager.counters)
+
+        seq = meter.add_glucose_record(mg_dl_value=101)
+        assert meter.drop_link()
+        await sink.wait_for(lambda s: len(s.of_kind("glucose")) == len(history) + 1)
+        assert sink.duplicates == 0
+        cursor = registry.cursor(meter.address)
+        assert cursor is not None and cursor.last_sequence == seq
