@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import inspect
 import os
 import signal
 from collections.abc import Awaitable, Callable, Mapping
@@ -150,6 +151,36 @@ async def within(clock: Clock, awaitable: Awaitable[Any], timeout_s: float) -> t
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await work
     return False, None
+
+
+class ConsentFilteredOutbox:
+    """The vault as the forwarder sees it: ``next_batch`` drops rows of a patient whose
+    consent was revoked after the rows were read. The intake closes the gate before the vault
+    purges, and the forwarder publishes a batch in the same step in which it receives it, so
+    no reading of a revoked patient is published after the revoke began."""
+
+    def __init__(self, vault: Any, consented: Callable[[str], bool]) -> None:
+        self._vault = vault
+        self._consented = consented
+        self.dropped = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._vault, name)
+
+    def _filter(self, rows: Any) -> Any:
+        kept = [r for r in rows if self._consented(r.patient)]
+        self.dropped += len(rows) - len(kept)
+        return kept
+
+    def next_batch(self, limit: int, *, after_seq: int = 0) -> Any:
+        """The vault's batch without rows of patients lacking consent (sync or async)."""
+        rows = self._vault.next_batch(limit, after_seq=after_seq)
+        if inspect.isawaitable(rows):
+            return self._filter_async(rows)
+        return self._filter(rows)
+
+    async def _filter_async(self, rows: Awaitable[Any]) -> Any:
+        return self._filter(await rows)
 
 
 @dataclass
@@ -326,17 +357,17 @@ class Daemon:
 
     # --- wiring ------------------------------------------------------------------------------
 
-    def _open_vault(self) -> Any:
+    async def _open_vault(self) -> Any:
         if self._vault_factory is not None:
-            return self._vault_factory()
+            return await resolve(self._vault_factory())
         from edge.vault import Vault
 
-        return Vault.open(self.config.vault, self._key)
+        return await Vault.open(self.config.vault, key_bytes(self._key), clock=self.clock)
 
     def _make_ble(self, vault: Any, sink: Intake) -> BleLike:
         if self._ble_factory is not None:
             return self._ble_factory(vault, sink)
-        from edge.ble import BleManager  # type: ignore[attr-defined]
+        from edge.ble import BleManager
         from edge.ble.ports import bleak_client_factory, bleak_scanner_factory
 
         adapter = self.config.ble.adapter
@@ -353,25 +384,34 @@ class Daemon:
 
     def _make_forwarder(self, vault: Any) -> ForwarderLike:
         if self._forwarder_factory is not None:
-            return self._forwarder_factory(vault, self.status_devices)
+            return self._forwarder_factory(ConsentFilteredOutbox(vault, self._consented),
+                                           self.status_devices)
         from edge.uplink.forwarder import Forwarder
 
         return Forwarder(
             self.config.uplink,
             self.config.hub.id,
-            vault,
+            ConsentFilteredOutbox(vault, self._consented),
             link_factory=self._link_factory,
             clock=self.clock,
             status_provider=self.status_devices,
         )
+
+    def _consented(self, patient: str) -> bool:
+        return self.intake is not None and self.intake.consented(patient)
 
     def _wake_forwarder(self) -> None:
         if self.forwarder is not None:
             self.forwarder.wake()
 
     async def _run(self) -> int:
-        REDACTOR.set_hash_key(log_hash_key(key_bytes(self._key)))
-        self.vault = self._open_vault()
+        self.vault = await self._open_vault()
+        # The vault's own device-hash key when it has one, so logs and audit name a device
+        # the same way; otherwise one derived from the vault key. Stable across restarts.
+        hash_key = getattr(self.vault, "log_hash_key", None)
+        if not isinstance(hash_key, bytes):
+            hash_key = log_hash_key(key_bytes(self._key))
+        REDACTOR.set_hash_key(hash_key)
         try:
             await self._register_sensitive()
             self.intake = Intake(self.vault, on_appended=self._wake_forwarder)
@@ -592,7 +632,7 @@ class Daemon:
             "healthy": self.health.healthy(),
             "queue_depth": vault.get("pending"),
             "oldest_pending_age_s": vault.get("oldest_pending_age_s"),
-            "refusals": vault.get("refusals") or {},
+            "refusals": all_refusals(vault.get("refusals")),
             "vault": vault,
             "intake": self.intake.stats(),
             "devices": self._device_states(),
@@ -617,7 +657,7 @@ class Daemon:
 
     async def _h_grant(self, request: dict[str, Any], actor: str) -> Any:
         patient = _patient_param(request)
-        scope = str(request.get("scope") or "forward")
+        scope = str(request.get("scope") or "vitals")
         assert self.intake is not None
         REDACTOR.register([patient])
         await self.intake.grant(patient, scope=scope, actor=f"control:{actor}")
@@ -653,6 +693,17 @@ async def _probe_part(part: Any, fallback: str) -> None:
         await resolve(probe())
         return
     getattr(part, fallback)()
+
+
+def all_refusals(counts: Any) -> dict[str, int]:
+    """Every known refusal reason (0 when none), plus any other counted reason: the shape of
+    ``refusals`` in status output never changes."""
+    from edge.plausibility import REFUSAL_REASONS
+
+    out = dict.fromkeys(REFUSAL_REASONS, 0)
+    if isinstance(counts, dict):
+        out.update({str(k): int(v) for k, v in counts.items()})
+    return out
 
 
 def _patient_param(request: dict[str, Any]) -> str:

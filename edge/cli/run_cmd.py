@@ -7,8 +7,9 @@ import asyncio
 import os
 import stat
 import sys
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from edge.cli.common import config_from_args, print_json
 from edge.config import GatewayConfig
@@ -33,7 +34,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     csub = p.add_subparsers(dest="consent_command", required=True, metavar="ACTION")
     g = csub.add_parser("grant", parents=[common], help="grant consent for PSEUDONYM")
     g.add_argument("patient", metavar="PSEUDONYM")
-    g.add_argument("--scope", default="forward", help="what is consented to (default: forward)")
+    g.add_argument("--scope", default="vitals", help="what is consented to (default: vitals)")
     g.set_defaults(func=_consent_grant)
     r = csub.add_parser(
         "revoke", parents=[common],
@@ -90,35 +91,36 @@ def _run(args: argparse.Namespace) -> int:
 
 # --- offline access (the daemon is not running) ---------------------------------------------
 
+T = TypeVar("T")
 
-def _open_vault(cfg: GatewayConfig) -> Any:
+
+def with_vault(cfg: GatewayConfig, fn: Callable[[Any], Awaitable[T]]) -> T:
+    """Open the vault, run ``fn(vault)``, close it — in one event loop."""
     from edge.vault import Vault
 
-    return Vault.open(cfg.vault, load_key(cfg))
+    key = load_key(cfg)
+
+    async def go() -> T:
+        vault = await Vault.open(cfg.vault, key)
+        try:
+            return await fn(vault)
+        finally:
+            await vault.close()
+
+    return asyncio.run(go())
 
 
 def _actor() -> str:
     return f"cli:uid:{os.getuid()}"
 
 
-def _close(vault: Any) -> None:
-    close = getattr(vault, "close", None)
-    if callable(close):
-        asyncio.run(resolve(close()))
-
-
-def offline_status(cfg: GatewayConfig) -> dict[str, Any]:
+async def offline_status(vault: Any, cfg: GatewayConfig) -> dict[str, Any]:
     """What the vault alone can tell: queue, refusals, bindings (state unknown)."""
-    from edge.daemon import cert_days_left, to_jsonable
+    from edge.daemon import all_refusals, cert_days_left, to_jsonable
 
-    vault = _open_vault(cfg)
-    try:
-        stats = to_jsonable(asyncio.run(resolve(vault.stats())))
-        bindings = asyncio.run(resolve(vault.bindings()))
-    finally:
-        _close(vault)
+    stats = to_jsonable(await resolve(vault.stats()))
     devices = []
-    for b in bindings:
+    for b in await resolve(vault.bindings()):
         last_seen = getattr(b, "last_seen", None)
         devices.append({
             "address": getattr(b, "address", None),
@@ -131,7 +133,7 @@ def offline_status(cfg: GatewayConfig) -> dict[str, Any]:
         "hub": cfg.hub.id,
         "queue_depth": stats.get("pending"),
         "oldest_pending_age_s": stats.get("oldest_pending_age_s"),
-        "refusals": stats.get("refusals") or {},
+        "refusals": all_refusals(stats.get("refusals")),
         "vault": stats,
         "devices": devices,
         "uplink": {"state": "daemon not running"},
@@ -147,7 +149,7 @@ def _status(args: argparse.Namespace) -> int:
     try:
         status = ControlClient(cfg.daemon.control_socket).request("status")
     except DaemonNotRunning:
-        status = offline_status(cfg)
+        status = with_vault(cfg, lambda v: offline_status(v, cfg))
     if args.json:
         print_json(status)
     else:
@@ -204,12 +206,8 @@ def _consent_grant(args: argparse.Namespace) -> int:
         )
         where = "in the running daemon"
     except DaemonNotRunning:
-        vault = _open_vault(cfg)
-        try:
-            asyncio.run(resolve(vault.grant_consent(args.patient, scope=args.scope,
-                                                    actor=_actor())))
-        finally:
-            _close(vault)
+        with_vault(cfg, lambda v: resolve(v.grant_consent(args.patient, scope=args.scope,
+                                                          actor=_actor())))
         where = "in the vault (daemon not running)"
     print(f"consent granted {where}")
     return 0
@@ -224,11 +222,8 @@ def _consent_revoke(args: argparse.Namespace) -> int:
         purged = result.get("purged") if isinstance(result, dict) else None
         where = "in the running daemon"
     except DaemonNotRunning:
-        vault = _open_vault(cfg)
-        try:
-            purged = asyncio.run(resolve(vault.revoke_consent(args.patient, actor=_actor())))
-        finally:
-            _close(vault)
+        purged = with_vault(cfg, lambda v: resolve(v.revoke_consent(args.patient,
+                                                                    actor=_actor())))
         where = "in the vault (daemon not running)"
     n = purged if isinstance(purged, int) else getattr(purged, "purged", purged)
     print(f"consent revoked {where}; {n} pending readings purged")
@@ -242,11 +237,7 @@ def _consent_list(args: argparse.Namespace) -> int:
     try:
         consents = ControlClient(cfg.daemon.control_socket).request("consent.list")
     except DaemonNotRunning:
-        vault = _open_vault(cfg)
-        try:
-            consents = to_jsonable(asyncio.run(resolve(vault.consents())))
-        finally:
-            _close(vault)
+        consents = to_jsonable(with_vault(cfg, lambda v: resolve(v.consents())))
     if args.json:
         print_json(consents)
         return 0

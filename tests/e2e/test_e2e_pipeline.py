@@ -1,0 +1,81 @@
+"""Every simulated reading arrives at the admin subscriber, once by id, as valid FHIR R4; the
+status shows the devices and uplink; the INFO log carries no PHI."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+from fhir.resources.R4B.bundle import Bundle
+
+from tests.e2e.harness import E2E, obs_id, obs_kind, obs_patient, running
+
+
+def test_every_reading_arrives_once_as_valid_fhir_and_the_log_has_no_phi(
+    tmp_path: Path,
+) -> None:
+    with E2E(tmp_path / "rig", devices="hr:2,glucose:1") as e:
+        e.grant("patient-a")
+        e.grant("patient-b")
+        e.pair("SIM-HR-1", "patient-a")
+        e.pair("SIM-GLU-1", "patient-a")
+        e.pair("SIM-HR-2", "patient-b")
+        sim = e.sim_devices()
+        records = int(sim["SIM-GLU-1"]["records"])
+        addresses = [d["address"] for d in sim.values()]
+
+        with running(e) as gw:
+            def enough(obs: list[dict]) -> bool:
+                kinds = Counter(obs_kind(o) for o in obs)
+                pts = Counter(obs_patient(o) for o in obs if obs_kind(o) == "heart_rate")
+                return kinds["glucose"] >= 1 and min(pts["patient-a"], pts["patient-b"]) >= 3
+            e.wait_for_obs(enough, timeout=60)
+
+            def meter_read(s: dict) -> bool:
+                # every record on the meter was either stored or refused with a reason
+                r = s["refusals"]
+                done = s["intake"]["received"].get("glucose", 0) + r.get("control_solution", 0)
+                return bool(done + r.get("glucose_out_of_range", 0) >= records)
+            status = e.wait_status(gw, meter_read)
+            stored_glucose = status["intake"]["received"]["glucose"]
+            assert stored_glucose >= records - 3
+            assert status["source"] == "daemon"
+            assert status["uplink"]["state"] == "connected"
+            assert status["healthy"] is True
+            assert len(status["devices"]) == 3
+            assert isinstance(status["cert_days_left"], float) and status["cert_days_left"] > 30
+            assert set(status["refusals"]) >= {"malformed", "no_consent"}
+            e.quiesce(gw, ["SIM-HR-1", "SIM-HR-2", "SIM-GLU-1"])
+
+        rows = e.vault_rows()
+        obs = e.observations()
+        ids = [obs_id(o) for o in obs]
+        # no link was lost, so nothing was re-sent: each reading arrived exactly once
+        assert [i for i, n in Counter(ids).items() if n > 1] == []
+        assert rows and all(delivered for _, _, delivered, _ in rows)
+        assert {r[0] for r in rows} == set(ids), "everything stored arrived, nothing else"
+        assert sum(1 for o in obs if obs_kind(o) == "glucose") == stored_glucose
+        assert sum(1 for r in rows if r[1] == "glucose") == stored_glucose
+        # topics carry the pseudonym the reading belongs to; every entry is a conditional create
+        for o in obs:
+            assert o["topic"] == f"edge/v1/hub-e2e/obs/{obs_patient(o)}"
+            assert o["request"]["ifNoneExist"].endswith(f"urn:uuid:{obs_id(o)}")
+        for m in e.sub.snapshot():
+            if "/obs/" in m.topic:
+                assert m.content_type == "application/fhir+json"
+                Bundle.model_validate(json.loads(m.payload))
+
+        # the daemon's INFO log: no pseudonym, no device address, no reading value
+        log = gw.log_text()
+        assert "daemon.ready" in log
+        for secret in ["patient-a", "patient-b"]:
+            assert secret not in log
+        for addr in addresses:
+            for form in (addr, addr.replace(":", "_"), addr.lower()):
+                assert form not in log
+        for event in gw.log_events():
+            for key in ("bpm", "mg_dl", "mmol_l", "concentration", "patient", "rr_intervals_s"):
+                assert event.get(key, "[redacted]") == "[redacted]", event
+        assert not re.search(r'"(?:heart_rate_bpm|valueQuantity)"', log)
