@@ -57,7 +57,7 @@ async def test_accepted_readings_are_committed_then_the_forwarder_is_woken(
 async def test_implausible_values_are_refused_with_their_reason(
     vault: Vault, intake: tuple[Intake, Wakes]
 ) -> None:
-    i, wakes = intake
+    i, _ = intake
     await i.submit([hr(1, bpm=19), hr(2, bpm=301), hr(3)])
     stats = await vault.stats()
     assert stats.pending == 1
