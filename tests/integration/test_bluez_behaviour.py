@@ -452,3 +452,33 @@ async def test_calls_to_a_removed_object_are_unknown_object(
         async with raw_client(sim.address) as raw:
             reply = await raw.call(path, "org.bluez.Device1", "Connect")
             assert reply.error_name == "org.freedesktop.DBus.Error.UnknownObject"
+
+
+@pytest.mark.parametrize("use_start_notify", [True, False], ids=["StartNotify", "AcquireNotify"])
+async def test_link_drop_after_n_notifications_delivers_them_then_disconnects(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, use_start_notify: bool
+) -> None:
+    async with served(monkeypatch, tmp_path, "hr:1") as (_sim, fleet):
+        device = strap(fleet)
+        device.inject_fault({"drop_link_after_notifications": 2})
+        found = (await scan({"SIM-HR-1"}))["SIM-HR-1"]
+        got: asyncio.Queue[bytes] = asyncio.Queue()
+        gone = asyncio.Event()
+        client = BleakClient(found, disconnected_callback=lambda _c: gone.set())
+        await client.connect()
+        await client.start_notify(
+            HR_MEASUREMENT,
+            lambda _c, d: got.put_nowait(bytes(d)),
+            bluez={"use_start_notify": use_start_notify},
+        )
+        await device.tick()
+        await device.tick()
+        await asyncio.wait_for(gone.wait(), WAIT)
+        assert not client.is_connected and not device.connected
+        if use_start_notify:  # signals on one connection keep their order
+            assert got.qsize() == 2
+        else:  # the socket may be read after the disconnect; both still arrive
+            async with asyncio.timeout(WAIT):
+                while got.qsize() < 2:  # noqa: ASYNC110 - bounded wait on the fd reader
+                    await asyncio.sleep(0.005)
+        await client.disconnect()

@@ -194,7 +194,8 @@ async def test_glucose_read_before_pairing_fails_like_an_encrypted_meter(sim: Si
         assert not meter.paired
 
 
-async def test_glucose_pair_and_racp_sync_of_all_records(sim: Sim) -> None:
+@pytest.mark.parametrize("use_start_notify", [True, False], ids=["StartNotify", "AcquireNotify"])
+async def test_glucose_pair_and_racp_sync_of_all_records(sim: Sim, use_start_notify: bool) -> None:
     meter = sim.glucose()
     expected = [r.sequence for r in meter.records]
     assert len(expected) >= 20
@@ -207,11 +208,20 @@ async def test_glucose_pair_and_racp_sync_of_all_records(sim: Sim) -> None:
         assert meter.paired
         feature = await client.read_gatt_char(GLUCOSE_FEATURE)
         assert int.from_bytes(feature, "little") == meter.features
-        await client.start_notify(GLUCOSE_MEASUREMENT, lambda _c, d: measurements.append(bytes(d)))
-        await client.start_notify(GLUCOSE_CONTEXT, lambda _c, d: contexts.append(bytes(d)))
-        await client.start_notify(RACP, lambda _c, d: racp.put_nowait(bytes(d)))
+        how = {"use_start_notify": use_start_notify}
+        await client.start_notify(
+            GLUCOSE_MEASUREMENT, lambda _c, d: measurements.append(bytes(d)), bluez=how
+        )
+        await client.start_notify(
+            GLUCOSE_CONTEXT, lambda _c, d: contexts.append(bytes(d)), bluez=how
+        )
+        await client.start_notify(RACP, lambda _c, d: racp.put_nowait(bytes(d)), bluez=how)
         await client.write_gatt_char(RACP, b"\x01\x01", response=True)
         final = await asyncio.wait_for(racp.get(), WAIT)
+        if not use_start_notify:
+            # one socket per characteristic: no order between them, as with real BlueZ
+            await wait_until(lambda: len(measurements) >= len(expected))
+            await wait_until(lambda: len(contexts) >= sum(m[0] >> 4 & 1 for m in measurements))
     assert final == b"\x06\x00\x01\x01"
     assert [struct.unpack_from("<H", m, 1)[0] for m in measurements] == expected
     with_context = [struct.unpack_from("<H", m, 1)[0] for m in measurements if m[0] & 0x10]
