@@ -144,7 +144,13 @@ class PrivateBus:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                preexec_fn=_die_with_parent,  # only prctl: no locks taken
+                # The kernel's parent-death signal follows the *thread* that forks; from a
+                # worker thread it would kill the daemon when that thread ends.
+                preexec_fn=(
+                    _die_with_parent
+                    if threading.current_thread() is threading.main_thread()
+                    else None
+                ),
                 close_fds=True,
             )
             self._stderr_reader = threading.Thread(
