@@ -30,6 +30,7 @@ import logging
 import os
 import signal
 import sys
+from asyncio import FIRST_COMPLETED
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -100,6 +101,7 @@ async def serve(args: argparse.Namespace) -> int:
         advertising_interval=args.advertising_interval or None,
     )
     bus = PrivateBus()
+    status = 0
     bluez: FakeBlueZ | None = None
     control: ControlServer | None = None
     try:
@@ -113,8 +115,16 @@ async def serve(args: argparse.Namespace) -> int:
         log.info("sim.serving devices=%d", len(fleet.devices))
         sys.stdout.write(f"{ENV_BUS}={bus.address}\n")
         sys.stdout.flush()
-        await stop.wait()
-        log.info("sim.stopping")
+        stopped = asyncio.ensure_future(stop.wait())
+        bus_lost = asyncio.ensure_future(bluez.wait_closed())
+        done, pending = await asyncio.wait({stopped, bus_lost}, return_when=FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        if stopped in done:
+            log.info("sim.stopping")
+        else:
+            log.error("sim.bus_lost")  # the dbus-daemon died under us
+            status = 1
     finally:
         with contextlib.suppress(Exception):
             await fleet.stop()
@@ -127,7 +137,7 @@ async def serve(args: argparse.Namespace) -> int:
         bus.stop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
-    return 0
+    return status
 
 
 # ---------------------------------------------------------------------------- list

@@ -152,6 +152,9 @@ class PrivateBus:
                     else None
                 ),
                 close_fds=True,
+                # Its own session: a terminal's Ctrl-C reaches the simulator, which then stops
+                # the daemon in order, instead of killing both at once.
+                start_new_session=True,
             )
             self._stderr_reader = threading.Thread(
                 target=_forward_stderr,

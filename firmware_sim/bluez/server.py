@@ -271,6 +271,14 @@ class FakeBlueZ:
                 await asyncio.wait_for(bus.wait_for_disconnect(), 5)  # type: ignore[no-untyped-call]
         log.info("sim.bluez_stopped")
 
+    async def wait_closed(self) -> None:
+        """Return when the fake's bus connection is gone (stopped, or the daemon died)."""
+        if self._bus is None:
+            return
+        with contextlib.suppress(Exception):
+            # shielded: cancelling a waiter must not cancel the bus's own disconnect future
+            await asyncio.shield(self._bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
+
     async def __aenter__(self) -> FakeBlueZ:
         await self.start()
         return self

@@ -80,14 +80,18 @@ def test_bad_arguments_are_one_line_errors_and_start_nothing(tmp_path: Path) -> 
     assert "DBUS_SYSTEM_BUS_ADDRESS" in done.stderr
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_serve_stops_cleanly_on_signal(signum: int) -> None:
+@pytest.mark.parametrize(
+    ("signum", "group"),
+    [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGINT, True)],
+    ids=["SIGTERM", "SIGINT", "Ctrl-C-to-group"],
+)
+def test_serve_stops_cleanly_on_signal(signum: int, group: bool) -> None:
     with serve_process(["--devices", "hr:1,glucose:1", "--seed", "2"]) as served:
         socket_path = served.socket_path
         assert socket_path.exists()
         daemons = served.daemon_pids()
         assert len(daemons) == 1 and pid_alive(daemons[0])
-        assert served.stop(signum) == 0
+        assert served.stop(signum, group=group) == 0, served.stderr()
         assert served.proc.stdout is not None
         assert served.proc.stdout.read() == b""  # the address line was the only output
         assert not pid_alive(daemons[0])
@@ -162,3 +166,13 @@ async def test_serve_killed_outright_still_takes_its_daemon_down() -> None:
             for leftover in directory.glob("*"):
                 leftover.unlink()
             directory.rmdir()
+
+
+def test_serve_exits_with_an_error_when_its_bus_dies() -> None:
+    with serve_process(["--devices", "hr:1"]) as served:
+        (daemon,) = served.daemon_pids()
+        directory = served.socket_path.parent
+        os.kill(daemon, signal.SIGKILL)
+        assert served.proc.wait(timeout=WAIT) == 1
+        assert "sim.bus_lost" in served.stderr()
+        assert not directory.exists()

@@ -150,10 +150,16 @@ class ServeProcess:
         """The serve process's children (its dbus-daemon)."""
         return child_pids(self.proc.pid)
 
-    def stop(self, signum: int = signal.SIGTERM, timeout: float = 15.0) -> int:
-        """Send ``signum`` and wait for the exit status."""
+    def stop(
+        self, signum: int = signal.SIGTERM, timeout: float = 15.0, *, group: bool = False
+    ) -> int:
+        """Send ``signum`` (to its whole process group with ``group``, as a terminal's Ctrl-C
+        does) and wait for the exit status."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signum)
+            if group:
+                os.killpg(self.proc.pid, signum)
+            else:
+                self.proc.send_signal(signum)
         return self.proc.wait(timeout=timeout)
 
     def stderr(self) -> str:
@@ -199,6 +205,7 @@ def serve_process(
         stdin=subprocess.DEVNULL,
         env=run_env,
         cwd=REPO,
+        start_new_session=True,  # its own process group, like a job in a terminal
     )
     os.close(fd)
     try:
