@@ -150,9 +150,10 @@ def list_devices(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summaries, indent=2, default=str))
         return 0
-    print(f"{'NAME':<14} {'KIND':<11} {'ADDRESS':<17} TYPE")
+    width = max([4, *(len(s["name"]) for s in summaries)])
+    print(f"{'NAME':<{width}} {'KIND':<10} {'ADDRESS':<17} TYPE")
     for s in summaries:
-        print(f"{s['name']:<14} {s['kind']:<11} {s['address']:<17} {s['address_type']}")
+        print(f"{s['name']:<{width}} {s['kind']:<10} {s['address']:<17} {s['address_type']}")
     return 0
 
 
@@ -324,6 +325,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (``… | head``): not an error worth a traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except Exception as err:
         from firmware_sim.bluez import BusStartError
 

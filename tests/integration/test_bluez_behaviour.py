@@ -482,3 +482,31 @@ async def test_link_drop_after_n_notifications_delivers_them_then_disconnects(
                 while got.qsize() < 2:  # noqa: ASYNC110 - bounded wait on the fd reader
                     await asyncio.sleep(0.005)
         await client.disconnect()
+
+
+async def test_faults_from_the_packaged_scenario_reach_bleak(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from firmware_sim.cli import scenario_path
+
+    fleet = build_fleet(scenario=scenario_path("faults"))
+    async with fake_bluez(fleet) as sim:
+        use_fake_bluez(monkeypatch, sim.address, tmp_path)
+        visible = {d.name for d in fleet.devices if d.visible}
+        assert "SIM-HR-GHOST" not in visible
+        seen = await scan(visible)
+        assert "SIM-HR-GHOST" not in seen  # announced together with the rest if it could be
+
+        connfail = fleet.get("SIM-HR-CONNFAIL")
+        async with BleakClient(seen["SIM-HR-CONNFAIL"], timeout=WAIT) as client:
+            assert client.is_connected  # bleak retried the two aborted connects
+        assert connfail.connections == 1
+
+        for name, error in (
+            ("SIM-GLU-NOPAIR", "org.bluez.Error.AuthenticationRejected"),
+            ("SIM-GLU-BADPIN", "org.bluez.Error.AuthenticationFailed"),
+        ):
+            with pytest.raises(BleakDBusError) as info:
+                await BleakClient(seen[name], pair=True, timeout=WAIT).connect()
+            assert info.value.dbus_error == error
+            assert not fleet.get(name).paired
