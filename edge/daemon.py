@@ -494,6 +494,11 @@ class Daemon:
 
     async def _ble_part(self) -> None:
         assert self.intake is not None
+        if self._ble_factory is None:
+            from edge.bluez_links import release_orphaned_links
+
+            bound = [str(b.address) for b in await resolve(self.vault.bindings())]
+            await release_orphaned_links(bound)
         self.ble = self._make_ble(self.vault, self.intake)
         await self.ble.run()
 

@@ -110,6 +110,14 @@ def with_vault(cfg: GatewayConfig, fn: Callable[[Any], Awaitable[T]]) -> T:
     return asyncio.run(go())
 
 
+def quiet_logs() -> None:
+    """Client commands print their result on stdout; their own logs go to stderr, warnings
+    and above only."""
+    from edge.log import configure_logging
+
+    configure_logging("warning", "console", stream=sys.stderr)
+
+
 def _actor() -> str:
     return f"cli:uid:{os.getuid()}"
 
@@ -146,6 +154,7 @@ async def offline_status(vault: Any, cfg: GatewayConfig) -> dict[str, Any]:
 
 def _status(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    quiet_logs()
     try:
         status = ControlClient(cfg.daemon.control_socket).request("status")
     except DaemonNotRunning:
@@ -200,6 +209,7 @@ def format_status(status: dict[str, Any]) -> str:
 
 def _consent_grant(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    quiet_logs()
     try:
         ControlClient(cfg.daemon.control_socket).request(
             "consent.grant", patient=args.patient, scope=args.scope
@@ -215,6 +225,7 @@ def _consent_grant(args: argparse.Namespace) -> int:
 
 def _consent_revoke(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    quiet_logs()
     try:
         result = ControlClient(cfg.daemon.control_socket).request(
             "consent.revoke", patient=args.patient
@@ -234,6 +245,7 @@ def _consent_list(args: argparse.Namespace) -> int:
     from edge.daemon import to_jsonable
 
     cfg = config_from_args(args)
+    quiet_logs()
     try:
         consents = ControlClient(cfg.daemon.control_socket).request("consent.list")
     except DaemonNotRunning:
