@@ -365,11 +365,10 @@ class _Engine:
         )
 
     def _bump(self, pending: int = 0, pending_bytes: int = 0, delivered: int = 0) -> None:
-        self.conn.executemany(
-            "UPDATE counters SET value = value + ? WHERE name = ?",
-            [(d, name) for d, name in (
-                (pending, "pending"), (pending_bytes, "pending_bytes"), (delivered, "delivered")
-            ) if d],
+        self.conn.execute(
+            "UPDATE counters SET value = value + CASE name WHEN 'pending' THEN ? "
+            "WHEN 'pending_bytes' THEN ? WHEN 'delivered' THEN ? ELSE 0 END",
+            (pending, pending_bytes, delivered),
         )
 
     def _apply(self, pending: int = 0, pending_bytes: int = 0, delivered: int = 0) -> None:
@@ -424,9 +423,6 @@ class _Engine:
             with self._write() as c:
                 stored, nbytes = 0, 0
                 if rows:
-                    before = c.execute(
-                        "SELECT seq FROM sqlite_sequence WHERE name = 'readings'"
-                    ).fetchone()
                     cur = c.executemany(
                         "INSERT INTO readings(ident, id, patient, kind, payload, stored_at) "
                         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(ident, id) DO NOTHING",
@@ -436,10 +432,12 @@ class _Engine:
                     if stored == n:
                         nbytes = sum(len(r[4]) for r in rows)
                     elif stored:
+                        # AUTOINCREMENT and a single writer: the rows just inserted are the
+                        # ones with the highest seq.
                         nbytes = c.execute(
-                            "SELECT coalesce(sum(length(payload)), 0) FROM readings "
-                            "WHERE seq > ?",
-                            (before[0] if before else 0,),
+                            "SELECT coalesce(sum(length(payload)), 0) FROM (SELECT payload "
+                            "FROM readings ORDER BY seq DESC LIMIT ?)",
+                            (stored,),
                         ).fetchone()[0]
                     if self.pending + stored > self.config.max_pending:
                         raise _Full("vault_full_count")

@@ -69,7 +69,7 @@ async def test_every_earlier_version_is_migrated_with_its_data(
     auto_vacuum = conn.execute("PRAGMA auto_vacuum").fetchone()[0]
     conn.close()
     assert versions == list(range(1, schema.CURRENT_VERSION + 1))
-    assert "readings_patient" in indexes
+    assert "bindings_patient" in indexes
     assert auto_vacuum == 2  # incremental, set before the first table
 
 
