@@ -106,10 +106,12 @@ class ControlInterface(ServiceInterface):
 
     @dbus_method()
     def ListDevices(self) -> DBusStr:
+        """JSON list of device summaries."""
         return json.dumps(self._fleet.describe(), default=str)
 
     @dbus_method()
     def AddDevice(self, kind: DBusStr, options_json: DBusStr) -> DBusStr:
+        """Add a device of ``kind``; returns its summary (JSON)."""
         options = _json_object(options_json, "options")
         device = self._call(lambda: self._fleet.add(kind, **options))
         log.info("sim.control_device_added")
@@ -117,16 +119,19 @@ class ControlInterface(ServiceInterface):
 
     @dbus_method()
     def RemoveDevice(self, device: DBusStr) -> None:
+        """Remove a device; its link drops first."""
         self._device(device)
         self._fleet.remove(device)
         log.info("sim.control_device_removed")
 
     @dbus_method()
     def DropLink(self, device: DBusStr) -> DBusBool:
+        """Drop the device's link; False when not connected."""
         return self._device(device).drop_link("control-drop")
 
     @dbus_method()
     def InjectFault(self, device: DBusStr, spec_json: DBusStr) -> DBusStr:
+        """Merge fault keys into the device's plan; returns the plan in force (JSON)."""
         dev = self._device(device)
         spec = _json_object(spec_json, "fault spec")
         plan = self._call(lambda: dev.inject_fault(spec))
@@ -134,10 +139,12 @@ class ControlInterface(ServiceInterface):
 
     @dbus_method()
     def ClearFaults(self, device: DBusStr) -> None:
+        """Back to a well-behaved device."""
         self._device(device).clear_faults()
 
     @dbus_method()
     def AddGlucoseRecord(self, device: DBusStr, fields_json: DBusStr) -> DBusUInt16:
+        """Store a record on a meter; returns its sequence number."""
         dev = self._device(device)
         add = getattr(dev, "add_glucose_record", None)
         if add is None:
@@ -147,6 +154,7 @@ class ControlInterface(ServiceInterface):
 
     @dbus_method()
     def SetHeartRate(self, device: DBusStr, bpm: DBusInt32) -> None:
+        """Pin a strap's heart rate; -1 releases it."""
         dev = self._device(device)
         setter = getattr(dev, "set_heart_rate", None)
         if setter is None:
@@ -155,6 +163,7 @@ class ControlInterface(ServiceInterface):
 
     @dbus_method()
     def SetVisible(self, device: DBusStr, visible: DBusBool) -> None:
+        """Appear in or vanish from scans."""
         self._device(device).set_visible(visible)
 
 

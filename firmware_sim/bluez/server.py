@@ -131,6 +131,7 @@ class _DiscoveryFilter:
     pattern: str = ""
 
     def matches(self, address: str, adv: Advertisement) -> bool:
+        """Whether a device advertising ``adv`` passes this filter."""
         if self.uuids and not self.uuids & {_norm_uuid(u) for u in adv.service_uuids}:
             return False
         if self.rssi is not None and adv.rssi < self.rssi:
@@ -468,6 +469,7 @@ class AdapterNode:
         return bool(self._sessions)
 
     def set_discovery_filter(self, props: dict[str, Variant]) -> None:
+        """Adapter1.SetDiscoveryFilter: the calling client's filter (UUIDs, RSSI, Pattern)."""
         sender = _SENDER.get()
         uuids = option(props, "UUIDs", [])
         rssi = option(props, "RSSI", None)
@@ -480,6 +482,7 @@ class AdapterNode:
         )
 
     def start_discovery(self) -> None:
+        """Adapter1.StartDiscovery: a session for the caller; visible, wanted devices appear."""
         sender = _SENDER.get()
         if sender in self._sessions:
             raise bluez_error("InProgress", "Operation already in progress")
@@ -496,6 +499,7 @@ class AdapterNode:
             self.announce(node)
 
     def stop_discovery(self) -> None:
+        """Adapter1.StopDiscovery: end the caller's session."""
         sender = _SENDER.get()
         if sender not in self._sessions:
             raise bluez_error("Failed", "No discovery started")
@@ -518,11 +522,13 @@ class AdapterNode:
                     node.schedule_removal(timeout)
 
     def client_left(self, name: str) -> None:
+        """A client left the bus: its filter and session go."""
         self._filters.pop(name, None)
         if name in self._sessions:
             self._end_session(name)
 
     def shutdown(self) -> None:
+        """Stop advertising repeats and forget every session."""
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
@@ -577,6 +583,7 @@ class AdapterNode:
             wait = interval
 
     async def remove_device(self, path: str) -> None:
+        """Adapter1.RemoveDevice."""
         node = next((n for n in self.server.devices if n.path == path and n.exported), None)
         if node is None:
             raise bluez_error("DoesNotExist", "Does Not Exist")
@@ -632,12 +639,14 @@ class DeviceNode:
         return found
 
     def export(self) -> None:
+        """Put the Device1 object on the bus (InterfacesAdded)."""
         if self.exported:
             return
         self.exported = True
         self.server._export(self.path, self.iface)
 
     def unexport(self) -> None:
+        """Remove the device and its GATT objects from the bus."""
         self.cancel_removal()
         self._unexport_gatt()
         if self.exported:
@@ -667,6 +676,7 @@ class DeviceNode:
             self.server._unexport(service.path)
 
     def set_trusted(self, value: bool) -> None:
+        """The ``Trusted`` property setter (bleak sets it before Pair)."""
         if value != self.trusted:
             self.trusted = value
             self.iface.emit_properties_changed({"Trusted": value})
@@ -680,6 +690,7 @@ class DeviceNode:
     # temporary devices ----------------------------------------------------------------------
 
     def schedule_removal(self, delay: float) -> None:
+        """Forget this temporary device after ``delay`` seconds."""
         if self.connected or self.paired or self.trusted:
             return
         self.cancel_removal()
@@ -687,6 +698,7 @@ class DeviceNode:
         self._removal = loop.call_later(delay, self._expire)
 
     def cancel_removal(self) -> None:
+        """Keep the device after all."""
         if self._removal is not None:
             self._removal.cancel()
             self._removal = None
@@ -699,9 +711,11 @@ class DeviceNode:
     # Device1 methods ---------------------------------------------------------------------------
 
     def not_supported(self) -> None:
+        """For methods the fake does not implement."""
         raise bluez_error("NotSupported", "Operation is not supported")
 
     async def connect(self) -> None:
+        """Device1.Connect: link up, GATT objects, then ServicesResolved."""
         if self.connected:
             return
         if self._connecting:
@@ -745,6 +759,7 @@ class DeviceNode:
             self.schedule_removal(timeout)
 
     async def disconnect(self) -> None:
+        """Device1.Disconnect (also cancels a pairing under way)."""
         if self._pairing is not None:
             self._pair_cancelled = True
             self._pairing.cancel()
@@ -758,6 +773,7 @@ class DeviceNode:
             self._link_down()
 
     async def pair(self) -> None:
+        """Device1.Pair: connects first if needed, as bluetoothd does."""
         if self.paired:
             raise bluez_error("AlreadyExists", "Already Exists")
         if self._pairing is not None:
@@ -781,6 +797,7 @@ class DeviceNode:
         self.iface.emit_properties_changed({"Paired": True, "Bonded": True})
 
     def cancel_pairing(self) -> None:
+        """Device1.CancelPairing."""
         if self._pairing is None:
             raise bluez_error("DoesNotExist", "Does Not Exist")
         self._pair_cancelled = True
@@ -802,25 +819,30 @@ class DeviceNode:
     # PeripheralEvents -------------------------------------------------------------------------
 
     def notify(self, handle: int, value: bytes) -> None:
+        """PeripheralEvents: a notification or indication."""
         char = self.characteristics.get(handle)
         if char is not None and self.connected:
             char.deliver(value)
 
     def disconnected(self, reason: str) -> None:
+        """PeripheralEvents: the device dropped the link."""
         log.debug("sim.link_dropped reason=%s", reason)
         self._link_down()
 
     def advertisement_changed(self) -> None:
+        """PeripheralEvents: re-announce while discovering."""
         if self.server._bus is not None and self.server.adapter.discovering:
             self.server.adapter.announce(node=self)
 
     # housekeeping -----------------------------------------------------------------------------
 
     def client_left(self, name: str) -> None:
+        """A client left the bus: its notify sessions end."""
         for char in self.characteristics.values():
             char.client_left(name)
 
     def shutdown(self) -> None:
+        """Stop timers and pairing, end notify sessions."""
         self.cancel_removal()
         if self._pairing is not None:
             self._pairing.cancel()
@@ -861,6 +883,7 @@ class CharacteristicNode:
         self._subscribed = False
 
     def flags(self) -> list[str]:
+        """BlueZ's ``Flags``, in BlueZ's order."""
         order = (
             "broadcast",
             "read",
@@ -877,6 +900,7 @@ class CharacteristicNode:
         return known + sorted(self.spec.flags - set(order))
 
     def mtu(self) -> int:
+        """The ATT MTU the peripheral uses (23 unless it says otherwise)."""
         value = getattr(self.device.peripheral, "mtu", 23)
         return int(value) if isinstance(value, int) else 23
 
@@ -885,6 +909,7 @@ class CharacteristicNode:
             raise bluez_error("Failed", "Not connected")
 
     async def read_value(self, options: dict[str, Variant]) -> bytes:
+        """GattCharacteristic1.ReadValue (honours ``offset``)."""
         self._require_link()
         offset = int(option(options, "offset", 0))
         try:
@@ -900,6 +925,7 @@ class CharacteristicNode:
         return value
 
     async def write_value(self, value: bytes, options: dict[str, Variant]) -> None:
+        """GattCharacteristic1.WriteValue: ``type`` request or command."""
         self._require_link()
         kind = option(options, "type", "")
         flags = self.spec.flags
@@ -942,6 +968,7 @@ class CharacteristicNode:
                 await self.device.peripheral.stop_notify(self.spec.handle)
 
     async def start_notify(self) -> None:
+        """GattCharacteristic1.StartNotify: values as PropertiesChanged."""
         self._require_link()
         if not self.can_notify:
             raise bluez_error("NotSupported", "Operation is not supported")
@@ -957,6 +984,7 @@ class CharacteristicNode:
             self.iface.emit_properties_changed({"Notifying": True})
 
     async def stop_notify(self) -> None:
+        """GattCharacteristic1.StopNotify for the calling client."""
         sender = _SENDER.get()
         if sender not in self._sessions:
             raise bluez_error("Failed", "No notify session started")
@@ -1026,6 +1054,7 @@ class CharacteristicNode:
             self.iface.emit_properties_changed({"Value": value})
 
     def link_down(self) -> None:
+        """The link went: every session ends, the socket closes."""
         self._sessions.clear()
         self._release_socket()
         self._subscribed = False
@@ -1034,6 +1063,7 @@ class CharacteristicNode:
             self.iface.emit_properties_changed({"Notifying": False})
 
     def client_left(self, name: str) -> None:
+        """A client left the bus: its session ends."""
         if name in self._sessions:
             self._sessions.discard(name)
             self.device.server.spawn(self._unsubscribe_if_idle())
@@ -1052,6 +1082,7 @@ class DescriptorNode:
         self.value = b""
 
     async def read_value(self, options: dict[str, Variant]) -> bytes:
+        """GattDescriptor1.ReadValue."""
         if not self.device.connected:
             raise bluez_error("Failed", "Not connected")
         offset = int(option(options, "offset", 0))
@@ -1064,6 +1095,7 @@ class DescriptorNode:
         return bytes(value[offset:])
 
     async def write_value(self, value: bytes, options: dict[str, Variant]) -> None:
+        """GattDescriptor1.WriteValue (never the CCCD, as in bluetoothd)."""
         if not self.device.connected:
             raise bluez_error("Failed", "Not connected")
         if _norm_uuid(self.spec.uuid) == CCCD_UUID:
