@@ -270,6 +270,9 @@ def decode_to_json(characteristic: Characteristic, data: bytes) -> dict[str, Any
     return out
 
 
+_BT_ADDRESS = re.compile(r"(?i)[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
+
+
 def _fhir(c: Characteristic, data: bytes, args: argparse.Namespace) -> dict[str, Any]:
     from edge import fhir, plausibility  # only --fhir needs these
 
@@ -291,7 +294,12 @@ def _fhir(c: Characteristic, data: bytes, args: argparse.Namespace) -> dict[str,
     # Only what intake would forward becomes an Observation (control solution is not patient
     # data, an impossible value is refused); Implausible says why.
     plausibility.check(reading)
-    return fhir.observation(reading, sensor_id=args.device, gateway_id=args.gateway)
+    # A Bluetooth address never goes into FHIR: it becomes the same pseudonymous Device id
+    # the forwarder would send.
+    sensor = args.device
+    if _BT_ADDRESS.fullmatch(sensor):
+        sensor = fhir.sensor_device_id(sensor, args.gateway)
+    return fhir.observation(reading, sensor_id=sensor, gateway_id=args.gateway)
 
 
 # --- JSON with exact decimals ------------------------------------------------------------------

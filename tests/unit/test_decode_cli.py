@@ -204,3 +204,13 @@ def test_installed_console_script() -> None:
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip().startswith("edge: malformed glucose_measurement: truncated")
     assert bad.stderr.count("\n") == 1
+
+
+def test_fhir_never_carries_a_bluetooth_address(capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.fhir import sensor_device_id
+
+    obj, out = decoded(capsys, "2a37", "0648", "--fhir", "--device", "aa:bb:cc:dd:ee:ff")
+    assert "aa:bb" not in out.lower()
+    expected = sensor_device_id("AA:BB:CC:DD:EE:FF", "example-hub")
+    assert obj["device"] == {"reference": f"Device/{expected}"}
+    Observation.model_validate(obj)
