@@ -118,6 +118,7 @@ async def rotate_key(
         if recovered is not None and recovered.rotated:
             return recovered
         step = hook or (lambda _name: None)
+        await vault.lock_exclusive()  # before any key file changes
         fresh = new_key()
         await vault.audit(actor, "keys.rotation_started", provider.name)
         step("started")

@@ -12,6 +12,7 @@ evicted: when a bound is reached new readings are refused with a counted reason.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import functools
 import hashlib
 import json
@@ -185,8 +186,11 @@ def _check_text(what: str, value: str, limit: int = 256) -> str:
     return value
 
 
-class _DiskFull(Exception):
-    pass
+class _DiskFull(VaultError):
+    """SQLITE_FULL; ``append`` turns it into VaultFull('disk_full')."""
+
+    def __init__(self) -> None:
+        super().__init__("the disk holding the vault is full")
 
 
 class _Full(Exception):
@@ -215,6 +219,8 @@ class _Engine:
         self.hasher = Redactor(b"\0" * 32)
         self.hash_key = b""
         self.schema_version = 0
+        self.lock_fd: int | None = None
+        self.exclusive = False
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -224,6 +230,20 @@ class _Engine:
     ) -> _Engine:
         path = config.path
         _prepare_directory(path.parent)
+        lock_fd = _lock_shared(path)
+        try:
+            engine = cls._open_locked(config, key, clock, driver, provider)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        engine.lock_fd = lock_fd
+        return engine
+
+    @classmethod
+    def _open_locked(
+        cls, config: VaultConfig, key: bytes | None, clock: Clock, driver: Any, provider: str
+    ) -> _Engine:
+        path = config.path
         new = _prepare_file(path)
         if key is not None and not new and not _key_opens(driver, path, key):
             raise KeyUnavailable(
@@ -297,6 +317,10 @@ class _Engine:
             self.conn.close()
         except self.driver.Error as exc:
             raise VaultError(f"the vault did not close cleanly ({type(exc).__name__})") from exc
+        finally:
+            if self.lock_fd is not None:
+                os.close(self.lock_fd)
+                self.lock_fd = None
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -767,7 +791,38 @@ class _Engine:
             rows = [str(r[0]) for r in self.conn.execute("PRAGMA integrity_check")]
         return problems + [r for r in rows if r != "ok"]
 
+    def lock_exclusive(self) -> None:
+        """Make sure no other process has the vault open (and none can open it) until
+        :meth:`unlock_exclusive` or close."""
+        assert self.lock_fd is not None
+        if self.exclusive:
+            return
+        try:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # Converting a flock is not atomic: take the shared lock back.
+            fcntl.flock(self.lock_fd, fcntl.LOCK_SH)
+            raise VaultError(
+                "the vault is open in another process (is edge running?); stop it before "
+                "changing the key"
+            ) from None
+        self.exclusive = True
+
+    def unlock_exclusive(self) -> None:
+        if self.exclusive and self.lock_fd is not None:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_SH)
+        self.exclusive = False
+
     def rekey(self, new_key: bytes, hook: Callable[[str], None] | None) -> None:
+        held = self.exclusive
+        self.lock_exclusive()
+        try:
+            self._rekey(new_key, hook)
+        finally:
+            if not held:
+                self.unlock_exclusive()
+
+    def _rekey(self, new_key: bytes, hook: Callable[[str], None] | None) -> None:
         with self._errors():
             # An empty WAL first: the re-keyed pages then all land in the WAL and commit
             # atomically, so a crash leaves a database that opens with exactly one key.
@@ -781,7 +836,10 @@ class _Engine:
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def backup(self, dest: Path, key: bytes | None) -> None:
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise VaultError(f"cannot create the backup file {dest} ({exc.strerror})") from exc
         os.close(fd)
         try:
             target = self.driver.connect(str(dest), isolation_level=None)
@@ -838,6 +896,20 @@ def _key_opens(driver: Any, path: Path, key: bytes) -> bool:
         shutil.copyfile(path, copy)
         shutil.copyfile(wal, Path(str(copy) + "-wal"))
         return _decrypts(driver, f"file:{quote(str(copy))}?mode=rw", key)
+
+
+def _lock_shared(path: Path) -> int:
+    """A shared flock on ``<vault>.lock`` for as long as the vault is open here; re-keying
+    needs it exclusively, so no other process reads pages under a key that is changing."""
+    fd = os.open(Path(str(path) + ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise VaultError(
+            "the vault's key is being changed by another process; try again when it finishes"
+        ) from None
+    return fd
 
 
 def _prepare_directory(directory: Path) -> None:
@@ -1089,6 +1161,11 @@ class Vault:
 
     def _key_for_backup(self) -> bytes | None:
         return self._key if self._driver is sqlcipher3 else None
+
+    async def lock_exclusive(self) -> None:
+        """Hold the vault exclusively (VaultError if another process has it open) until
+        close: for changing the key."""
+        await self._call(self._engine.lock_exclusive)
 
     async def rekey(self, new_key: bytes, *, hook: Callable[[str], None] | None = None) -> None:
         """Re-encrypt the database with ``new_key`` (PRAGMA rekey); atomic. Use

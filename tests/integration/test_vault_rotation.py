@@ -152,3 +152,15 @@ async def test_kill_during_the_rekey_itself(tmp_path: Path) -> None:
         assert (await v.stats()).pending == 20400
         assert await v.integrity_check() == []
         assert await v.verify_audit() >= 2
+
+
+async def test_rotation_is_refused_while_the_vault_is_open_elsewhere(tmp_path: Path) -> None:
+    cfg, k0 = await make_vault(tmp_path)
+    async with await Vault.open(cfg, k0) as daemon:  # as a running edge would hold it
+        res = edge_cli(tmp_path, "keys", "rotate")
+        assert res.returncode == 2
+        assert "open in another process" in res.stderr
+        assert (await daemon.stats()).pending == 400  # still readable under its key
+    assert cfg.key_file is not None
+    assert read_key(cfg.key_file) == k0
+    assert read_key(Path(str(cfg.key_file) + ".old")) is None

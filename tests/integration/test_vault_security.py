@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.errors import KeyUnavailable
+from edge.errors import KeyUnavailable, VaultError
 from edge.vault import Vault
 from edge.vault.keys import new_key
 from tests.support.vault_proc import REPO, spawn
@@ -137,7 +137,7 @@ async def test_backup_is_consistent_and_restores_with_the_key(tmp_path: Path) ->
         await v.audit("admin:t", "test.before_backup")
         await v.backup(backup)
         await v.append([hr(i) for i in range(100, 110)])  # after the backup: not in it
-        with pytest.raises(FileExistsError):
+        with pytest.raises(VaultError, match="exists"):
             await v.backup(backup)
 
     restored = vault_config(tmp_path, path=tmp_path / "data" / "restored.db")
