@@ -334,13 +334,18 @@ class GattCharacteristicInterface(ServiceInterface):
         await self._node.stop_notify()
 
 
-class NotifyingCharacteristicInterface(GattCharacteristicInterface):
-    """A characteristic with notify or indicate: BlueZ adds ``Notifying``/``NotifyAcquired``
-    only then, and bleak picks AcquireNotify only when ``NotifyAcquired`` exists."""
+class IndicatingCharacteristicInterface(GattCharacteristicInterface):
+    """A characteristic with indicate but not notify: bluetoothd adds ``Notifying`` (notify
+    or indicate) but not ``NotifyAcquired`` (notify only), so bleak uses StartNotify."""
 
     @dbus_property(access=_READ)
     def Notifying(self) -> DBusBool:
         return self._node.notifying
+
+
+class NotifyingCharacteristicInterface(IndicatingCharacteristicInterface):
+    """A characteristic with notify: ``NotifyAcquired`` exists, and bleak picks AcquireNotify
+    for it when asked to (``use_start_notify=False``)."""
 
     @dbus_property(access=_READ)
     def NotifyAcquired(self) -> DBusBool:

@@ -35,6 +35,7 @@ from firmware_sim.bluez.objects import (
     GattCharacteristicInterface,
     GattDescriptorInterface,
     GattServiceInterface,
+    IndicatingCharacteristicInterface,
     NotifyingCharacteristicInterface,
     option,
 )
@@ -872,8 +873,15 @@ class CharacteristicNode:
         self.service_path = service.path
         self.path = f"{service.path}/char{spec.handle:04x}"
         self.can_notify = bool({"notify", "indicate"} & spec.flags)
-        cls = NotifyingCharacteristicInterface if self.can_notify else GattCharacteristicInterface
-        self.iface: GattCharacteristicInterface = cls(self)
+        # AcquireNotify is for notifications only, as in bluetoothd (src/gatt-client.c)
+        self.can_acquire = "notify" in spec.flags
+        self.iface: GattCharacteristicInterface
+        if self.can_acquire:
+            self.iface = NotifyingCharacteristicInterface(self)
+        elif self.can_notify:
+            self.iface = IndicatingCharacteristicInterface(self)
+        else:
+            self.iface = GattCharacteristicInterface(self)
         self.descriptors = [DescriptorNode(self, d) for d in spec.descriptors]
         self.value = b""
         self.notifying = False
@@ -984,7 +992,12 @@ class CharacteristicNode:
             self.iface.emit_properties_changed({"Notifying": True})
 
     async def stop_notify(self) -> None:
-        """GattCharacteristic1.StopNotify for the calling client."""
+        """GattCharacteristic1.StopNotify for the calling client (or, as bluetoothd does,
+        whoever holds the AcquireNotify socket)."""
+        if self._sock is not None:
+            self._release_socket()
+            await self._unsubscribe_if_idle()
+            return
         sender = _SENDER.get()
         if sender not in self._sessions:
             raise bluez_error("Failed", "No notify session started")
@@ -994,12 +1007,13 @@ class CharacteristicNode:
     async def acquire_notify(self, sender: str) -> tuple[int, int]:
         """AcquireNotify: a SOCK_SEQPACKET pair; the caller sends the returned fd and closes it."""
         self._require_link()
-        if not self.can_notify:
-            raise bluez_error("NotSupported", "Operation is not supported")
         if self.notify_acquired:
             raise bluez_error("NotPermitted", "Notify acquired")
         if self._sessions:
-            raise bluez_error("InProgress", "Notify already started")
+            # "Each client can only have one active notify session."
+            raise bluez_error("InProgress", "In Progress")
+        if not self.can_acquire:
+            raise bluez_error("NotSupported", "Operation is not supported")
         await self._subscribe()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setblocking(False)

@@ -510,3 +510,34 @@ async def test_faults_from_the_packaged_scenario_reach_bleak(
                 await BleakClient(seen[name], pair=True, timeout=WAIT).connect()
             assert info.value.dbus_error == error
             assert not fleet.get(name).paired
+
+
+async def test_acquire_notify_is_for_notify_characteristics_only_as_in_bluetoothd(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    racp_uuid = uuid16(0x2A52)  # write + indicate
+    async with (
+        served(monkeypatch, tmp_path, "glucose:1") as (sim, fleet),
+        raw_client(sim.address) as raw,
+    ):
+        meter = fleet.get("SIM-GLU-1")
+        found = (await scan({"SIM-GLU-1"}))["SIM-GLU-1"]
+        async with BleakClient(found, pair=True) as client:
+            racp = client.services.get_characteristic(racp_uuid)
+            measurement = client.services.get_characteristic(uuid16(0x2A18))
+            assert racp is not None and measurement is not None
+            assert "NotifyAcquired" not in racp.obj[1] and "Notifying" in racp.obj[1]
+            assert "NotifyAcquired" in measurement.obj[1]
+            iface = "org.bluez.GattCharacteristic1"
+            reply = await raw.call(racp.obj[0], iface, "AcquireNotify", "a{sv}", {})
+            assert reply.error_name == "org.bluez.Error.NotSupported"
+            # bleak falls back to StartNotify for it even when asked for AcquireNotify
+            how = {"use_start_notify": False}
+            await client.start_notify(racp, lambda _c, _d: None, bluez=how)
+            await client.start_notify(measurement, lambda _c, _d: None, bluez=how)
+            assert meter.notifying(racp_uuid) and meter.notifying(uuid16(0x2A18))
+            # StopNotify from anyone releases an acquired socket (bluetoothd does the same)
+            reply = await raw.call(measurement.obj[0], iface, "StopNotify")
+            assert reply.message_type is MessageType.METHOD_RETURN
+            assert not meter.notifying(uuid16(0x2A18))
+            assert meter.notifying(racp_uuid)
