@@ -933,27 +933,30 @@ class CharacteristicNode:
         return value
 
     async def write_value(self, value: bytes, options: dict[str, Variant]) -> None:
-        """GattCharacteristic1.WriteValue: ``type`` request or command."""
+        """GattCharacteristic1.WriteValue, choosing the ATT procedure as bluetoothd does:
+        a request for ``type=request`` (or no type and the ``write`` flag), a command for
+        ``type=command`` (or no type and ``write-without-response``), else NotSupported."""
         self._require_link()
-        kind = option(options, "type", "")
+        kind = str(option(options, "type", "")).lower()
+        offset = int(option(options, "offset", 0))
         flags = self.spec.flags
-        if not kind:
-            kind = "request" if "write" in flags or "reliable-write" in flags else "command"
-        if kind == "command":
-            if "write-without-response" not in flags:
-                raise bluez_error("NotSupported", "Operation is not supported")
-            # A write command has no ATT response: bluetoothd cannot report failures.
+        if kind in ("request", "reliable") or (not kind and {"write", "reliable-write"} & flags):
             try:
-                await self.device.peripheral.write(self.spec.handle, value, with_response=False)
+                await self.device.peripheral.write(self.spec.handle, value, with_response=True)
             except SimError as err:
-                log.debug("sim.write_command_dropped code=%s", err.code.value)
+                raise to_dbus_error(err) from err
             return
-        if kind not in ("request", "reliable") or not {"write", "reliable-write"} & flags:
+        if (
+            (kind and kind != "command")
+            or offset
+            or (not kind and "write-without-response" not in flags)
+        ):
             raise bluez_error("NotSupported", "Operation is not supported")
+        # A write command has no ATT response: bluetoothd cannot report failures.
         try:
-            await self.device.peripheral.write(self.spec.handle, value, with_response=True)
+            await self.device.peripheral.write(self.spec.handle, value, with_response=False)
         except SimError as err:
-            raise to_dbus_error(err) from err
+            log.debug("sim.write_command_dropped code=%s", err.code.value)
 
     async def _subscribe(self) -> None:
         if self._subscribed:
@@ -1020,11 +1023,8 @@ class CharacteristicNode:
         self._sock = ours
         asyncio.get_running_loop().add_reader(ours.fileno(), self._on_socket_readable)
         self.notify_acquired = True
-        changed: dict[str, Any] = {"NotifyAcquired": True}
-        if not self.notifying:
-            self.notifying = True
-            changed["Notifying"] = True
-        self.iface.emit_properties_changed(changed)
+        # bluetoothd leaves ``Notifying`` alone for an acquired socket; only this changes
+        self.iface.emit_properties_changed({"NotifyAcquired": True})
         return theirs.detach(), self.mtu()
 
     def _on_socket_readable(self) -> None:

@@ -541,3 +541,19 @@ async def test_acquire_notify_is_for_notify_characteristics_only_as_in_bluetooth
             assert reply.message_type is MessageType.METHOD_RETURN
             assert not meter.notifying(uuid16(0x2A18))
             assert meter.notifying(racp_uuid)
+
+
+async def test_write_command_is_sent_without_an_answer_as_bluetoothd_does(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    async with served(monkeypatch, tmp_path, "hr:1") as (_sim, fleet):
+        device = strap(fleet)
+        device.energy_j = 500.0
+        found = (await scan({"SIM-HR-1"}))["SIM-HR-1"]
+        async with BleakClient(found) as client:
+            # the control point takes write requests only; a command is sent anyway and the
+            # strap drops it: no error comes back, and nothing is reset
+            await client.write_gatt_char(uuid16(0x2A39), b"\x01", response=False)
+            assert device.energy_j == 500.0
+            await client.write_gatt_char(uuid16(0x2A39), b"\x01", response=True)
+            assert device.energy_j == 0.0
