@@ -611,6 +611,8 @@ class DeviceNode:
         self.services_resolved = False
         self.paired = peripheral.paired
         self.trusted = False
+        #: a device only seen in a scan; bluetoothd forgets these (see schedule_removal)
+        self.temporary = not self.paired
         self.exported = False
         self._gatt_exported = False
         self._gatt_uuids: list[str] = []
@@ -678,6 +680,8 @@ class DeviceNode:
 
     def set_trusted(self, value: bool) -> None:
         """The ``Trusted`` property setter (bleak sets it before Pair)."""
+        if value:
+            self.temporary = False
         if value != self.trusted:
             self.trusted = value
             self.iface.emit_properties_changed({"Trusted": value})
@@ -692,7 +696,7 @@ class DeviceNode:
 
     def schedule_removal(self, delay: float) -> None:
         """Forget this temporary device after ``delay`` seconds."""
-        if self.connected or self.paired or self.trusted:
+        if self.connected or not self.temporary:
             return
         self.cancel_removal()
         loop = asyncio.get_running_loop()
@@ -706,7 +710,7 @@ class DeviceNode:
 
     def _expire(self) -> None:
         self._removal = None
-        if not (self.connected or self.paired or self.server.adapter.discovering):
+        if self.temporary and not (self.connected or self.server.adapter.discovering):
             self.unexport()
 
     # Device1 methods ---------------------------------------------------------------------------
@@ -723,6 +727,7 @@ class DeviceNode:
             # A second Connect while one is under way, as bluetoothd answers it.
             raise bluez_error("InProgress", "In Progress")
         self.cancel_removal()
+        self.temporary = False  # as bluetoothd's Connect does
         self._connecting = True
         try:
             await self.peripheral.connect()
@@ -815,6 +820,7 @@ class DeviceNode:
                 await self.peripheral.unpair()
         self.paired = False
         self.trusted = False
+        self.temporary = True
         self.unexport()
 
     # PeripheralEvents -------------------------------------------------------------------------

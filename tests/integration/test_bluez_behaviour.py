@@ -285,19 +285,22 @@ async def test_temporary_devices_are_removed_after_discovery_stops(
 ) -> None:
     options = BlueZOptions(temporary_device_timeout=0.05)
     async with (
-        served(monkeypatch, tmp_path, "hr:2", options) as (sim, fleet),
+        served(monkeypatch, tmp_path, "hr:3", options) as (sim, fleet),
         raw_client(sim.address) as raw,
     ):
-        seen = await scan({"SIM-HR-1", "SIM-HR-2"})
+        seen = await scan({"SIM-HR-1", "SIM-HR-2", "SIM-HR-3"})
         async with BleakClient(seen["SIM-HR-2"], pair=True):
             assert strap(fleet, 2).paired
+        async with BleakClient(seen["SIM-HR-3"]):  # Connect alone also makes it permanent
+            pass
         temporary = sim.bluez.device_path(strap(fleet, 1).address)
         removed = await raw.wait_signal(
             lambda m: m.member == "InterfacesRemoved" and m.body[0] == temporary
         )
         assert "org.bluez.Device1" in removed.body[1]
         assert removed.path == "/"
-        assert sorted((await raw.devices()).values()) == ["SIM-HR-2"]  # the bonded one stays
+        # the bonded and the once-connected ones stay
+        assert sorted((await raw.devices()).values()) == ["SIM-HR-2", "SIM-HR-3"]
 
 
 @pytest.mark.parametrize("emits", [False, True], ids=["default", "read_emits_value"])
