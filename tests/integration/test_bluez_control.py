@@ -113,7 +113,9 @@ async def test_glucose_record_fault_and_visibility_through_control_reach_bleak(
         assert strap is not None
         # both are announced together when a scan starts, so the meter would be known by now
         seen = await BleakScanner.discover(timeout=0, return_adv=True)
-        assert "SIM-GLU-1" not in {adv.local_name for _d, adv in seen.values()}
+        names = {adv.local_name for _d, adv in seen.values()}
+        assert "SIM-HR-1" in names
+        assert "SIM-GLU-1" not in names
         await ctl.set_visible("SIM-GLU-1", True)
         found = await BleakScanner.find_device_by_name("SIM-GLU-1", timeout=WAIT)
         assert found is not None
