@@ -46,6 +46,14 @@ def reason_of(exc: BaseException) -> str:
         return "timeout"
     if isinstance(exc, BleOperationError):
         return exc.reason
+    # bleak's plain BleakError says what happened only in its text (which may carry the
+    # address): map the known phrases to fixed words, never pass the text on.
+    text = str(exc).lower()
+    for phrase, word in (("not found", "not_found"), ("not connected", "not_connected"),
+                         ("already connected", "already_connected"),
+                         ("services resolved", "services_unresolved")):
+        if phrase in text:
+            return word
     return type(exc).__name__
 
 

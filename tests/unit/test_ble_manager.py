@@ -178,3 +178,22 @@ async def test_info_logs_carry_no_address_patient_or_value() -> None:
     for e in events:
         for key in ("bpm", "value", "patient"):
             assert key not in e or e[key] == "[redacted]"
+
+
+async def test_stale_sighting_is_forgotten_and_the_next_advertisement_awaited() -> None:
+    async with ble_rig("hr:1") as rig:
+        strap = rig.device("heart_rate")
+        rig.bind(strap, "p-1")
+        await rig.start()
+        await rig.sink.wait_for(lambda s: len(s.of_kind("heart_rate")) >= 2)
+        strap.set_visible(False)  # drops the link and stops advertising
+        state = await rig.wait_state(strap, lambda s: (s.last_error or "").startswith("connect:"))
+        attempts = len(rig.clients.attempts)
+        # no advertisement, no further connection attempts however long we wait
+        await rig.clock.advance(120)
+        assert len(rig.clients.attempts) == attempts
+        assert rig.supervisor(strap).state.state in ("idle", state.state)
+        strap.set_visible(True)
+        state = await rig.wait_state(strap, lambda s: s.state == "connected" and s.connects == 2)
+        n = len(rig.sink.of_kind("heart_rate"))
+        await rig.sink.wait_for(lambda s: len(s.of_kind("heart_rate")) > n)
