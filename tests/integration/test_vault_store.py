@@ -60,6 +60,8 @@ async def test_append_is_idempotent_and_batches_come_oldest_first(vault: Vault) 
     assert [p.id for p in batch] == [hr(i).id for i in range(4)]
     assert [p.seq for p in batch] == sorted(p.seq for p in batch)
     assert batch[0].reading() == hr(0)
+    assert batch[0].payload == hr(0).model_dump_json().encode()
+    assert (batch[0].patient, batch[0].kind) == ("pt-alpha", "heart_rate")
     later = await vault.next_batch(100, after_seq=batch[-1].seq)
     assert [p.id for p in later] == [hr(i).id for i in range(4, 15)]
 
