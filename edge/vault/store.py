@@ -886,7 +886,9 @@ def _key_opens(driver: Any, path: Path, key: bytes) -> bool:
     yet checkpointed. If the immutable try fails while a WAL exists, the key is tried on a
     private copy of the database and its WAL.
     """
-    if _decrypts(driver, f"file:{quote(str(path))}?mode=ro&immutable=1", key):
+    if path.stat().st_size > 0 and _decrypts(
+        driver, f"file:{quote(str(path))}?mode=ro&immutable=1", key
+    ):
         return True
     wal = Path(str(path) + "-wal")
     if not wal.exists() or wal.stat().st_size == 0:
@@ -933,7 +935,9 @@ def _prepare_file(path: Path) -> bool:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
-        return path.stat().st_size == 0
+        # A new vault's first pages live in its WAL until the first checkpoint.
+        wal = Path(str(path) + "-wal")
+        return path.stat().st_size == 0 and (not wal.exists() or wal.stat().st_size == 0)
     os.close(fd)
     return True
 
