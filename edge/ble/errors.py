@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from bleak.exc import (
+    BleakBluetoothNotAvailableError,
     BleakDBusError,
     BleakDeviceNotFoundError,
     BleakError,
@@ -89,6 +90,23 @@ class BleOperationError(BleError):
         super().__init__(f"{operation} failed ({reason})")
         self.operation = operation
         self.reason = reason
+
+
+def stack_error(operation: str, exc: BaseException) -> BleOperationError:
+    """Like :func:`ble_error`, with the operator's next step when BlueZ itself is out of
+    reach (no system bus, no bluetoothd, no permission, adapter off)."""
+    err = ble_error(operation, exc)
+    hint = None
+    if isinstance(exc, BleakBluetoothNotAvailableError):
+        hint = "Bluetooth is not available — is the adapter present and powered on?"
+    elif isinstance(exc, OSError | EOFError) or (
+        isinstance(exc, BleakDBusError) and exc.dbus_error.startswith("org.freedesktop.DBus.")
+    ):
+        hint = ("cannot reach BlueZ on the system D-Bus — is bluetoothd running, and is this "
+                "user allowed to use it (the bluetooth group)?")
+    if hint:
+        err.args = (f"{err.args[0]}: {hint}",)
+    return err
 
 
 def ble_error(operation: str, exc: BaseException) -> BleOperationError:

@@ -10,7 +10,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.ble.errors import BLE_EXCEPTIONS, ble_error, is_auth_error
+from edge.ble.errors import BLE_EXCEPTIONS, ble_error, is_auth_error, stack_error
 from edge.ble.ports import BleClient, ClientFactory, ScannerFactory
 from edge.ble.profiles import (
     DEVICE_INFORMATION,
@@ -93,7 +93,7 @@ async def pair_device(
     try:
         await client.connect()
     except BLE_EXCEPTIONS as exc:
-        raise ble_error("connect", exc) from exc
+        raise stack_error("connect", exc) from exc
     try:
         try:
             await client.pair()

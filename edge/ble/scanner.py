@@ -16,7 +16,7 @@ from typing import Any
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 
-from edge.ble.errors import BLE_EXCEPTIONS, ble_error
+from edge.ble.errors import BLE_EXCEPTIONS, ble_error, stack_error
 from edge.ble.ports import Scanner, ScannerFactory
 from edge.ble.profiles import kind_from_services, normalize_address
 from edge.clock import Clock
@@ -64,7 +64,7 @@ async def scan_nearby(factory: ScannerFactory, clock: Clock, seconds: float) -> 
     try:
         await scanner.start()
     except BLE_EXCEPTIONS as exc:
-        raise ble_error("scan", exc) from exc
+        raise stack_error("scan", exc) from exc
     try:
         await clock.sleep(seconds)
     finally:
@@ -93,7 +93,7 @@ async def scan_for(
     try:
         await scanner.start()
     except BLE_EXCEPTIONS as exc:
-        raise ble_error("scan", exc) from exc
+        raise stack_error("scan", exc) from exc
     deadline: asyncio.Future[Any] = asyncio.ensure_future(clock.sleep(seconds))
     try:
         pending: set[asyncio.Future[Any]] = {found, deadline}
