@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 from collections.abc import AsyncIterator
@@ -12,7 +13,7 @@ import sqlcipher3
 
 from edge.clock import ManualClock
 from edge.config import VaultConfig
-from edge.errors import AuditChainBroken, ConfigError, VaultFull
+from edge.errors import AuditChainBroken, ConfigError, VaultError, VaultFull
 from edge.vault import Vault
 from tests.support.vault_support import BASE_TIME, glucose, hr, vault_config, write_key
 
@@ -331,3 +332,34 @@ async def test_files_are_private_and_an_open_directory_is_refused(tmp_path: Path
     with pytest.raises(ConfigError) as exc:
         await Vault.open(cfg, key)
     assert "chmod 700" in exc.value.problems[0]
+
+
+async def test_concurrent_callers_share_one_writer(vault: Vault) -> None:
+    async def producer(k: int) -> int:
+        total = 0
+        for b in range(5):
+            start = k * 1000 + b * 20
+            total += (await vault.append([hr(i) for i in range(start, start + 20)])).stored
+        return total
+
+    async def consumer() -> int:
+        delivered = 0
+        for _ in range(20):
+            batch = await vault.next_batch(50)
+            delivered += await vault.mark_delivered([p.id for p in batch])
+        return delivered
+
+    results = await asyncio.gather(*(producer(k) for k in range(8)), consumer())
+    stored, delivered = sum(results[:8]), results[8]
+    assert stored == 800
+    stats = await vault.stats()
+    assert (stats.pending, stats.delivered_retained) == (800 - delivered, delivered)
+    assert await vault.integrity_check() == []
+
+
+async def test_a_closed_vault_refuses_work(cfg: VaultConfig, key: bytes) -> None:
+    v = await Vault.open(cfg, key)
+    await v.close()
+    await v.close()  # idempotent
+    with pytest.raises(VaultError, match="closed"):
+        await v.append([hr(0)])
