@@ -122,6 +122,11 @@ def migrate(conn: Any, now: float, *, target: int = CURRENT_VERSION) -> tuple[in
     while version < target:
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # Another process may have migrated while this one waited for the write lock.
+            version = current_version(conn)
+            if version >= target:
+                conn.execute("COMMIT")
+                break
             script = V1 if version == 0 else MIGRATIONS[version - 1]
             for statement in _statements(script):
                 conn.execute(statement)

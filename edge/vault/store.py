@@ -301,14 +301,16 @@ class _Engine:
             self.refusals = {r: int(n) for r, n in c.execute("SELECT reason, count FROM refusals")}
             row = c.execute("SELECT value FROM meta WHERE key = 'device_hash_key'").fetchone()
             if row is None:
-                self.hash_key = os.urandom(32)
                 c.execute("BEGIN IMMEDIATE")
                 c.execute(
-                    "INSERT INTO meta(key, value) VALUES ('device_hash_key', ?)", (self.hash_key,)
+                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('device_hash_key', ?)",
+                    (os.urandom(32),),
                 )
                 c.execute("COMMIT")
-            else:
-                self.hash_key = bytes(row[0])
+                row = c.execute(
+                    "SELECT value FROM meta WHERE key = 'device_hash_key'"
+                ).fetchone()
+            self.hash_key = bytes(row[0])
             self.hasher = Redactor(self.hash_key)
         _tighten(self.config.path)
 
