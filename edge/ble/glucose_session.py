@@ -186,14 +186,22 @@ class GlucoseSession:
                 codec.decode_glucose_feature(bytes(raw))
             except MalformedPayload:
                 await self._malformed(1)
+        # StartNotify for everything (bleak 3's default, pinned here): with AcquireNotify each
+        # characteristic gets its own socket and the RACP completion, which always travels over
+        # D-Bus, could overtake the last records.
+        ordered = {"bluez": {"use_start_notify": True}}
         await self._link.call(
-            "subscribe", self._client.start_notify(GLUCOSE_MEASUREMENT, self._on_measurement)
+            "subscribe",
+            self._client.start_notify(GLUCOSE_MEASUREMENT, self._on_measurement, **ordered),
         )
         if self._has(GLUCOSE_CONTEXT):
             await self._link.call(
-                "subscribe", self._client.start_notify(GLUCOSE_CONTEXT, self._on_context)
+                "subscribe",
+                self._client.start_notify(GLUCOSE_CONTEXT, self._on_context, **ordered),
             )
-        await self._link.call("subscribe", self._client.start_notify(RACP, self._on_racp))
+        await self._link.call(
+            "subscribe", self._client.start_notify(RACP, self._on_racp, **ordered)
+        )
 
     async def _sync(self) -> None:
         """One sync from the cursor (see the module docstring); commits records + cursor."""

@@ -41,11 +41,17 @@ def heart_rate_reading(
 
 
 def glucose_reading_id(device_id: str, m: GlucoseMeasurement) -> str:
-    """The stable id of a glucose record: (device, 2a18, sequence number | base time)."""
+    """The stable id of a glucose record: (device, 2a18, device time and the measurement).
+
+    The sequence number is deliberately left out: a meter that restarts its numbering re-sends
+    its stored records under new numbers, and they must keep their ids so that the resync
+    stores nothing twice. Two different records never share time, value, unit, type and site.
+    """
+    value = m.concentration_special or m.concentration
     return stable_reading_id(
         device_id,
         Characteristic.GLUCOSE_MEASUREMENT.key,
-        f"{m.sequence_number}|{m.base_time.isoformat()}",
+        f"{m.device_time.isoformat()}|{value}|{m.unit}|{m.sample_type}|{m.sample_location}",
     )
 
 

@@ -31,6 +31,8 @@ GLUCOSE_MEASUREMENT = uuid16(0x2A18)
 GLUCOSE_CONTEXT = uuid16(0x2A34)
 GLUCOSE_FEATURE = uuid16(0x2A51)
 RACP = uuid16(0x2A52)
+#: seconds between two records stamped while the clock stands still (one strip takes longer)
+MIN_RECORD_GAP_S = 30
 CURRENT_TIME_SERVICE = uuid16(0x1805)
 CURRENT_TIME = uuid16(0x2A2B)
 
@@ -234,10 +236,16 @@ class GlucoseMeter(SimDevice):
         if isinstance(context, dict):
             context = _context_from_dict(context)
         seq = self._next_sequence
+        if base_time is None:
+            # A measurement takes a strip and some seconds: a real meter never stamps two
+            # records with the same time, even when the simulated clock stands still.
+            base_time = self.now()
+            if self._records and base_time <= self._records[-1].base_time:
+                base_time = self._records[-1].base_time + timedelta(seconds=MIN_RECORD_GAP_S)
         self._records.append(
             GlucoseRecord(
                 sequence=seq,
-                base_time=base_time or self.now(),
+                base_time=base_time,
                 concentration=value,
                 unit=unit,
                 time_offset=self.time_offset if time_offset == "default" else time_offset,  # type: ignore[arg-type]

@@ -70,7 +70,9 @@ def test_glucose_reading_uses_device_time_in_the_local_zone() -> None:
     assert r.mg_dl == Decimal(95) and r.mmol_l == Decimal("5.27")
     assert r.sample_type == "capillary_whole_blood" and r.sample_location == "finger"
     assert r.meal is None and r.status == ()
-    assert r.id == stable_reading_id(DEVICE, "2a18", "1|2026-03-15T08:30:00")
+    assert r.id == stable_reading_id(
+        DEVICE, "2a18", "2026-03-15T08:25:00|0.00095|kg/L|capillary_whole_blood|finger"
+    )
     assert r.id == glucose_reading_id(DEVICE, m)
 
 
@@ -115,6 +117,18 @@ def test_same_record_decoded_twice_has_the_same_id_and_other_devices_differ() ->
     b = decode_glucose_measurement(bytes(GLUCOSE))
     assert glucose_reading_id(DEVICE, a) == glucose_reading_id(DEVICE.lower(), b)
     assert glucose_reading_id("AA:BB:CC:DD:EE:02", a) != glucose_reading_id(DEVICE, a)
+
+
+def test_renumbered_record_keeps_its_id_but_another_measurement_does_not() -> None:
+    import dataclasses
+
+    a = decode_glucose_measurement(GLUCOSE)
+    renumbered = dataclasses.replace(a, sequence_number=(a.sequence_number + 500) % 65536)
+    assert glucose_reading_id(DEVICE, renumbered) == glucose_reading_id(DEVICE, a)
+    later = dataclasses.replace(a, base_time=a.base_time + timedelta(minutes=1))
+    assert glucose_reading_id(DEVICE, later) != glucose_reading_id(DEVICE, a)
+    other_value = dataclasses.replace(a, concentration=(a.concentration or 0) + 1)
+    assert glucose_reading_id(DEVICE, other_value) != glucose_reading_id(DEVICE, a)
 
 
 @pytest.mark.parametrize(
