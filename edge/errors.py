@@ -26,6 +26,12 @@ class ConfigError(EdgeError):
         self.problems = problems or [message]
 
 
+class UsageError(EdgeError):
+    """A command was given something it cannot use (an unknown name, a bad pseudonym …)."""
+
+    exit_code = 2
+
+
 class KeyUnavailable(EdgeError):
     """A key provider could not produce a key (missing, unreadable, insecure, or wrong key)."""
 

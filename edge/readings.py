@@ -7,6 +7,7 @@ the same id, and every store and backend can deduplicate on it.
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from decimal import Decimal
@@ -15,8 +16,26 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
+from edge.errors import UsageError
+
 # A fixed namespace: changing it would change every reading id ever issued.
 READING_ID_NAMESPACE = uuid.UUID("6f1d3c1e-6a0b-5b7e-9d5e-2f0b1c0d9e11")
+
+
+#: a pseudonym is a FHIR id (``Patient/<id>``) and an MQTT topic level: letters, digits, '-'
+#: and '.', at most 64 — no '/', '+', '#', spaces or anything a name would need
+PSEUDONYM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.-]{0,63}$"
+_PSEUDONYM_RE = re.compile(PSEUDONYM_PATTERN)
+
+
+def check_pseudonym(value: str) -> str:
+    """``value`` if it is a usable patient pseudonym, else UsageError (not echoing it)."""
+    if not _PSEUDONYM_RE.match(value):
+        raise UsageError(
+            "a patient pseudonym is 1-64 letters, digits, '-' or '.', starting with a letter "
+            "or digit (it becomes a FHIR id and an MQTT topic level)"
+        )
+    return value
 
 
 class ReadingKind(StrEnum):
@@ -53,7 +72,7 @@ class _Reading(BaseModel):
     #: the bound device's identity address (``AA:BB:CC:DD:EE:FF``)
     device_id: str
     #: pseudonymous patient id the device is bound to — never a name
-    patient: str
+    patient: Annotated[str, Field(pattern=PSEUDONYM_PATTERN)]
     #: when the measurement was taken, UTC
     effective_time: AwareDatetime
     time_source: TimeSource

@@ -22,6 +22,7 @@ from edge.clock import SystemClock
 from edge.config import BleConfig, GatewayConfig, load_config, resolve_config_path
 from edge.errors import ConfigError, EdgeError, PairingRefused
 from edge.log import configure_logging
+from edge.readings import check_pseudonym
 
 ACTOR = "cli"
 
@@ -120,6 +121,7 @@ def _scan(args: argparse.Namespace) -> int:
 def _pair(args: argparse.Namespace) -> int:
     _quiet_logs()
     address = _address(args.address)
+    check_pseudonym(args.patient)
     cfg = config_from_args(args)
     paired = asyncio.run(_pair_and_bind(cfg, address, args.patient, args.kind))
     running = _tell_daemon(cfg)

@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from edge.errors import EdgeError, Implausible, MalformedPayload
+from edge.errors import Implausible, MalformedPayload, UsageError
 from edge.gatt.glucose import (
     decode_glucose_context,
     decode_glucose_feature,
@@ -47,12 +47,6 @@ _ALIASES = {
     "serial_number_string": Characteristic.SERIAL_NUMBER,
     "firmware_revision_string": Characteristic.FIRMWARE_REVISION,
 }
-
-
-class UsageError(EdgeError):
-    """A bad argument to ``edge decode``."""
-
-    exit_code = 2
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
