@@ -21,7 +21,9 @@ from edge.daemon import Daemon, Supervisor, log_hash_key
 from edge.readings import HeartRateReading, TimeSource, stable_reading_id
 from edge.sdnotify import Health, SdNotifier
 from edge.uplink.forwarder import Forwarder
-from tests.unit.daemon_fakes import FakeBle, FakeBroker, MemoryVault
+from edge.vault import Vault
+from tests.support.vault_support import vault_config, write_key
+from tests.unit.daemon_fakes import FakeBle, FakeBroker
 
 PIN = "sha256/" + "A" * 43 + "="
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
@@ -53,8 +55,10 @@ class Rig:
     """A daemon with a memory vault, a fake BLE manager and the real forwarder on a fake link."""
 
     def __init__(self, tmp_path: Path, *, clock: Any = None, notifier: Any = None,
-                 signals: bool = False, vault: Any = None, **daemon: Any) -> None:
-        self.vault = vault if vault is not None else MemoryVault()
+                 signals: bool = False, **daemon: Any) -> None:
+        self.vault_cfg = vault_config(tmp_path)
+        self.key = write_key(self.vault_cfg)
+        self.vault: Any = None
         self.broker = FakeBroker()
         self.bles: list[FakeBle] = []
         self.config = make_config(tmp_path, **daemon)
@@ -72,13 +76,25 @@ class Rig:
                              status_provider=status)
 
         self.daemon = Daemon(
-            self.config, key=b"k" * 32, vault_factory=lambda: self.vault,
+            self.config, key=self.key, vault_factory=lambda: self.vault,
             ble_factory=ble_factory, forwarder_factory=forwarder_factory,
             clock=clock, notifier=notifier, install_signal_handlers=signals, env={},
         )
         self.task: asyncio.Task[int] | None = None
 
+    async def open(self, *consented: str) -> None:
+        """Open the real vault (the daemon closes it when it stops) and grant consent."""
+        self.vault = await Vault.open(self.vault_cfg, self.key)
+        for p in consented:
+            await self.vault.grant_consent(p, scope="vitals", actor="test")
+
+    async def reopened(self) -> Vault:
+        """The vault, opened again after the daemon closed it."""
+        return await Vault.open(self.vault_cfg, self.key)
+
     async def start(self) -> None:
+        if self.vault is None:
+            await self.open()
         self.task = asyncio.create_task(self.daemon.run())
         await asyncio.wait_for(self.daemon.ready.wait(), 10)
 
@@ -95,7 +111,7 @@ class Rig:
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     r = Rig(tmp_path)
-    r.vault.grant_consent("patient-a", scope="forward", actor="test")
+    await r.open("patient-a")
     await r.start()
     await asyncio.wait_for(r.bles[0].started.wait(), 5)
     yield r
@@ -118,15 +134,21 @@ async def test_a_submitted_reading_flows_to_the_publisher(rig: Rig) -> None:
     topic, rid = rig.broker.observations[0]
     assert topic == "edge/v1/hub-test/obs/patient-a"
     assert rid == hr("patient-a", 1).id
-    await wait_for(lambda: rig.vault.stats().pending == 0, rig.broker.published)
+    assert rig.daemon.forwarder is not None
+    for _ in range(100):  # the delivery mark follows the PUBACK by a vault round trip
+        if (await rig.vault.stats()).pending == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert (await rig.vault.stats()).pending == 0
     assert rig.daemon.intake is not None
     assert rig.daemon.intake.stats()["received"] == {"heart_rate": 1}
 
 
 async def test_no_consent_and_implausible_are_refused_and_counted(rig: Rig) -> None:
     await rig.sink.submit([hr("patient-b", 1), hr("patient-a", 2, bpm=400)])
-    assert rig.vault.rows == []
-    assert rig.vault.refusals == {"no_consent": 1, "heart_rate_out_of_range": 1}
+    stats = await rig.vault.stats()
+    assert stats.pending == 0
+    assert stats.refusals == {"no_consent": 1, "heart_rate_out_of_range": 1}
     status = await rig.daemon.full_status()
     assert status["refusals"]["no_consent"] == 1
     assert status["intake"]["refused"]["heart_rate_out_of_range"] == 1
@@ -148,11 +170,15 @@ async def test_status_and_consent_over_the_control_socket(rig: Rig) -> None:
     await rig.sink.submit([hr("patient-b", 2)])
     await wait_for(lambda: len(rig.broker.observations) == 2, rig.broker.published)
     result = await asyncio.to_thread(client.request, "consent.revoke", patient="patient-b")
-    assert result == {"patient": "patient-b", "consent": "revoked", "purged": 1}
-    assert (f"control:uid:{os.getuid()}", "consent.revoke", "patient-b") in rig.vault.audits
+    # both of patient-b's readings are purged: the delivered one and the pending one
+    assert result == {"patient": "patient-b", "consent": "revoked", "purged": 2}
+    tail = await rig.vault.audit_tail(1)
+    assert (tail[0].actor, tail[0].action, tail[0].subject) == (
+        f"control:uid:{os.getuid()}", "consent.revoked", "patient-b")
+    assert (await rig.vault.stats()).pending == 0
     sent = len(rig.broker.observations)
     await rig.sink.submit([hr("patient-b", 3)])
-    assert rig.vault.refusals["no_consent"] == 1
+    assert (await rig.vault.stats()).refusals["no_consent"] == 1
     assert len(rig.broker.observations) == sent
     rig.broker.release()
 
@@ -164,7 +190,7 @@ async def test_sigterm_stops_ble_first_and_lets_in_flight_publishes_finish(
     tmp_path: Path,
 ) -> None:
     r = Rig(tmp_path, signals=True)
-    r.vault.grant_consent("patient-a", scope="forward", actor="test")
+    await r.open("patient-a")
     await r.start()
     ble = r.bles[0]
     await asyncio.wait_for(ble.started.wait(), 5)
@@ -176,26 +202,32 @@ async def test_sigterm_stops_ble_first_and_lets_in_flight_publishes_finish(
     os.kill(os.getpid(), signal.SIGTERM)
     await asyncio.wait_for(ble.cancelled.wait(), 5)
     assert not r.task.done(), "the daemon waits for the in-flight PUBACK"
-    assert r.vault.stats().pending == 1
+    assert (await r.vault.stats()).pending == 1
     r.broker.release()
     rc = await asyncio.wait_for(r.task, 10)
     assert rc == 0
-    assert r.vault.closed
-    assert r.vault.stats().pending == 0, "the acknowledged reading was marked delivered"
+    vault = await r.reopened()
+    try:
+        assert (await vault.stats()).pending == 0, "the acknowledged reading was delivered"
+    finally:
+        await vault.close()
     assert not r.config.daemon.control_socket.exists()
 
 
 async def test_shutdown_is_bounded_when_the_broker_never_acks(tmp_path: Path) -> None:
     r = Rig(tmp_path, shutdown_timeout_s=0.5)
-    r.vault.grant_consent("patient-a", scope="forward", actor="test")
+    await r.open("patient-a")
     await r.start()
     await asyncio.wait_for(r.bles[0].started.wait(), 5)
     r.broker.hold = True
     await r.sink.submit([hr("patient-a", 1)])
     await wait_for(lambda: len(r.broker.observations) == 1, r.broker.published)
     assert await r.stop() == 0
-    assert r.vault.stats().pending == 1, "never acknowledged: stays pending for next time"
-    assert r.vault.closed
+    vault = await r.reopened()
+    try:
+        assert (await vault.stats()).pending == 1, "never acknowledged: pending for next time"
+    finally:
+        await vault.close()
 
 
 class DatagramSink:
