@@ -70,6 +70,38 @@ def obs_patient(o: dict[str, Any]) -> str:
     return ref.removeprefix("Patient/")
 
 
+PR_SET_MDWE = 65
+PR_MDWE_REFUSE_EXEC_GAIN = 1
+PR_GET_MDWE = 66
+
+
+def deny_write_execute_in_child() -> None:
+    """In a forked child before exec: refuse writable+executable memory from now on
+    (inherited across exec), as systemd's MemoryDenyWriteExecute=yes does."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_MDWE) failed")
+
+
+def write_execute_is_denied_in_children() -> bool:
+    """Whether a process started with :func:`deny_write_execute_in_child` really cannot map
+    writable+executable memory (the restriction survives exec)."""
+    probe = (
+        "import mmap\n"
+        "try:\n"
+        "    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)\n"
+        "except PermissionError:\n"
+        "    print('denied')\n"
+        "else:\n"
+        "    print('allowed')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=30, preexec_fn=deny_write_execute_in_child, check=True)
+    return done.stdout.strip() == "denied"
+
+
 class Gate:
     """A TCP forwarder between the gateway and the broker that can refuse new connections
     (threads, so it works from synchronous tests). Used to keep the gateway away from a
@@ -169,8 +201,9 @@ class Gateway:
             self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
-    def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM and wait for the exit code."""
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM and wait for the exit code; the daemon's contract is to exit within 10 s
+        (TimeoutExpired otherwise)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
@@ -339,13 +372,18 @@ shutdown_timeout_s = 6
     def pair(self, name: str, patient: str) -> None:
         self.edge("pair", self.address(name), "--patient", patient, timeout=90)
 
-    def gateway(self, *, ready: bool = True) -> Gateway:
-        """Start ``edge run`` (and wait until it is ready)."""
+    def gateway(self, *, ready: bool = True, env: dict[str, str] | None = None,
+                deny_write_execute: bool = False) -> Gateway:
+        """Start ``edge run`` (and wait until it is ready). ``deny_write_execute`` runs it as
+        the unit's MemoryDenyWriteExecute=yes would (the kernel's PR_SET_MDWE)."""
         n = len(self.gateways)
         log_path = self.workdir / f"gateway-{n}.log"
         with log_path.open("wb") as log:
-            proc = subprocess.Popen([*EDGE, "run"], env=self.env, stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+            proc = subprocess.Popen(
+                [*EDGE, "run"], env={**self.env, **(env or {})}, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+                preexec_fn=deny_write_execute_in_child if deny_write_execute else None,
+            )
         gw = Gateway(self, proc, log_path)
         self.gateways.append(gw)
         if ready:

@@ -3,14 +3,22 @@ status shows the devices and uplink; the INFO log carries no PHI."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import socket
 from collections import Counter
 from pathlib import Path
 
 from fhir.resources.R4B.bundle import Bundle
 
-from tests.e2e.harness import E2E, obs_id, obs_kind, obs_patient, running
+from tests.e2e.harness import (
+    E2E,
+    obs_id,
+    obs_kind,
+    obs_patient,
+    write_execute_is_denied_in_children,
+)
 
 
 def test_every_reading_arrives_once_as_valid_fhir_and_the_log_has_no_phi(
@@ -26,7 +34,17 @@ def test_every_reading_arrives_once_as_valid_fhir_and_the_log_has_no_phi(
         records = int(sim["SIM-GLU-1"]["records"])
         addresses = [d["address"] for d in sim.values()]
 
-        with running(e) as gw:
+        # systemd's notify socket, and the unit's MemoryDenyWriteExecute=yes
+        assert write_execute_is_denied_in_children()
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(str(tmp_path / "notify.sock"))
+        notify.settimeout(15)
+        gw = e.gateway(env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
+                            "WATCHDOG_USEC": "2000000"}, deny_write_execute=True)
+        try:
+            assert notify.recv(4096).startswith(b"READY=1\nSTATUS=")
+            assert notify.recv(4096).startswith(b"WATCHDOG=1\nSTATUS=")
+
             def enough(obs: list[dict]) -> bool:
                 kinds = Counter(obs_kind(o) for o in obs)
                 pts = Counter(obs_patient(o) for o in obs if obs_kind(o) == "heart_rate")
@@ -48,6 +66,17 @@ def test_every_reading_arrives_once_as_valid_fhir_and_the_log_has_no_phi(
             assert isinstance(status["cert_days_left"], float) and status["cert_days_left"] > 30
             assert set(status["refusals"]) >= {"malformed", "no_consent"}
             e.quiesce(gw, ["SIM-HR-1", "SIM-HR-2", "SIM-GLU-1"])
+            pets = [notify.recv(4096) for _ in range(3)]
+            assert all(p.startswith(b"WATCHDOG=1\nSTATUS=queue ") for p in pets), pets
+            assert gw.stop() == 0
+            rest = []
+            notify.setblocking(False)  # everything it sent is queued by now
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    rest.append(notify.recv(4096))
+            assert b"STOPPING=1\nSTATUS=stopping" in rest
+        finally:
+            notify.close()
 
         rows = e.vault_rows()
         obs = e.observations()
