@@ -20,6 +20,7 @@ import hmac
 import inspect
 import os
 import signal
+import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,6 +45,8 @@ STABLE_RUN_S = 60.0
 PURGE_INTERVAL_S = 3600.0
 #: the part of the shutdown budget given to BLE before the forwarder drains
 BLE_STOP_SHARE = 0.3
+#: after the shutdown budget, this much more before the process is ended regardless
+HARD_EXIT_MARGIN_S = 1.5
 
 
 class Stalled(Exception):
@@ -163,6 +166,8 @@ class ConsentFilteredOutbox:
         self._vault = vault
         self._consented = consented
         self.dropped = 0
+        #: set at shutdown: hand out nothing new, so only in-flight messages are waited for
+        self.draining = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._vault, name)
@@ -174,13 +179,21 @@ class ConsentFilteredOutbox:
 
     def next_batch(self, limit: int, *, after_seq: int = 0) -> Any:
         """The vault's batch without rows of patients lacking consent (sync or async)."""
+        if self.draining:
+            return self._nothing()
         rows = self._vault.next_batch(limit, after_seq=after_seq)
         if inspect.isawaitable(rows):
             return self._filter_async(rows)
         return self._filter(rows)
 
     async def _filter_async(self, rows: Awaitable[Any]) -> Any:
-        return self._filter(await rows)
+        got = await rows
+        if self.draining:
+            return []
+        return self._filter(got)
+
+    async def _nothing(self) -> list[Any]:
+        return []
 
 
 @dataclass
@@ -307,6 +320,7 @@ class Daemon:
         notifier: Notifier | None = None,
         env: Mapping[str, str] | None = None,
         install_signal_handlers: bool = True,
+        hard_exit: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self._key = key
@@ -332,13 +346,24 @@ class Daemon:
         self._status_cache: dict[str, Any] = {}
         self._started_at = self.clock.now()
         self.control: ControlServer | None = None
+        self.outbox: ConsentFilteredOutbox | None = None
+        self._hard_exit = hard_exit
+        self._hard_timer: threading.Timer | None = None
 
     # --- public ------------------------------------------------------------------------------
 
     def request_stop(self) -> None:
-        """Begin an orderly shutdown (what SIGTERM/SIGINT do)."""
+        """Begin an orderly shutdown (what SIGTERM/SIGINT do). With ``hard_exit``, a timer
+        thread ends the process if the orderly path overruns its budget (a part stuck in a
+        library call must not keep the hub from restarting); the WAL and at-least-once
+        delivery make that safe."""
         if not self._stop.is_set():
             log.info("daemon.stopping")
+            if self._hard_exit is not None:
+                budget = self.config.daemon.shutdown_timeout_s + HARD_EXIT_MARGIN_S
+                self._hard_timer = threading.Timer(budget, self._hard_exit)
+                self._hard_timer.daemon = True
+                self._hard_timer.start()
         self._stop.set()
 
     async def run(self) -> int:
@@ -353,6 +378,8 @@ class Daemon:
             if self._install_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
+            if self._hard_timer is not None:
+                self._hard_timer.cancel()
             self.stopped.set()
 
     # --- wiring ------------------------------------------------------------------------------
@@ -384,18 +411,21 @@ class Daemon:
 
     def _make_forwarder(self, vault: Any) -> ForwarderLike:
         if self._forwarder_factory is not None:
-            return self._forwarder_factory(ConsentFilteredOutbox(vault, self._consented),
-                                           self.status_devices)
+            return self._forwarder_factory(self._outbox(vault), self.status_devices)
         from edge.uplink.forwarder import Forwarder
 
         return Forwarder(
             self.config.uplink,
             self.config.hub.id,
-            ConsentFilteredOutbox(vault, self._consented),
+            self._outbox(vault),
             link_factory=self._link_factory,
             clock=self.clock,
             status_provider=self.status_devices,
         )
+
+    def _outbox(self, vault: Any) -> ConsentFilteredOutbox:
+        self.outbox = ConsentFilteredOutbox(vault, self._consented)
+        return self.outbox
 
     def _consented(self, patient: str) -> bool:
         return self.intake is not None and self.intake.consented(patient)
@@ -564,6 +594,8 @@ class Daemon:
         fwd = self.forwarder
         if fwd is None:
             return
+        if self.outbox is not None:
+            self.outbox.draining = True
         remaining = max(0.0, deadline - self.clock.monotonic())
         drain = getattr(fwd, "drain", None)
         if callable(drain):

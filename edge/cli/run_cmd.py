@@ -80,7 +80,13 @@ def _run(args: argparse.Namespace) -> int:
     ensure_vault_dir(cfg)
     key = load_key(cfg)
     notifier = SdNotifier()
-    daemon = Daemon(cfg, key=key, notifier=notifier)
+
+    def hard_exit() -> None:
+        get_logger("edge.daemon").warning("daemon.forced_exit")
+        sys.stdout.flush()
+        os._exit(0)
+
+    daemon = Daemon(cfg, key=key, notifier=notifier, hard_exit=hard_exit)
     try:
         rc = asyncio.run(daemon.run())
     finally:

@@ -27,6 +27,8 @@ class FakeBle:
         self.fail = False
         self.unhung = asyncio.Event()
         self.unhung.set()
+        self.stubborn = False
+        self.unstick = asyncio.Event()
 
     async def probe(self) -> None:
         """Hangs while ``hang`` is set: a part that stopped making progress."""
@@ -41,6 +43,9 @@ class FakeBle:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
             self.cancelled.set()
+            if self.stubborn:
+                # a part stuck in a library call that ignores cancellation
+                await self.unstick.wait()
             raise
 
     async def refresh(self) -> None:

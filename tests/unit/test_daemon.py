@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import socket
+import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,14 +30,16 @@ PIN = "sha256/" + "A" * 43 + "="
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 
 
-def make_config(tmp_path: Path, **daemon: Any) -> GatewayConfig:
+def make_config(tmp_path: Path, uplink: dict[str, Any] | None = None,
+                **daemon: Any) -> GatewayConfig:
     return parse_config({
         "hub": {"id": "hub-test"},
         "vault": {"path": str(tmp_path / "state" / "vault.db"), "key_provider": "env",
                   "allow_env_key": True},
         "uplink": {"host": "localhost", "ca_file": str(tmp_path / "ca.pem"),
                    "client_cert": str(tmp_path / "hub.pem"),
-                   "client_key": str(tmp_path / "hub.key"), "pins": [PIN]},
+                   "client_key": str(tmp_path / "hub.key"), "pins": [PIN],
+                   **(uplink or {})},
         "daemon": {"control_socket": str(tmp_path / "run" / "control.sock"),
                    "health_interval_s": 1.0, "shutdown_timeout_s": 4.0, **daemon},
     })
@@ -55,13 +58,14 @@ class Rig:
     """A daemon with a memory vault, a fake BLE manager and the real forwarder on a fake link."""
 
     def __init__(self, tmp_path: Path, *, clock: Any = None, notifier: Any = None,
-                 signals: bool = False, **daemon: Any) -> None:
+                 signals: bool = False, uplink: dict[str, Any] | None = None,
+                 hard_exit: Callable[[], None] | None = None, **daemon: Any) -> None:
         self.vault_cfg = vault_config(tmp_path)
         self.key = write_key(self.vault_cfg)
         self.vault: Any = None
         self.broker = FakeBroker()
         self.bles: list[FakeBle] = []
-        self.config = make_config(tmp_path, **daemon)
+        self.config = make_config(tmp_path, uplink, **daemon)
         self.fail_ble = False
 
         def ble_factory(vault: Any, sink: Any) -> FakeBle:
@@ -79,6 +83,7 @@ class Rig:
             self.config, key=self.key, vault_factory=lambda: self.vault,
             ble_factory=ble_factory, forwarder_factory=forwarder_factory,
             clock=clock, notifier=notifier, install_signal_handlers=signals, env={},
+            hard_exit=hard_exit,
         )
         self.task: asyncio.Task[int] | None = None
 
@@ -228,6 +233,40 @@ async def test_shutdown_is_bounded_when_the_broker_never_acks(tmp_path: Path) ->
         assert (await vault.stats()).pending == 1, "never acknowledged: pending for next time"
     finally:
         await vault.close()
+
+
+async def test_shutdown_waits_for_in_flight_messages_only(tmp_path: Path) -> None:
+    r = Rig(tmp_path, uplink={"inflight_window": 1, "batch_max_readings": 1})
+    await r.open("patient-a")
+    await r.start()
+    await asyncio.wait_for(r.bles[0].started.wait(), 5)
+    r.broker.hold = True
+    await r.sink.submit([hr("patient-a", 1), hr("patient-a", 2), hr("patient-a", 3)])
+    await wait_for(lambda: len(r.broker.observations) == 1, r.broker.published)
+    assert r.task is not None
+    r.daemon.request_stop()
+    await asyncio.wait_for(r.bles[0].cancelled.wait(), 5)
+    r.broker.release()  # the one in flight is acknowledged; the backlog is not started
+    assert await asyncio.wait_for(r.task, 10) == 0
+    assert len(r.broker.observations) == 1
+    vault = await r.reopened()
+    try:
+        assert (await vault.stats()).pending == 2
+    finally:
+        await vault.close()
+
+
+async def test_a_part_that_will_not_stop_is_ended_by_the_hard_exit(tmp_path: Path) -> None:
+    fired = threading.Event()
+    r = Rig(tmp_path, shutdown_timeout_s=0.2, hard_exit=fired.set)
+    await r.start()
+    await asyncio.wait_for(r.bles[0].started.wait(), 5)
+    r.bles[0].stubborn = True
+    r.daemon.request_stop()
+    assert await asyncio.to_thread(fired.wait, 10), "the hard exit fired"
+    assert r.task is not None and not r.task.done()
+    r.bles[0].unstick.set()
+    assert await asyncio.wait_for(r.task, 10) == 0
 
 
 class DatagramSink:
