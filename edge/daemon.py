@@ -336,6 +336,7 @@ class Daemon:
         self._install_signals = install_signal_handlers
         self.health = Health(self.clock)
         self._stop = asyncio.Event()
+        self._initialised = asyncio.Event()
         self.ready = asyncio.Event()
         self.stopped = asyncio.Event()
         self.vault: Any = None
@@ -443,11 +444,15 @@ class Daemon:
             hash_key = log_hash_key(key_bytes(self._key))
         REDACTOR.set_hash_key(hash_key)
         try:
+            # Listen first (requests wait for the set-up below): once the socket is bound a
+            # CLI can no longer fall back to writing consent straight into the vault, and
+            # anything it wrote before is read by load_consents().
+            self.control = ControlServer(self.config.daemon.control_socket, self._handlers())
+            await self.control.start()
             await self._register_sensitive()
             self.intake = Intake(self.vault, on_appended=self._wake_forwarder)
             await self.intake.load_consents()
-            self.control = ControlServer(self.config.daemon.control_socket, self._handlers())
-            await self.control.start()
+            self._initialised.set()
             await self._refresh_status()
             interval = self.config.daemon.health_interval_s
             sup = self._supervisor
@@ -681,13 +686,23 @@ class Daemon:
     # --- control handlers --------------------------------------------------------------------
 
     def _handlers(self) -> dict[str, Callable[[dict[str, Any], str], Awaitable[Any]]]:
-        return {
+        handlers = {
             "status": self._h_status,
             "consent.grant": self._h_grant,
             "consent.revoke": self._h_revoke,
             "consent.list": self._h_consent_list,
             "devices.refresh": self._h_refresh,
         }
+        return {op: self._after_set_up(h) for op, h in handlers.items()}
+
+    def _after_set_up(
+        self, handler: Callable[[dict[str, Any], str], Awaitable[Any]]
+    ) -> Callable[[dict[str, Any], str], Awaitable[Any]]:
+        async def gated(request: dict[str, Any], actor: str) -> Any:
+            await self._initialised.wait()
+            return await handler(request, actor)
+
+        return gated
 
     async def _h_status(self, request: dict[str, Any], actor: str) -> Any:
         return await self.full_status()
