@@ -137,3 +137,46 @@ def test_client_reports_a_daemon_that_is_not_running(tmp_path: Path) -> None:
     s.close()
     with pytest.raises(DaemonNotRunning):
         ControlClient(dead).request("status")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user")
+async def test_only_owner_and_group_reach_the_socket() -> None:
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="edge-ctl-"))
+    try:
+        os.chmod(base, 0o711)  # others may pass through, as through /run
+        path = base / "edge" / "control.sock"
+        server = ControlServer(path, _handlers())
+        await server.start()
+        task = asyncio.create_task(server.serve_forever())
+        def run_as(gid: int) -> str:
+            """Connect from a forked child running as uid nobody with primary group ``gid``."""
+            pid = os.fork()
+            if pid == 0:  # the child: only system calls, then _exit
+                code = 2
+                try:
+                    os.setgroups([])
+                    os.setgid(gid)
+                    os.setuid(65534)
+                    s = socket.socket(socket.AF_UNIX)
+                    try:
+                        s.connect(str(path))
+                        code = 0
+                    except PermissionError:
+                        code = 13
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            return {0: "connected", 13: "denied"}.get(os.waitstatus_to_exitcode(status), "?")
+
+        try:
+            assert await asyncio.to_thread(run_as, 65534) == "denied"  # someone else
+            assert await asyncio.to_thread(run_as, os.getgid()) == "connected"  # the group
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
