@@ -44,7 +44,8 @@ def _date_time(iso: str) -> str:
 def _value(obs: dict[str, Any]) -> str:
     q = obs.get("valueQuantity")
     if isinstance(q, dict) and "value" in q:
-        text = f"{q['value']} {q.get('unit', q.get('code', ''))}".strip()
+        unit = "bpm" if q.get("code") == "/min" else q.get("unit", q.get("code", ""))
+        text = f"{q['value']} {unit}".strip()
         for interp in obs.get("interpretation", []):
             for coding in interp.get("coding", []):
                 if coding.get("code") in ("H", "L"):

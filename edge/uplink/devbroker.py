@@ -74,6 +74,7 @@ def render_config(
     log_file: Path,
     bind: str = "127.0.0.1",
     debug: bool = True,
+    persistence_dir: Path | None = None,
 ) -> str:
     """config/mosquitto/mosquitto.conf.template with the placeholders filled in."""
     tpl = string.Template(CONF_TEMPLATE.read_text())
@@ -88,6 +89,8 @@ def render_config(
         # As root, mosquitto drops to user "mosquitto", who cannot read our 0600 keys.
         user_line="user root" if os.geteuid() == 0 else "",
         debug_line="log_type debug" if debug else "",
+        persistence="true" if persistence_dir else "false",
+        persistence_location=f"{persistence_dir}/" if persistence_dir else "/nonexistent/",
     )
 
 
