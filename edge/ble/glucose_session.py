@@ -36,7 +36,6 @@ from collections.abc import Callable
 from datetime import datetime, tzinfo
 from typing import Any
 
-from edge.ble import codec
 from edge.ble.errors import BleOperationError, att_code
 from edge.ble.link import Link, cancel_and_wait, resolve, with_timeout
 from edge.ble.ports import CursorLike, DeviceRegistry, IntakeSink
@@ -49,6 +48,8 @@ from edge.ble.profiles import (
 )
 from edge.clock import Clock
 from edge.errors import MalformedPayload, PairingRefused
+from edge.gatt.glucose import decode_glucose_feature
+from edge.gatt.misc import decode_current_time
 from edge.gatt.racp_client import (
     Action,
     Finished,
@@ -57,6 +58,7 @@ from edge.gatt.racp_client import (
     SyncResult,
     Write,
 )
+from edge.gatt.to_reading import clock_offset_seconds, glucose_reading
 from edge.log import get_logger
 from edge.readings import GlucoseReading
 
@@ -170,12 +172,12 @@ class GlucoseSession:
         if self._has(CURRENT_TIME):
             raw = await self._link.call("read_time", self._client.read_gatt_char(CURRENT_TIME))
             try:
-                meter_now = codec.decode_current_time(bytes(raw))
+                meter_now = decode_current_time(bytes(raw)).exact_time
             except MalformedPayload:
                 await self._malformed(1)
             else:
                 gateway_now = self._clock.now().astimezone(self._local_tz).replace(tzinfo=None)
-                self._clock_offset_s = codec.clock_offset_seconds(meter_now, gateway_now)
+                self._clock_offset_s = clock_offset_seconds(meter_now, gateway_now)
                 log.info("ble.meter_clock", address=self._address,
                          offset_s=self._clock_offset_s)
         if self._has(GLUCOSE_FEATURE):
@@ -183,7 +185,7 @@ class GlucoseSession:
                 "read_feature", self._client.read_gatt_char(GLUCOSE_FEATURE)
             )
             try:
-                codec.decode_glucose_feature(bytes(raw))
+                decode_glucose_feature(bytes(raw))
             except MalformedPayload:
                 await self._malformed(1)
         # StartNotify for everything (bleak 3's default, pinned here): with AcquireNotify each
@@ -237,7 +239,7 @@ class GlucoseSession:
         if result.malformed:
             await self._malformed(len(result.malformed))
         readings = [
-            codec.glucose_reading(
+            glucose_reading(
                 r.measurement,
                 r.context,
                 device_id=self._address,

@@ -13,13 +13,14 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from edge.ble import codec
 from edge.ble.errors import BleOperationError
 from edge.ble.link import Link, cancel_and_wait, with_timeout
 from edge.ble.ports import IntakeSink
 from edge.ble.profiles import HEART_RATE_MEASUREMENT
 from edge.clock import Clock
 from edge.errors import MalformedPayload
+from edge.gatt.heart_rate import decode_heart_rate_measurement
+from edge.gatt.to_reading import heart_rate_reading
 from edge.log import get_logger
 
 log = get_logger("edge.ble.hr")
@@ -126,8 +127,8 @@ class HeartRateSession:
         for data, received_at in batch:
             try:
                 readings.append(
-                    codec.heart_rate_reading(
-                        data,
+                    heart_rate_reading(
+                        decode_heart_rate_measurement(data),
                         device_id=self._address,
                         patient=self._patient,
                         received_at=received_at,
