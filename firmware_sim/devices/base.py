@@ -249,7 +249,7 @@ class SimDevice:
         self._paired = False
 
     async def read(self, handle: int) -> bytes:
-        ch = await self._gatt_op(handle)
+        ch = await self._gatt_op(self._chars, handle)
         if "read" not in ch.flags or ch.on_read is None:
             raise SimError(SimErrorCode.NOT_PERMITTED, "Read not permitted")
         if ch.security is Security.ENCRYPTED and not self._paired:
@@ -257,7 +257,7 @@ class SimDevice:
         return ch.on_read()
 
     async def write(self, handle: int, value: bytes, *, with_response: bool) -> None:
-        ch = await self._gatt_op(handle)
+        ch = await self._gatt_op(self._chars, handle)
         allowed = "write" if with_response else "write-without-response"
         if allowed not in ch.flags or ch.on_write is None:
             raise SimError(SimErrorCode.NOT_PERMITTED, "Write not permitted")
@@ -266,7 +266,7 @@ class SimDevice:
         await ch.on_write(bytes(value), with_response)
 
     async def start_notify(self, handle: int) -> None:
-        ch = await self._gatt_op(handle)
+        ch = await self._gatt_op(self._chars, handle)
         if not ch.can_notify:
             raise SimError(SimErrorCode.NOT_SUPPORTED, "Operation is not supported")
         if ch.security is Security.ENCRYPTED and not self._paired:
@@ -274,17 +274,17 @@ class SimDevice:
         ch.cccd = 1 if "notify" in ch.flags else 2
 
     async def stop_notify(self, handle: int) -> None:
-        ch = await self._gatt_op(handle)
+        ch = await self._gatt_op(self._chars, handle)
         if not ch.can_notify:
             raise SimError(SimErrorCode.NOT_SUPPORTED, "Operation is not supported")
         ch.cccd = 0
 
     async def read_descriptor(self, handle: int) -> bytes:
-        ch = await self._cccd_op(handle)
+        ch = await self._gatt_op(self._cccds, handle)
         return enc.uint16(ch.cccd)
 
     async def write_descriptor(self, handle: int, value: bytes) -> None:
-        ch = await self._cccd_op(handle)
+        ch = await self._gatt_op(self._cccds, handle)
         if len(value) != 2:
             raise SimError(SimErrorCode.INVALID_ARGUMENTS, "Invalid Length")
         if ch.security is Security.ENCRYPTED and not self._paired:
@@ -362,24 +362,15 @@ class SimDevice:
         if delay > 0:
             await self.clock.sleep(delay)
 
-    async def _gatt_op(self, handle: int) -> Char:
+    async def _gatt_op(self, table: dict[int, Char], handle: int) -> Char:
+        """The checks before any ATT operation; returns the characteristic ``handle`` names
+        in ``table`` (``_chars`` for value handles, ``_cccds`` for CCCD handles)."""
         await self._slow()
         if not self._connected:
             raise SimError(SimErrorCode.FAILED, "Not connected")
         if self.fault_state.next_operation_in_progress():
             raise SimError(SimErrorCode.IN_PROGRESS, "In Progress")
-        ch = self._chars.get(handle)
-        if ch is None:
-            raise SimError(SimErrorCode.FAILED, "Operation failed with ATT error: 0x01", 0x01)
-        return ch
-
-    async def _cccd_op(self, handle: int) -> Char:
-        await self._slow()
-        if not self._connected:
-            raise SimError(SimErrorCode.FAILED, "Not connected")
-        if self.fault_state.next_operation_in_progress():
-            raise SimError(SimErrorCode.IN_PROGRESS, "In Progress")
-        ch = self._cccds.get(handle)
+        ch = table.get(handle)
         if ch is None:
             raise SimError(SimErrorCode.FAILED, "Operation failed with ATT error: 0x01", 0x01)
         return ch
