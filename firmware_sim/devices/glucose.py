@@ -411,11 +411,7 @@ class GlucoseMeter(SimDevice):
             chosen = [r for r in chosen for _ in (0, 1)]
         interrupt = plan.racp_interrupt_after_records
         for sent, record in enumerate(chosen):
-            await self.clock.sleep(self.record_interval)
-            if not self._connected:
-                return
-            if self._abort_requested:
-                self._emit(self.racp, enc.racp_response(enc.RACP_ABORT, enc.RSP_SUCCESS))
+            if not await self._report_goes_on():
                 return
             if interrupt is not None and sent >= interrupt:
                 self._emit(
@@ -426,13 +422,19 @@ class GlucoseMeter(SimDevice):
             ctx = record.context_bytes()
             if ctx is not None and self._connected:
                 self._emit(self.context_char, ctx)
+        if await self._report_goes_on():
+            self._emit(self.racp, enc.racp_response(enc.RACP_REPORT, enc.RSP_SUCCESS))
+
+    async def _report_goes_on(self) -> bool:
+        """Wait one record interval; False if the report ends there (the link went, or an
+        abort came, which is answered here)."""
         await self.clock.sleep(self.record_interval)
         if not self._connected:
-            return
+            return False
         if self._abort_requested:
             self._emit(self.racp, enc.racp_response(enc.RACP_ABORT, enc.RSP_SUCCESS))
-            return
-        self._emit(self.racp, enc.racp_response(enc.RACP_REPORT, enc.RSP_SUCCESS))
+            return False
+        return True
 
     def _measurement_value(self, record: GlucoseRecord) -> bytes:
         override: dict[str, Any] = {}
