@@ -38,6 +38,9 @@ FHIR_CONTENT_TYPE = "application/fhir+json"
 AUDIT_REPEAT_S = 3600.0
 #: leave this much room under batch_max_bytes for the estimate's error
 _BYTES_HEADROOM = 0.85
+#: read ahead this many full windows, so a vault read queued behind a delivery commit does
+#: not leave the window idle
+READ_AHEAD_WINDOWS = 4
 
 
 class PendingLike(Protocol):
@@ -177,11 +180,12 @@ class Forwarder:
         self._encode = encoder or fhir_encoder(hub_id)
         self._on_delivered = on_delivered
         self._state = "connecting"
-        self._wake = asyncio.Event()
-        self._space = asyncio.Event()
+        #: set by PUBACKs, finished vault reads and wake(): the pump re-examines its state
+        self._kick = asyncio.Event()
+        self._wake_pending = False
         self._link: Link | None = None
         self._inflight: dict[asyncio.Future[None], Batch] = {}
-        self._cursor = 0
+        self._topics: dict[str, str | None] = {}
         self._acked: list[str] = []
         self._flush_task: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
@@ -205,7 +209,8 @@ class Forwarder:
 
     def wake(self) -> None:
         """New readings were appended: send them now."""
-        self._wake.set()
+        self._wake_pending = True
+        self._kick.set()
 
     def stats(self) -> dict[str, Any]:
         """Counters for `edge status` and the logs (no PHI)."""
@@ -282,7 +287,6 @@ class Forwarder:
         self._link = link
         self._state = "connected"
         self._counters.sessions += 1
-        self._cursor = 0
         self._inflight.clear()
         self._end = asyncio.get_running_loop().create_future()
         self._last_audit = None
@@ -314,7 +318,6 @@ class Forwarder:
             # pending reading, so nothing acknowledged is ever sent again.
             await self._flush()
             self._inflight.clear()
-            self._cursor = 0
             self._link = None
         if not self._state.startswith("refused:"):
             self._state = "backoff"
@@ -357,46 +360,84 @@ class Forwarder:
     # --- sending ---------------------------------------------------------------------------
 
     async def _pump(self, link: Link) -> None:
+        """Read ahead from the vault while messages are in flight; send whenever the window
+        has room. The read cursor lives here, so every new connection starts again at the
+        oldest pending reading (everything unacknowledged is re-sent)."""
         cfg = self._cfg
-        while True:
-            free = cfg.inflight_window - len(self._inflight)
-            if free <= 0:
-                self._space.clear()
-                await self._space.wait()
-                continue
-            self._wake.clear()
-            rows = await self._vault.next_batch(
-                free * cfg.batch_max_readings, after_seq=self._cursor
-            )
-            if link.is_closed:
-                return
-            if not rows:
-                await self._wake.wait()
-                continue
-            for group in self._pack(rows, free):
-                self._send(link, group)
+        chunk = cfg.inflight_window * cfg.batch_max_readings * READ_AHEAD_WINDOWS
+        buffer: list[PendingLike] = []
+        after = 0
+        drained = False
+        fetch: asyncio.Task[Sequence[PendingLike]] | None = None
+        self._wake_pending = True
+        try:
+            while True:
+                if fetch is not None and fetch.done():
+                    rows = fetch.result()
+                    fetch = None
+                    buffer.extend(rows)
+                    if rows:
+                        after = rows[-1].seq
+                    drained = len(rows) < chunk
+                if link.is_closed:
+                    return
+                if fetch is None and len(buffer) < chunk and (
+                    not drained or self._wake_pending
+                ):
+                    self._wake_pending = False
+                    fetch = asyncio.ensure_future(self._vault.next_batch(chunk, after_seq=after))
+                    fetch.add_done_callback(lambda _: self._kick.set())
+                free = cfg.inflight_window - len(self._inflight)
+                if free > 0 and buffer:
+                    groups, used = self._pack(buffer, free)
+                    del buffer[:used]
+                    for group in groups:
+                        self._send(link, group)
+                    continue
+                # State was examined after the last await; only callbacks set the kick.
+                self._kick.clear()
+                await self._kick.wait()
+        finally:
+            if fetch is not None:
+                fetch.cancel()
 
-    def _pack(self, rows: Sequence[PendingLike], max_messages: int) -> list[list[PendingLike]]:
+    def _topic(self, patient: str) -> str | None:
+        topic = self._topics.get(patient, "")
+        if topic == "":
+            topic = (
+                obs_topic(self._cfg.topic_prefix, self._hub, patient)
+                if _topic_safe(patient)
+                else None
+            )
+            if len(self._topics) > 10_000:
+                self._topics.clear()
+            self._topics[patient] = topic
+        return topic
+
+    def _pack(
+        self, rows: Sequence[PendingLike], max_messages: int
+    ) -> tuple[list[list[PendingLike]], int]:
         """Group a prefix of ``rows`` (oldest first) into at most ``max_messages`` per-patient
-        groups; the cursor advances past exactly the rows placed in a group."""
+        groups; returns the groups and how many rows the prefix holds."""
         cfg = self._cfg
         budget = cfg.batch_max_bytes * _BYTES_HEADROOM
+        ratio = self._bytes_ratio
         groups: list[list[PendingLike]] = []
         open_groups: dict[str, tuple[list[PendingLike], float]] = {}
+        used = 0
         for row in rows:
             patient = row.patient
-            if not _topic_safe(patient):
+            if self._topic(patient) is None:
                 # Cannot be routed to a topic; it stays pending and is counted, never dropped.
                 self._counters.unroutable += 1
                 log.error("uplink.unroutable_reading")
-                self._cursor = row.seq
+                used += 1
                 continue
-            est = len(row.payload) * self._bytes_ratio
+            est = len(row.payload) * ratio
             current = open_groups.get(patient)
             if current is not None and (
                 len(current[0]) >= cfg.batch_max_readings or current[1] + est > budget
             ):
-                del open_groups[patient]
                 current = None
             if current is None:
                 if len(groups) >= max_messages:
@@ -406,8 +447,8 @@ class Forwarder:
                 current = (group, 0.0)
             current[0].append(row)
             open_groups[patient] = (current[0], current[1] + est)
-            self._cursor = row.seq
-        return groups
+            used += 1
+        return groups, used
 
     def _send(self, link: Link, rows: list[PendingLike]) -> None:
         payload = self._encode(rows)
@@ -420,7 +461,7 @@ class Forwarder:
             self._send(link, rows[:half])
             self._send(link, rows[half:])
             return
-        topic = obs_topic(self._cfg.topic_prefix, self._hub, rows[0].patient)
+        topic = self._topic(rows[0].patient) or ""
         fut = link.publish(
             topic,
             payload,
@@ -436,7 +477,7 @@ class Forwarder:
         batch = self._inflight.pop(fut, None)
         if batch is None or fut.cancelled():
             return
-        self._space.set()
+        self._kick.set()
         exc = fut.exception()
         if exc is None:
             self._counters.messages_acked += 1

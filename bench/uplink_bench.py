@@ -1,0 +1,343 @@
+"""Uplink benchmark: one mosquitto (TLS, mTLS, the shipped config), one run, JSON lines.
+
+- ``uplink.drain_per_s``: 200,000 pending readings in the SQLCipher vault -> FHIR Bundles ->
+  QoS 1 PUBLISH -> PUBACK -> marked delivered, by the real Forwarder.
+- ``uplink.raw_pipeline_per_s``: the same readings with their FHIR entries already encoded,
+  in a SQLCipher table with the same settings; plain paho (its own network thread) publishes
+  the same batch size with the same window and deletes the rows on PUBACK. The ceiling.
+- ``uplink.drain_over_raw``: the ratio.
+- ``uplink.latency_p50_ms`` / ``uplink.latency_p99_ms``: ``vault.append`` of one reading ->
+  its PUBACK, one reading every 20 ms for 20 s.
+
+Run: ``python -m bench`` (all benchmarks) or ``python -m bench.uplink_bench [--readings N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import sqlcipher3
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge import fhir
+from edge.config import UplinkConfig, VaultConfig
+from edge.log import configure_logging
+from edge.readings import GlucoseReading, HeartRateReading
+from edge.uplink.forwarder import FHIR_CONTENT_TYPE, Forwarder
+from edge.uplink.mqtt import TlsMqttConnector, Will
+from edge.uplink.tls import build_context
+from edge.vault.store import Vault
+from tests.support.mosquitto import start_broker
+from tests.support.pki import TestPki, make_pki
+from tests.support.uplink_fakes import make_readings
+
+AnyReading = HeartRateReading | GlucoseReading
+PATIENTS = ("patient-a", "patient-b", "patient-c", "patient-d")
+TARGETS = {
+    "uplink.drain_per_s": (">=", 50_000),
+    "uplink.drain_over_raw": (">=", 0.5),
+    "uplink.latency_p99_ms": ("<=", 10.0),
+}
+
+
+def emit(figure: str, value: float, unit: str, **extra: Any) -> None:
+    """One JSON object per figure on stdout, with its target when it has one."""
+    rec: dict[str, Any] = {"figure": figure, "value": round(value, 3), "unit": unit}
+    if figure in TARGETS:
+        op, target = TARGETS[figure]
+        rec["target"] = f"{op} {target:g}"
+        rec["met"] = value >= target if op == ">=" else value <= target
+    rec.update(extra)
+    print(json.dumps(rec), flush=True)
+
+
+def vault_config(path: Path) -> VaultConfig:
+    return VaultConfig(
+        path=path, key_provider="env", allow_env_key=True, max_pending=10_000_000,
+        max_pending_bytes=4 << 30,
+    )
+
+
+async def fill_vault(vault: Vault, readings: Sequence[AnyReading], chunk: int = 2000) -> None:
+    for i in range(0, len(readings), chunk):
+        await vault.append(readings[i : i + chunk])
+
+
+# --- the gateway's drain ------------------------------------------------------------------
+
+
+async def drain(
+    cfg: UplinkConfig, hub: str, db: Path, key: bytes, readings: Sequence[AnyReading]
+) -> float:
+    async with await Vault.open(vault_config(db), key) as vault:
+        await fill_vault(vault, readings)
+        n = len(readings)
+        done = asyncio.Event()
+        delivered = 0
+
+        def on_delivered(ids: Sequence[str]) -> None:
+            nonlocal delivered
+            delivered += len(ids)
+            if delivered >= n:
+                done.set()
+
+        fwd = Forwarder(cfg, hub, vault, on_delivered=on_delivered)
+        t0 = time.perf_counter()
+        task = asyncio.create_task(fwd.run())
+        await asyncio.wait_for(done.wait(), 600)
+        elapsed = time.perf_counter() - t0
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        st = await vault.stats()
+        if st.pending:
+            raise RuntimeError(f"drain left {st.pending} readings pending")
+    return n / elapsed
+
+
+# --- the raw ceiling: plain paho + SQLCipher -----------------------------------------------
+
+
+def _entry(r: AnyReading, hub: str) -> bytes:
+    text = fhir.bundle_bytes([r], hub_id=hub)
+    start = text.index(b'{"fullUrl":"urn:uuid:' + r.id.encode() + b'"')
+    return text[start:-2]
+
+
+def raw_pipeline(
+    cfg: UplinkConfig, hub: str, db: Path, key: bytes, readings: Sequence[AnyReading]
+) -> float:
+    conn = sqlcipher3.connect(str(db), isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute(
+        "CREATE TABLE outbox(seq INTEGER PRIMARY KEY AUTOINCREMENT, patient TEXT, payload BLOB)"
+    )
+    rows = [(r.patient, _entry(r, hub)) for r in readings]
+    for i in range(0, len(rows), 2000):
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO outbox(patient, payload) VALUES (?, ?)", rows[i : i + 2000])
+        conn.execute("COMMIT")
+
+    head = b'{"resourceType":"Bundle","type":"transaction","entry":['
+    batch, window = cfg.batch_max_readings, cfg.inflight_window
+    slots = threading.Semaphore(window)
+    lock = threading.Lock()
+    # PUBACKed message ids, appended by paho's thread; by_mid is the main thread's only.
+    acked: list[int] = []
+    by_mid: dict[int, tuple[int, int]] = {}
+    remaining = len(rows)
+
+    client = paho.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2, client_id=hub + "-raw",
+        protocol=MQTTProtocolVersion.MQTTv5,
+    )
+    client.tls_set_context(build_context(cfg))
+    client.max_inflight_messages = 0  # the window is ours, as in the forwarder
+    connected = threading.Event()
+    client.on_connect = lambda c, u, f, rc, p: connected.set()
+
+    def on_publish(c: Any, u: Any, mid: int, rc: Any, p: Any) -> None:
+        with lock:
+            acked.append(mid)
+        slots.release()
+
+    client.on_publish = on_publish
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.ContentType = FHIR_CONTENT_TYPE
+    props.MessageExpiryInterval = cfg.message_expiry_s
+
+    t0 = time.perf_counter()
+    client.connect(cfg.host, cfg.port, keepalive=30)
+    client.loop_start()
+    connected.wait(10)
+    # Hand the TCP socket the same no-delay setting the gateway uses.
+    sock = client.socket()
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    cursor = 0
+    while remaining:
+        with lock:
+            mids, acked[:] = list(acked), []
+        done = [by_mid.pop(m) for m in mids]
+        if done:
+            conn.execute("BEGIN")
+            conn.executemany("DELETE FROM outbox WHERE seq BETWEEN ? AND ?", done)
+            conn.execute("COMMIT")
+            remaining -= sum(b - a + 1 for a, b in done)
+            if not remaining:
+                break
+        got = conn.execute(
+            "SELECT seq, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+            (cursor, batch * window),
+        ).fetchall()
+        if not got:
+            # everything is in flight: wait for a PUBACK
+            slots.acquire()
+            slots.release()
+            continue
+        for i in range(0, len(got), batch):
+            part = got[i : i + batch]
+            if not slots.acquire(timeout=0 if i else 30):
+                break
+            payload = head + b",".join(p for _, p in part) + b"]}"
+            # paho's lock is taken inside publish and around on_publish: never hold ours here.
+            info = client.publish(f"{cfg.topic_prefix}/{hub}/obs/bench", payload, qos=1,
+                                  properties=props)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                raise RuntimeError(f"raw publish failed: {info.rc}")
+            by_mid[info.mid] = (part[0][0], part[-1][0])
+            cursor = part[-1][0]
+    elapsed = time.perf_counter() - t0
+    client.disconnect()
+    client.loop_stop()
+    conn.close()
+    return len(rows) / elapsed
+
+
+# --- latency -------------------------------------------------------------------------------
+
+
+class _TimingLink:
+    """Wraps a real link; records the PUBACK time of every observation message."""
+
+    def __init__(self, inner: Any, acks: dict[str, float], event: asyncio.Event) -> None:
+        self._inner = inner
+        self._acks = acks
+        self._event = event
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def publish(self, topic: str, payload: bytes, **kw: Any) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = self._inner.publish(topic, payload, **kw)
+        if "/obs/" in topic:
+            ids = [e["fullUrl"].removeprefix("urn:uuid:") for e in json.loads(payload)["entry"]
+                   if e["resource"]["resourceType"] == "Observation"]
+
+            def done(f: asyncio.Future[None]) -> None:
+                if not f.cancelled() and f.exception() is None:
+                    now = time.perf_counter()
+                    for i in ids:
+                        self._acks[i] = now
+                    self._event.set()
+
+            fut.add_done_callback(done)
+        return fut
+
+
+async def latency(
+    cfg: UplinkConfig, hub: str, db: Path, key: bytes, readings: Sequence[AnyReading],
+    rate_hz: float, seconds: float,
+) -> tuple[list[float], list[float]]:
+    acks: dict[str, float] = {}
+    acked = asyncio.Event()
+    connector = TlsMqttConnector(cfg, hub)
+    connected = asyncio.Event()
+
+    async def factory(will: Will | None) -> Any:
+        link = _TimingLink(await connector(will), acks, acked)
+        connected.set()
+        return link
+
+    from_append: list[float] = []
+    from_commit: list[float] = []
+    async with await Vault.open(vault_config(db), key) as vault:
+        fwd = Forwarder(cfg, hub, vault, link_factory=factory)
+        task = asyncio.create_task(fwd.run())
+        await asyncio.wait_for(connected.wait(), 10)
+        await asyncio.sleep(0.2)  # let the first status message go by
+        interval = 1.0 / rate_hz
+        n = int(rate_hz * seconds)
+        start = time.perf_counter()
+        for i, r in enumerate(readings[:n]):
+            t0 = time.perf_counter()
+            await vault.append([r])
+            t1 = time.perf_counter()
+            fwd.wake()
+            while r.id not in acks:
+                acked.clear()
+                await asyncio.wait_for(acked.wait(), 10)
+            from_append.append((acks[r.id] - t0) * 1000)
+            from_commit.append((acks[r.id] - t1) * 1000)
+            delay = start + (i + 1) * interval - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return from_append, from_commit
+
+
+def pct(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+
+
+def run(n: int, latency_s: float) -> None:
+    configure_logging(level="error", stream=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="edge-uplink-bench-") as tmp:
+        tmpdir = Path(tmp)
+        tpki: TestPki = make_pki(tmpdir, "hub-bench", hostile=())
+        broker = start_broker(tmpdir, tpki, debug=False)
+        try:
+            cfg = tpki.uplink_config(broker.port)
+            key = os.urandom(32)
+            t = time.perf_counter()
+            readings = make_readings(n, PATIENTS)
+            print(f"# {n} readings generated in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+            hub = tpki.hub_id
+
+            drain_rate = asyncio.run(drain(cfg, hub, tmpdir / "drain" / "vault.db", key, readings))
+            (tmpdir / "raw").mkdir()
+            raw_rate = raw_pipeline(cfg, hub, tmpdir / "raw" / "raw.db", key, readings)
+            common = {
+                "readings": n, "batch_max_readings": cfg.batch_max_readings,
+                "inflight_window": cfg.inflight_window,
+            }
+            emit("uplink.drain_per_s", drain_rate, "readings/s", **common)
+            emit("uplink.raw_pipeline_per_s", raw_rate, "readings/s", **common)
+            emit("uplink.drain_over_raw", drain_rate / raw_rate, "ratio")
+
+            lat_readings = make_readings(int(50 * latency_s) + 1, PATIENTS, start=n)
+            from_append, from_commit = asyncio.run(
+                latency(cfg, hub, tmpdir / "lat" / "vault.db", key, lat_readings, 50.0,
+                        latency_s)
+            )
+            info = {"samples": len(from_append), "rate_hz": 50}
+            emit("uplink.latency_p50_ms", statistics.median(from_append), "ms", **info)
+            emit("uplink.latency_p99_ms", pct(from_append, 99), "ms", **info)
+            emit("uplink.latency_after_commit_p99_ms", pct(from_commit, 99), "ms", **info)
+        finally:
+            broker.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point for ``python -m bench`` (auto-discovered) and direct runs."""
+    ap = argparse.ArgumentParser(prog="bench.uplink_bench")
+    ap.add_argument("--readings", type=int, default=200_000)
+    ap.add_argument("--latency-seconds", type=float, default=20.0)
+    args = ap.parse_args(argv)
+    run(args.readings, args.latency_seconds)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
