@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 from firmware_sim import encoders as enc
@@ -16,6 +17,8 @@ MODEL_NUMBER = uuid16(0x2A24)
 SERIAL_NUMBER = uuid16(0x2A25)
 FIRMWARE_REVISION = uuid16(0x2A26)
 
+MANUFACTURER = "Simulated Devices Ltd"
+
 
 @dataclass
 class DeviceInfo:
@@ -23,6 +26,19 @@ class DeviceInfo:
     model: str
     serial: str
     firmware: str
+
+    @classmethod
+    def simulated(
+        cls, rng: random.Random, *, model: str, firmware: str, serial: str | None, prefix: str
+    ) -> DeviceInfo:
+        """A simulated device's information; without ``serial``, ``prefix`` and eight digits
+        drawn from ``rng``."""
+        return cls(
+            manufacturer=MANUFACTURER,
+            model=model,
+            serial=serial or f"{prefix}{rng.randrange(10**8):08d}",
+            firmware=firmware,
+        )
 
 
 def device_information_service(info: DeviceInfo) -> Service:

@@ -134,11 +134,8 @@ class GlucoseMeter(SimDevice):
         self.delete_supported = delete_supported
         self.features = features
         self.battery = Battery(battery if battery is not None else rng.randint(40, 100))
-        self.info = DeviceInfo(
-            manufacturer="Simulated Devices Ltd",
-            model="SIM-BGM-30",
-            serial=serial or f"GM{rng.randrange(10**8):08d}",
-            firmware="1.07",
+        self.info = DeviceInfo.simulated(
+            rng, model="SIM-BGM-30", firmware="1.07", serial=serial, prefix="GM"
         )
         self._records: list[GlucoseRecord] = []
         self._next_sequence = (

@@ -67,11 +67,8 @@ class HeartRateStrap(SimDevice):
         self.body_location = body_location
         self.mtu = mtu
         self.battery = Battery(battery if battery is not None else rng.randint(55, 100))
-        self.info = DeviceInfo(
-            manufacturer="Simulated Devices Ltd",
-            model="SIM-HRS-200",
-            serial=serial or f"HR{rng.randrange(10**8):08d}",
-            firmware="2.3.1",
+        self.info = DeviceInfo.simulated(
+            rng, model="SIM-HRS-200", firmware="2.3.1", serial=serial, prefix="HR"
         )
         self.bpm = self.resting_bpm
         self.energy_j = 0.0
