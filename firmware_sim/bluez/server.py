@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -918,21 +918,10 @@ class CharacteristicNode:
         value = getattr(self.device.peripheral, "mtu", 23)
         return int(value) if isinstance(value, int) else 23
 
-    def _require_link(self) -> None:
-        if not self.device.connected:
-            raise bluez_error("Failed", "Not connected")
-
     async def read_value(self, options: dict[str, Variant]) -> bytes:
         """GattCharacteristic1.ReadValue (honours ``offset``)."""
-        self._require_link()
-        offset = int(option(options, "offset", 0))
-        try:
-            value = await self.device.peripheral.read(self.spec.handle)
-        except SimError as err:
-            raise to_dbus_error(err) from err
-        if offset > len(value):
-            raise bluez_error("InvalidArguments", "Invalid offset")
-        value = bytes(value[offset:])
+        peripheral = self.device.peripheral
+        value = await _read_value(self.device, peripheral.read, self.spec.handle, options)
         if self.device.server.options.read_emits_value:
             self.value = value
             self.iface.emit_properties_changed({"Value": value})
@@ -942,7 +931,7 @@ class CharacteristicNode:
         """GattCharacteristic1.WriteValue, choosing the ATT procedure as bluetoothd does:
         a request for ``type=request`` (or no type and the ``write`` flag), a command for
         ``type=command`` (or no type and ``write-without-response``), else NotSupported."""
-        self._require_link()
+        _require_link(self.device)
         kind = str(option(options, "type", "")).lower()
         offset = int(option(options, "offset", 0))
         flags = self.spec.flags
@@ -986,7 +975,7 @@ class CharacteristicNode:
 
     async def start_notify(self) -> None:
         """GattCharacteristic1.StartNotify: values as PropertiesChanged."""
-        self._require_link()
+        _require_link(self.device)
         if not self.can_notify:
             raise bluez_error("NotSupported", "Operation is not supported")
         if self.notify_acquired:
@@ -1015,7 +1004,7 @@ class CharacteristicNode:
 
     async def acquire_notify(self, sender: str) -> tuple[int, int]:
         """AcquireNotify: a SOCK_SEQPACKET pair; the caller sends the returned fd and closes it."""
-        self._require_link()
+        _require_link(self.device)
         if self.notify_acquired:
             raise bluez_error("NotPermitted", "Notify acquired")
         if self._sessions:
@@ -1102,22 +1091,13 @@ class DescriptorNode:
         self.value = b""
 
     async def read_value(self, options: dict[str, Variant]) -> bytes:
-        """GattDescriptor1.ReadValue."""
-        if not self.device.connected:
-            raise bluez_error("Failed", "Not connected")
-        offset = int(option(options, "offset", 0))
-        try:
-            value = await self.device.peripheral.read_descriptor(self.spec.handle)
-        except SimError as err:
-            raise to_dbus_error(err) from err
-        if offset > len(value):
-            raise bluez_error("InvalidArguments", "Invalid offset")
-        return bytes(value[offset:])
+        """GattDescriptor1.ReadValue (honours ``offset``)."""
+        peripheral = self.device.peripheral
+        return await _read_value(self.device, peripheral.read_descriptor, self.spec.handle, options)
 
     async def write_value(self, value: bytes, options: dict[str, Variant]) -> None:
         """GattDescriptor1.WriteValue (never the CCCD, as in bluetoothd)."""
-        if not self.device.connected:
-            raise bluez_error("Failed", "Not connected")
+        _require_link(self.device)
         if _norm_uuid(self.spec.uuid) == CCCD_UUID:
             # bluetoothd manages the CCCD itself (StartNotify/StopNotify/AcquireNotify).
             raise bluez_error("NotPermitted", "Write not permitted")
@@ -1125,3 +1105,27 @@ class DescriptorNode:
             await self.device.peripheral.write_descriptor(self.spec.handle, value)
         except SimError as err:
             raise to_dbus_error(err) from err
+
+
+def _require_link(device: DeviceNode) -> None:
+    if not device.connected:
+        raise bluez_error("Failed", "Not connected")
+
+
+async def _read_value(
+    device: DeviceNode,
+    read: Callable[[int], Awaitable[bytes]],
+    handle: int,
+    options: dict[str, Variant],
+) -> bytes:
+    """ReadValue of a characteristic or descriptor: ``read(handle)`` on a live link, from
+    the ``offset`` option on."""
+    _require_link(device)
+    offset = int(option(options, "offset", 0))
+    try:
+        value = await read(handle)
+    except SimError as err:
+        raise to_dbus_error(err) from err
+    if offset > len(value):
+        raise bluez_error("InvalidArguments", "Invalid offset")
+    return bytes(value[offset:])
