@@ -156,6 +156,71 @@ async def within(clock: Clock, awaitable: Awaitable[Any], timeout_s: float) -> t
     return False, None
 
 
+@dataclass
+class UplinkProgress:
+    """Progress of the forwarder as its counters show it. Messages in flight with neither an
+    acknowledgement nor a new session for ``limit_s`` mean its loop is stuck: the forwarder's
+    own PUBACK timeout would have ended the session long before."""
+
+    key: tuple[Any, ...] = ()
+    since: float = 0.0
+
+    def observe(self, stats: Mapping[str, Any], now: float, limit_s: float) -> None:
+        """Raise :class:`Stalled` when in-flight messages have made no progress for too long."""
+        in_flight = stats.get("in_flight") or 0
+        key = (stats.get("messages_acked"), stats.get("sessions"), stats.get("state"))
+        if not in_flight or key != self.key:
+            self.key = key
+            self.since = now
+            return
+        if now - self.since > limit_s:
+            raise Stalled("uplink")
+
+
+class GuardedLink:
+    """The MQTT link as the forwarder uses it, with the last check before the wire: a Bundle
+    for a patient whose consent is no longer active is not sent (the forwarder may hold rows
+    it read ahead of a revoke; they were purged, and the message is reported as done so they
+    are not retried). While the daemon drains for shutdown nothing new is sent either: such a
+    message fails at once and its readings stay pending for the next start."""
+
+    def __init__(self, link: Any, obs_prefix: str, consented: Callable[[str], bool],
+                 draining: Callable[[], bool]) -> None:
+        self._link = link
+        self._obs_prefix = obs_prefix
+        self._consented = consented
+        self._draining = draining
+        self.dropped = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._link, name)
+
+    def publish(self, topic: str, payload: bytes, **kwargs: Any) -> Any:
+        """Publish unless the message is a Bundle the daemon must no longer send."""
+        if topic.startswith(self._obs_prefix):
+            patient = topic[len(self._obs_prefix):]
+            if not self._consented(patient):
+                self.dropped += 1
+                log.info("uplink.revoked_not_sent")
+                return _done_future(None)
+            if self._draining():
+                from edge.errors import UplinkUnavailable
+
+                return _done_future(UplinkUnavailable("stopping: not sent, stays pending"))
+        return self._link.publish(topic, payload, **kwargs)
+
+
+def _done_future(exc: BaseException | None) -> asyncio.Future[None]:
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    if exc is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(exc)
+        # The forwarder inspects it in a done-callback; do not warn about it at exit.
+        fut.add_done_callback(lambda f: f.exception())
+    return fut
+
+
 class ConsentFilteredOutbox:
     """The vault as the forwarder sees it: ``next_batch`` drops rows of a patient whose
     consent was revoked after the rows were read. The intake closes the gate before the vault
@@ -348,6 +413,7 @@ class Daemon:
         self._started_at = self.clock.now()
         self.control: ControlServer | None = None
         self.outbox: ConsentFilteredOutbox | None = None
+        self._uplink_progress = UplinkProgress()
         self._hard_exit = hard_exit
         self._hard_timer: threading.Timer | None = None
 
@@ -414,15 +480,26 @@ class Daemon:
         if self._forwarder_factory is not None:
             return self._forwarder_factory(self._outbox(vault), self.status_devices)
         from edge.uplink.forwarder import Forwarder
+        from edge.uplink.mqtt import TlsMqttConnector
+
+        base = self._link_factory or TlsMqttConnector(self.config.uplink, self.config.hub.id)
+        obs_prefix = f"{self.config.uplink.topic_prefix}/{self.config.hub.id}/obs/"
+
+        async def guarded(will: Any) -> Any:
+            link = await base(will)
+            return GuardedLink(link, obs_prefix, self._consented, self._is_draining)
 
         return Forwarder(
             self.config.uplink,
             self.config.hub.id,
             self._outbox(vault),
-            link_factory=self._link_factory,
+            link_factory=guarded,
             clock=self.clock,
             status_provider=self.status_devices,
         )
+
+    def _is_draining(self) -> bool:
+        return self.outbox is not None and self.outbox.draining
 
     def _outbox(self, vault: Any) -> ConsentFilteredOutbox:
         self.outbox = ConsentFilteredOutbox(vault, self._consented)
@@ -525,7 +602,16 @@ class Daemon:
         await self.forwarder.run()
 
     async def _probe_uplink(self) -> None:
-        await _probe_part(self.forwarder, "stats")
+        fwd = self.forwarder
+        if fwd is None:
+            return
+        if callable(getattr(fwd, "probe", None)):
+            await _probe_part(fwd, "stats")
+            return
+        stats = to_jsonable(fwd.stats())
+        if isinstance(stats, dict):
+            self._uplink_progress.observe(stats, self.clock.monotonic(),
+                                          2 * self.config.uplink.ack_timeout_s)
 
     async def _ble_part(self) -> None:
         assert self.intake is not None
@@ -576,6 +662,9 @@ class Daemon:
                         watchdog: asyncio.Task[None]) -> None:
         budget = self.config.daemon.shutdown_timeout_s
         deadline = self.clock.monotonic() + budget
+        # 0. the forwarder starts nothing new; what is in flight may still be acknowledged.
+        if self.outbox is not None:
+            self.outbox.draining = True
         # 1. no new readings: BLE first.
         await self._cancel(tasks["ble"], budget * BLE_STOP_SHARE)
         # 2. let in-flight publishes finish.
@@ -599,8 +688,6 @@ class Daemon:
         fwd = self.forwarder
         if fwd is None:
             return
-        if self.outbox is not None:
-            self.outbox.draining = True
         remaining = max(0.0, deadline - self.clock.monotonic())
         drain = getattr(fwd, "drain", None)
         if callable(drain):
@@ -719,10 +806,11 @@ class Daemon:
         patient = _patient_param(request)
         assert self.intake is not None
         REDACTOR.register([patient])
-        purged = await self.intake.revoke(patient, actor=f"control:{actor}")
         forget = getattr(self.forwarder, "forget_patient", None)
         if callable(forget):
+            # a forwarder that reads ahead may drop that patient's buffered rows itself
             await resolve(forget(patient))
+        purged = await self.intake.revoke(patient, actor=f"control:{actor}")
         return {"patient": patient, "consent": "revoked", "purged": purged}
 
     async def _h_consent_list(self, request: dict[str, Any], actor: str) -> Any:

@@ -18,10 +18,9 @@ import pytest
 from edge.clock import ManualClock
 from edge.config import GatewayConfig, parse_config
 from edge.control import ControlClient
-from edge.daemon import Daemon, Supervisor, log_hash_key
+from edge.daemon import Daemon, Stalled, Supervisor, UplinkProgress, log_hash_key
 from edge.readings import HeartRateReading, TimeSource, stable_reading_id
 from edge.sdnotify import Health, SdNotifier
-from edge.uplink.forwarder import Forwarder
 from edge.vault import Vault
 from tests.support.vault_support import vault_config, write_key
 from tests.unit.daemon_fakes import FakeBle, FakeBroker
@@ -74,14 +73,9 @@ class Rig:
             self.bles.append(ble)
             return ble
 
-        def forwarder_factory(vault: Any, status: Callable[[], Any]) -> Forwarder:
-            return Forwarder(self.config.uplink, self.config.hub.id, vault,
-                             link_factory=self.broker.connect, clock=self.daemon.clock,
-                             status_provider=status)
-
         self.daemon = Daemon(
             self.config, key=self.key, vault_factory=lambda: self.vault,
-            ble_factory=ble_factory, forwarder_factory=forwarder_factory,
+            ble_factory=ble_factory, link_factory=self.broker.connect,
             clock=clock, notifier=notifier, install_signal_handlers=signals, env={},
             hard_exit=hard_exit,
         )
@@ -140,10 +134,9 @@ async def test_a_submitted_reading_flows_to_the_publisher(rig: Rig) -> None:
     assert topic == "edge/v1/hub-test/obs/patient-a"
     assert rid == hr("patient-a", 1).id
     assert rig.daemon.forwarder is not None
-    for _ in range(100):  # the delivery mark follows the PUBACK by a vault round trip
-        if (await rig.vault.stats()).pending == 0:
-            break
-        await asyncio.sleep(0.01)
+    fwd = rig.daemon.forwarder
+    # the delivery mark follows the PUBACK by a vault round trip
+    await until(lambda: fwd.stats()["readings_delivered"] == 1)
     assert (await rig.vault.stats()).pending == 0
     assert rig.daemon.intake is not None
     assert rig.daemon.intake.stats()["received"] == {"heart_rate": 1}
@@ -189,6 +182,34 @@ async def test_status_and_consent_over_the_control_socket(rig: Rig) -> None:
 
     assert (await asyncio.to_thread(client.request, "devices.refresh")) == {"refreshed": True}
     assert rig.bles[-1].refreshed == 1
+
+
+async def until(cond: Callable[[], bool]) -> None:
+    """Poll a condition the code under test offers no event for (bounded)."""
+    async def loop() -> None:
+        while not cond():  # noqa: ASYNC110 - the forwarder's counters have no event to await
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(loop(), 5)
+
+
+async def test_nothing_read_ahead_is_sent_after_a_revoke(tmp_path: Path) -> None:
+    r = Rig(tmp_path, uplink={"inflight_window": 1, "batch_max_readings": 1})
+    await r.open("patient-b")
+    await r.start()
+    await asyncio.wait_for(r.bles[0].started.wait(), 5)
+    r.broker.hold = True
+    await r.sink.submit([hr("patient-b", n) for n in range(1, 5)])
+    await wait_for(lambda: len(r.broker.observations) == 1, r.broker.published)
+    client = ControlClient(r.config.daemon.control_socket, timeout_s=5)
+    result = await asyncio.to_thread(client.request, "consent.revoke", patient="patient-b")
+    assert result["purged"] == 4
+    r.broker.release()
+    fwd = r.daemon.forwarder
+    assert fwd is not None
+    # whatever the forwarder had read ahead is handed to the link, which does not send it
+    await until(lambda: fwd.stats()["readings_sent"] == 4)
+    assert len(r.broker.observations) == 1
+    assert await r.stop() == 0
 
 
 async def test_sigterm_stops_ble_first_and_lets_in_flight_publishes_finish(
@@ -390,3 +411,18 @@ def test_log_hash_key_is_stable_and_not_the_key() -> None:
     assert log_hash_key(k) == log_hash_key(k)
     assert log_hash_key(k) != k and len(log_hash_key(k)) == 32
     assert log_hash_key(k) != log_hash_key(bytes(32))
+
+
+def test_uplink_progress_flags_only_a_stuck_forwarder() -> None:
+    p = UplinkProgress()
+    stuck = {"in_flight": 2, "messages_acked": 5, "sessions": 1, "state": "connected"}
+    p.observe(stuck, 0.0, 60.0)
+    p.observe(stuck, 59.0, 60.0)
+    with pytest.raises(Stalled):
+        p.observe(stuck, 61.0, 60.0)
+    # an acknowledgement, a new session or an empty window is progress
+    p.observe({**stuck, "messages_acked": 6}, 62.0, 60.0)
+    p.observe({**stuck, "messages_acked": 6}, 121.0, 60.0)
+    p.observe({**stuck, "messages_acked": 6, "sessions": 2}, 150.0, 60.0)
+    p.observe({**stuck, "in_flight": 0}, 400.0, 60.0)
+    p.observe({**stuck, "in_flight": 1}, 450.0, 60.0)
