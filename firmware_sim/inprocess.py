@@ -479,17 +479,11 @@ class SimBleakClient:
         if not self._known:
             found = await self._bound.Scanner.find_device_by_address(self.address, timeout)
             if found is None:
-                raise BleakDeviceNotFoundError(
-                    self.address, f"Device with address {self.address} was not found."
-                )
+                raise _not_found(self.address)
             self._known = True
         device = fleet.find(self.address)
         if device is None:
-            raise BleakDeviceNotFoundError(
-                self.address,
-                f"Device with address {self.address} was not found. It may have been "
-                "removed from BlueZ when scanning stopped.",
-            )
+            raise _not_found(self.address, removed=True)
         await _clock_timeout(self._bound, self._connect_loop(device), timeout)
         self._device = device
         self._connected = True
@@ -512,11 +506,7 @@ class SimBleakClient:
                     await self._bound.fleet.clock.sleep(_CONNECT_RETRY_S)
                     continue
                 if e.code is SimErrorCode.UNKNOWN_OBJECT:
-                    raise BleakDeviceNotFoundError(
-                        self.address,
-                        f"Device with address {self.address} was not found. It may have been "
-                        "removed from BlueZ when scanning stopped.",
-                    ) from e
+                    raise _not_found(self.address, removed=True) from e
                 raise_as_bleak(e)
 
     async def disconnect(self) -> None:
@@ -534,9 +524,7 @@ class SimBleakClient:
         """Pair (bond) with the device; no-op if already paired."""
         device = self._device or self._bound.fleet.find(self.address)
         if device is None:
-            raise BleakDeviceNotFoundError(
-                self.address, f"Device with address {self.address} was not found."
-            )
+            raise _not_found(self.address)
         if device.paired:
             return
         try:
@@ -550,16 +538,12 @@ class SimBleakClient:
         self._teardown(notify=False)
         self._known = False
         if device is None:
-            raise BleakDeviceNotFoundError(
-                self.address, f"Device with address {self.address} was not found."
-            )
+            raise _not_found(self.address)
         try:
             await device.unpair()
         except SimError as e:
             if e.code is SimErrorCode.DOES_NOT_EXIST:
-                raise BleakDeviceNotFoundError(
-                    self.address, f"Device with address {self.address} was not found."
-                ) from e
+                raise _not_found(self.address) from e
             raise_as_bleak(e)
 
     # GATT -------------------------------------------------------------------
@@ -705,6 +689,15 @@ class SimBleakClient:
             self._remove_observer = None
         if was and notify and self._disconnected_callback is not None:
             self._disconnected_callback(self)
+
+
+def _not_found(address: str, *, removed: bool = False) -> BleakDeviceNotFoundError:
+    """bleak's error for an address BlueZ does not know; ``removed`` adds bleak's guess for a
+    device that was seen before."""
+    message = f"Device with address {address} was not found."
+    if removed:
+        message += " It may have been removed from BlueZ when scanning stopped."
+    return BleakDeviceNotFoundError(address, message)
 
 
 def _collection(device: SimDevice) -> BleakGATTServiceCollection:
