@@ -84,6 +84,18 @@ def _spawn(coro: Coroutine[Any, Any, Any]) -> None:
     task.add_done_callback(_background.discard)
 
 
+def _plain_callback(callback: Callable[..., Any], *first: Any) -> Callable[..., None]:
+    """``callback`` with ``first`` bound as its leading arguments; as in bleak, a coroutine
+    function is run as a task of its own rather than awaited by the caller."""
+    if inspect.iscoroutinefunction(callback):
+
+        def spawned(*args: Any) -> None:
+            _spawn(callback(*first, *args))
+
+        return spawned
+    return functools.partial(callback, *first)
+
+
 def device_path(address: str) -> str:
     """The BlueZ object path of a device address."""
     return f"{ADAPTER_PATH}/dev_{address.upper().replace(':', '_')}"
@@ -357,16 +369,8 @@ class SimBleakScanner:
     # internals ------------------------------------------------------------
 
     def _register(self, callback: DetectionCallback) -> Callable[[], None]:
-        if inspect.iscoroutinefunction(callback):
-
-            def wrapped(d: BLEDevice, a: AdvertisementData) -> None:
-                _spawn(callback(d, a))
-
-            fn: Callable[[BLEDevice, AdvertisementData], None] = wrapped
-        else:
-            fn = callback  # type: ignore[assignment]
         token = object()
-        self._callbacks[token] = fn
+        self._callbacks[token] = _plain_callback(callback)
         return lambda: self._callbacks.pop(token, None) and None
 
     def _on_added(self, dev: SimDevice) -> None:
@@ -610,15 +614,7 @@ class SimBleakClient:
         if not self.is_connected:
             raise BleakError("Not connected")
         ch = self._resolve(char_specifier)
-        if inspect.iscoroutinefunction(callback):
-
-            def wrapped(data: bytearray) -> None:
-                _spawn(callback(ch, data))
-
-            fn: Callable[[bytearray], None] = wrapped
-        else:
-            fn = functools.partial(callback, ch)  # type: ignore[assignment]
-        self._callbacks[ch.handle] = fn
+        self._callbacks[ch.handle] = _plain_callback(callback, ch)
         try:
             await self._live().start_notify(ch.handle)
         except SimError as e:
