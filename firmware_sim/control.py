@@ -96,6 +96,13 @@ class ControlInterface(ServiceInterface):
             raise DBusError(f"{_ERROR}.NoSuchDevice", "no such simulated device")
         return found
 
+    def _control(self, device: str, method: str, kind: str) -> Callable[..., Any]:
+        """The device's kind-specific control ``method``; NotSupported if it is not ``kind``."""
+        found: Callable[..., Any] | None = getattr(self._device(device), method, None)
+        if found is None:
+            raise DBusError(f"{_ERROR}.NotSupported", f"not {kind}")
+        return found
+
     def _call(self, fn: Callable[[], T]) -> T:
         try:
             return fn()
@@ -145,20 +152,14 @@ class ControlInterface(ServiceInterface):
     @dbus_method()
     def AddGlucoseRecord(self, device: DBusStr, fields_json: DBusStr) -> DBusUInt16:
         """Store a record on a meter; returns its sequence number."""
-        dev = self._device(device)
-        add = getattr(dev, "add_glucose_record", None)
-        if add is None:
-            raise DBusError(f"{_ERROR}.NotSupported", "not a glucose meter")
+        add = self._control(device, "add_glucose_record", "a glucose meter")
         fields = _glucose_fields(_json_object(fields_json, "record"))
         return int(self._call(lambda: add(**fields)))
 
     @dbus_method()
     def SetHeartRate(self, device: DBusStr, bpm: DBusInt32) -> None:
         """Pin a strap's heart rate; -1 releases it."""
-        dev = self._device(device)
-        setter = getattr(dev, "set_heart_rate", None)
-        if setter is None:
-            raise DBusError(f"{_ERROR}.NotSupported", "not a heart-rate strap")
+        setter = self._control(device, "set_heart_rate", "a heart-rate strap")
         self._call(lambda: setter(None if bpm < 0 else bpm))
 
     @dbus_method()
