@@ -186,6 +186,7 @@ class MqttLink:
         self._writing = False
         self._misc: asyncio.TimerHandle | None = None
         self._is_v5 = mqtt_version == "5"
+        self._props: dict[tuple[str | None, int | None], Properties] = {}
         client.on_connect = self._on_connect
         client.on_publish = self._on_publish
         client.on_disconnect = self._on_disconnect
@@ -334,11 +335,16 @@ class MqttLink:
             raise UplinkUnavailable("link is closed")
         props: Properties | None = None
         if self._is_v5 and (content_type or message_expiry_s):
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            if content_type:
-                props.ContentType = content_type
-            if message_expiry_s:
-                props.MessageExpiryInterval = message_expiry_s
+            key = (content_type, message_expiry_s)
+            props = self._props.get(key)
+            if props is None:
+                # paho only reads them when packing: one object serves every message.
+                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                if content_type:
+                    props.ContentType = content_type
+                if message_expiry_s:
+                    props.MessageExpiryInterval = message_expiry_s
+                self._props[key] = props
         info = self._client.publish(topic, payload, qos=1, retain=retain, properties=props)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             # NO_CONN / QUEUE_SIZE / CONN_LOST: the message was not sent.

@@ -256,3 +256,41 @@ async def test_reset_or_missing_puback_keeps_the_outbox_consistent(
         assert all(got[i] >= 1 for i in p.ids)
     dupes = {i for i, n in got.items() if n > 1}
     assert dupes <= rec.unacked_ids()
+
+
+async def test_mqtt_311_is_selectable(broker: Broker, tpki: TestPki) -> None:
+    outbox = FakeOutbox()
+    expected = set(outbox.add_readings(make_readings(30, PATIENTS)))
+    cfg = tpki.uplink_config(broker.port, mqtt_version="3.1.1", batch_max_readings=7)
+    fwd, rec = make_forwarder(cfg, outbox, tpki)
+    with subscriber(broker, tpki, topic="edge/v1/+/obs/#") as sub:
+        async with forwarding(fwd):
+            await wait_until(lambda: not outbox.rows)
+            assert rec.links[0].info.mqtt_version == "3.1.1"
+            await asyncio.to_thread(sub.wait_for, lambda m: set(ids_in(m)) >= expected)
+        msgs = sub.snapshot()
+    assert set(ids_in(msgs)) == expected
+    # 3.1.1 has no properties: no content type on the wire
+    assert all(m.content_type is None for m in msgs)
+    assert "as hub-1 (p2," in broker.log_text()  # mosquitto: p2 = MQTT 3.1.1, p5 = MQTT 5
+
+
+async def test_last_will_says_offline_when_the_link_dies(broker: Broker, tpki: TestPki) -> None:
+    cfg = tpki.uplink_config(broker.port, reconnect_base_s=30, reconnect_cap_s=30)
+    fwd, rec = make_forwarder(cfg, FakeOutbox(), tpki)
+    with subscriber(broker, tpki, topic="edge/v1/hub-1/status") as sub:
+        async with forwarding(fwd):
+            await asyncio.to_thread(
+                sub.wait_for, lambda m: any(json.loads(x.payload)["state"] == "online" for x in m)
+            )
+            rec.links[0].abort()  # the connection drops without DISCONNECT, as in a crash
+            assert await asyncio.to_thread(
+                sub.wait_for, lambda m: json.loads(m[-1].payload)["state"] == "offline"
+            )
+            assert fwd.state == "backoff"
+        docs = [json.loads(m.payload) for m in sub.snapshot()]
+    offline = docs[1]
+    assert offline == {"hub": "hub-1", "state": "offline"}
+    online = docs[0]
+    assert {"queue_depth", "oldest_pending_age_s", "cert_days_left", "at"} <= set(online)
+    assert 800 < online["cert_days_left"] < 830
