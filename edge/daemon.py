@@ -311,6 +311,8 @@ class Supervisor:
                 await self._wait_backoff(self._backoff.next_delay())
         finally:
             self.state = "stopped"
+            # stopped on purpose (shutdown): no longer part of the daemon's health
+            self.health.unregister(self.name)
 
     async def _run_once(self) -> None:
         part = asyncio.ensure_future(self.start())
