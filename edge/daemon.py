@@ -6,9 +6,15 @@ reports its heartbeat to :class:`edge.sdnotify.Health`. The watchdog task pets s
 while every part is fresh, so a hung loop or a part that keeps dying makes systemd restart the
 whole service.
 
-Shutdown (SIGTERM/SIGINT): STOPPING=1, stop BLE first (no new readings), let the forwarder
-finish what is in flight (bounded by ``daemon.shutdown_timeout_s``), stop the rest, close the
-vault, return 0.
+Consent revocation takes effect at once: the intake's gate closes (no new readings stored),
+the vault revokes, purges and audits in one transaction, and the forwarder's vault view and
+its MQTT link drop anything of that patient it had already read, so nothing of theirs is
+published after the revoke began.
+
+Shutdown (SIGTERM/SIGINT): STOPPING=1, the forwarder starts nothing new, BLE stops first (no
+new readings), in-flight publishes may still be acknowledged (bounded by
+``daemon.shutdown_timeout_s``), the rest stops, the vault closes, and ``run`` returns 0. A part
+that overruns the budget is ended by ``hard_exit`` (``edge run``: the process exits).
 """
 
 from __future__ import annotations
