@@ -223,3 +223,39 @@ def test_probe_command_line(broker: Broker, tpki: TestPki, tmp_path: Path) -> No
     assert bad.returncode == 3
     assert "FAILED — pin_mismatch" in bad.stdout
     assert f"broker presented {tpki.broker.pin}" in bad.stdout
+
+
+async def test_open_tls_pins_before_anything_is_sent(broker: Broker, tpki: TestPki) -> None:
+    import socket
+
+    from edge.uplink.pins import PinVerifier
+    from edge.uplink.tls import build_context, open_tls
+
+    cfg = tpki.uplink_config(broker.port)
+    session = await open_tls(
+        cfg.host, cfg.port, build_context(cfg), PinVerifier.from_files(cfg.pins, cfg.ca_file)
+    )
+    try:
+        assert session.version == "TLSv1.3"
+        assert session.pin.matched == tpki.broker.pin and session.pin.matched_on == "leaf"
+        assert session.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert session.sock.getblocking() is False
+    finally:
+        session.sock.close()
+
+
+async def test_tls12_peer_is_accepted_when_the_floor_is_12(tmp_path: Path, tpki: TestPki) -> None:
+    from edge.uplink.pins import PinVerifier
+    from edge.uplink.tls import build_context, open_tls
+
+    srv = start_tls12_only_peer(tmp_path, tpki)
+    try:
+        cfg = tpki.uplink_config(srv.port, tls_min_version="1.2")
+        session = await open_tls(
+            cfg.host, cfg.port, build_context(cfg), PinVerifier.from_files(cfg.pins, cfg.ca_file)
+        )
+        session.sock.close()
+    finally:
+        srv.stop()
+    assert session.version == "TLSv1.2"
+    assert session.cipher.startswith("ECDHE-") and "GCM" in session.cipher

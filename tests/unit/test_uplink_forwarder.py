@@ -333,3 +333,18 @@ async def test_cancel_says_offline_and_disconnects_cleanly() -> None:
     assert json.loads(link.sent[1].payload)["state"] == "offline"
     assert link.sent[1].retain
     assert link.closed_cleanly
+
+
+async def test_status_is_republished_every_interval() -> None:
+    outbox = FakeOutbox()
+    factory = FakeFactory()
+    fwd, clock = make(outbox, factory, status_interval_s=60)
+    async with running(fwd):
+        await until(lambda: factory.links and factory.links[0].sent)
+        link = factory.links[0]
+        await until(lambda: 60 in clock.requested)
+        outbox.add("p", 3)
+        clock.advance(60)
+        await until(lambda: len([s for s in link.sent if s.retain]) == 2)
+        docs = [json.loads(s.payload) for s in link.sent if s.retain]
+        assert [d["queue_depth"] for d in docs] == [0, 3]
