@@ -855,10 +855,16 @@ def all_refusals(counts: Any) -> dict[str, int]:
 
 
 def _patient_param(request: dict[str, Any]) -> str:
+    from edge.errors import UsageError
+    from edge.readings import check_pseudonym
+
     patient = request.get("patient")
-    if not isinstance(patient, str) or not patient.strip() or len(patient) > 128:
-        raise ControlError("a patient pseudonym (1-128 characters) is required", "bad_request")
-    return patient.strip()
+    if not isinstance(patient, str):
+        raise ControlError("a patient pseudonym is required", "bad_request")
+    try:
+        return check_pseudonym(patient)
+    except UsageError as exc:
+        raise ControlError(str(exc), "bad_request") from exc
 
 
 def _inflight(forwarder: Any) -> int:

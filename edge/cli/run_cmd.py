@@ -214,6 +214,9 @@ def format_status(status: dict[str, Any]) -> str:
 
 
 def _consent_grant(args: argparse.Namespace) -> int:
+    from edge.readings import check_pseudonym
+
+    check_pseudonym(args.patient)
     cfg = config_from_args(args)
     quiet_logs()
     try:
@@ -230,6 +233,9 @@ def _consent_grant(args: argparse.Namespace) -> int:
 
 
 def _consent_revoke(args: argparse.Namespace) -> int:
+    from edge.readings import check_pseudonym
+
+    check_pseudonym(args.patient)
     cfg = config_from_args(args)
     quiet_logs()
     try:

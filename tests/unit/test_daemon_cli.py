@@ -99,3 +99,13 @@ def test_status_text_names_every_part() -> None:
     assert "uplink:     connected" in text
     assert "300.5 days left" in text
     assert "AA:BB:CC:DD:EE:01  heart_rate  connected" in text
+
+
+def test_consent_refuses_what_is_not_a_pseudonym(
+    tmp_path: Path, key_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = str(write_config(tmp_path))
+    assert main(["consent", "grant", "Jane Doe", "--config", cfg]) != 0
+    err = capsys.readouterr().err
+    assert "pseudonym" in err and "Jane" not in err
+    assert not (tmp_path / "vault" / "vault.db").exists()
