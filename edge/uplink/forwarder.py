@@ -135,6 +135,7 @@ class _Counters:
     ack_timeouts: int = 0
     publish_refusals: int = 0
     unroutable: int = 0
+    unencodable: int = 0
     last_error: str | None = None
     extra: dict[str, int] = field(default_factory=dict)
 
@@ -226,6 +227,7 @@ class Forwarder:
             "ack_timeouts": c.ack_timeouts,
             "publish_refusals": c.publish_refusals,
             "unroutable": c.unroutable,
+            "unencodable": c.unencodable,
             "last_error": c.last_error,
         }
 
@@ -451,7 +453,18 @@ class Forwarder:
         return groups, used
 
     def _send(self, link: Link, rows: list[PendingLike]) -> None:
-        payload = self._encode(rows)
+        try:
+            payload = self._encode(rows)
+        except Exception as exc:
+            # A stored row that no longer decodes must not block the rest: send the others
+            # one by one; the bad one stays pending (counted, in the log), never dropped.
+            if len(rows) > 1:
+                for row in rows:
+                    self._send(link, [row])
+                return
+            self._counters.unencodable += 1
+            log.error("uplink.unencodable_reading", error=type(exc).__name__)
+            return
         raw = sum(len(r.payload) for r in rows)
         if raw:
             # Track how much bigger FHIR is than the stored JSON, for the next estimate.

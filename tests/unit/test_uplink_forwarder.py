@@ -348,3 +348,30 @@ async def test_status_is_republished_every_interval() -> None:
         await until(lambda: len([s for s in link.sent if s.retain]) == 2)
         docs = [json.loads(s.payload) for s in link.sent if s.retain]
         assert [d["queue_depth"] for d in docs] == [0, 3]
+
+
+async def test_a_row_that_does_not_encode_stays_pending_and_the_rest_goes() -> None:
+    outbox = FakeOutbox()
+    good = outbox.add("p", 2)
+    bad = outbox.add("p", 1)
+    more = outbox.add("p", 1)
+
+    def picky(rows: Any) -> bytes:
+        if any(r.id in bad for r in rows):
+            raise ValueError("corrupt")
+        return ids_encoder(rows)
+
+    factory = FakeFactory()
+    fwd = Forwarder(
+        make_cfg(batch_max_readings=10), "hub-1", outbox, link_factory=factory,
+        clock=RecordingClock(), encoder=picky,
+    )
+    async with running(fwd):
+        await until(lambda: factory.links and len(factory.links[0].obs()) == 3)
+        link = factory.links[0]
+        assert [m.ids for m in link.obs()] == [[good[0]], [good[1]], more]
+        for m in link.obs():
+            link.ack(m)
+        await until(lambda: outbox.pending_ids() == set(bad))
+        assert fwd.stats()["unencodable"] == 1
+        assert fwd.state == "connected"
