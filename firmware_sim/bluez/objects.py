@@ -286,36 +286,19 @@ class GattServiceInterface(ServiceInterface):
         return []
 
 
-class GattCharacteristicInterface(ServiceInterface):
-    """``org.bluez.GattCharacteristic1`` of a characteristic without notify/indicate.
+class _GattAttributeInterface(ServiceInterface):
+    """What ``GattCharacteristic1`` and ``GattDescriptor1`` have alike: a UUID and a value,
+    read and written through the node."""
 
-    ``AcquireNotify`` is answered by the server's message filter (it passes a file
-    descriptor whose local copy must be closed once the reply is written).
-    """
-
-    def __init__(self, node: "CharacteristicNode") -> None:
-        super().__init__(CHARACTERISTIC_INTERFACE)
-        self._node = node
+    _node: "CharacteristicNode | DescriptorNode"
 
     @dbus_property(access=_READ)
     def UUID(self) -> DBusStr:
         return self._node.spec.uuid
 
     @dbus_property(access=_READ)
-    def Service(self) -> DBusObjectPath:
-        return self._node.service_path
-
-    @dbus_property(access=_READ)
     def Value(self) -> DBusBytes:
         return self._node.value
-
-    @dbus_property(access=_READ)
-    def Flags(self) -> DBusStrList:
-        return self._node.flags()
-
-    @dbus_property(access=_READ)
-    def MTU(self) -> DBusUInt16:
-        return self._node.mtu()
 
     @dbus_method()
     async def ReadValue(self, options: DBusDict) -> DBusBytes:
@@ -324,6 +307,32 @@ class GattCharacteristicInterface(ServiceInterface):
     @dbus_method()
     async def WriteValue(self, value: DBusBytes, options: DBusDict) -> None:
         await self._node.write_value(bytes(value), options)
+
+
+class GattCharacteristicInterface(_GattAttributeInterface):
+    """``org.bluez.GattCharacteristic1`` of a characteristic without notify/indicate.
+
+    ``AcquireNotify`` is answered by the server's message filter (it passes a file
+    descriptor whose local copy must be closed once the reply is written).
+    """
+
+    _node: "CharacteristicNode"
+
+    def __init__(self, node: "CharacteristicNode") -> None:
+        super().__init__(CHARACTERISTIC_INTERFACE)
+        self._node = node
+
+    @dbus_property(access=_READ)
+    def Service(self) -> DBusObjectPath:
+        return self._node.service_path
+
+    @dbus_property(access=_READ)
+    def Flags(self) -> DBusStrList:
+        return self._node.flags()
+
+    @dbus_property(access=_READ)
+    def MTU(self) -> DBusUInt16:
+        return self._node.mtu()
 
     @dbus_method()
     async def StartNotify(self) -> None:
@@ -352,32 +361,18 @@ class NotifyingCharacteristicInterface(IndicatingCharacteristicInterface):
         return self._node.notify_acquired
 
 
-class GattDescriptorInterface(ServiceInterface):
+class GattDescriptorInterface(_GattAttributeInterface):
     """``org.bluez.GattDescriptor1``."""
+
+    _node: "DescriptorNode"
 
     def __init__(self, node: "DescriptorNode") -> None:
         super().__init__(DESCRIPTOR_INTERFACE)
         self._node = node
 
     @dbus_property(access=_READ)
-    def UUID(self) -> DBusStr:
-        return self._node.spec.uuid
-
-    @dbus_property(access=_READ)
     def Characteristic(self) -> DBusObjectPath:
         return self._node.characteristic_path
-
-    @dbus_property(access=_READ)
-    def Value(self) -> DBusBytes:
-        return self._node.value
-
-    @dbus_method()
-    async def ReadValue(self, options: DBusDict) -> DBusBytes:
-        return await self._node.read_value(options)
-
-    @dbus_method()
-    async def WriteValue(self, value: DBusBytes, options: DBusDict) -> None:
-        await self._node.write_value(bytes(value), options)
 
 
 def option(options: dict[str, Variant], key: str, default: Any) -> Any:
