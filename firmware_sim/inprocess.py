@@ -575,15 +575,7 @@ class SimBleakClient:
         **kwargs: Any,
     ) -> bytearray:
         ch = self._resolve(char_specifier)
-        while True:
-            device = self._live()
-            try:
-                return bytearray(await device.read(ch.handle))
-            except SimError as e:
-                if e.code is SimErrorCode.IN_PROGRESS:
-                    await self._bound.fleet.clock.sleep(_INPROGRESS_RETRY_S)
-                    continue
-                raise_as_bleak(e, gatt=True)
+        return bytearray(await self._retrying(lambda device: device.read(ch.handle)))
 
     async def write_gatt_char(
         self,
@@ -592,13 +584,17 @@ class SimBleakClient:
         response: bool | None = None,
     ) -> None:
         ch = self._resolve(char_specifier)
-        if response is None:
-            response = "write" in ch.properties
+        with_response = "write" in ch.properties if response is None else response
+        await self._retrying(
+            lambda device: device.write(ch.handle, bytes(data), with_response=with_response)
+        )
+
+    async def _retrying(self, op: Callable[[SimDevice], Awaitable[T]]) -> T:
+        """``op`` on the connected device; ``InProgress`` is retried, as bleak does."""
         while True:
             device = self._live()
             try:
-                await device.write(ch.handle, bytes(data), with_response=response)
-                return
+                return await op(device)
             except SimError as e:
                 if e.code is SimErrorCode.IN_PROGRESS:
                     await self._bound.fleet.clock.sleep(_INPROGRESS_RETRY_S)
