@@ -291,6 +291,8 @@ class Forwarder:
         self._counters.sessions += 1
         self._inflight.clear()
         self._end = asyncio.get_running_loop().create_future()
+        # Its exception is read by _end_reason, or not at all when another task ended first.
+        self._end.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._last_audit = None
         info = link.info
         log.info(
