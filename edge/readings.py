@@ -30,7 +30,7 @@ _PSEUDONYM_RE = re.compile(PSEUDONYM_PATTERN)
 
 def check_pseudonym(value: str) -> str:
     """``value`` if it is a usable patient pseudonym, else UsageError (not echoing it)."""
-    if not _PSEUDONYM_RE.match(value):
+    if not _PSEUDONYM_RE.fullmatch(value):
         raise UsageError(
             "a patient pseudonym is 1-64 letters, digits, '-' or '.', starting with a letter "
             "or digit (it becomes a FHIR id and an MQTT topic level)"
