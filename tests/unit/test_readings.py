@@ -46,7 +46,9 @@ def test_usable_pseudonyms(ok: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["", "trailing-newline\n", "-lead", "has space", "a/b", "a+b", "a#b", "jane_doe", "x" * 65, "é"]
+    "bad",
+    ["", "trailing-newline\n", "-lead", "has space", "a/b", "a+b", "a#b", "jane_doe", "x" * 65,
+     "é"],
 )
 def test_pseudonyms_that_would_break_fhir_ids_or_topics_are_refused(bad: str) -> None:
     with pytest.raises(UsageError) as err:
