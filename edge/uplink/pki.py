@@ -248,7 +248,7 @@ def write_dev_pki(
     ca = make_ca()
     ca_path = out / "ca.crt"
     write_cert(ca_path, ca.cert)
-    # The CA key stays in the dev PKI so that `edge pki` can be re-run to issue more.
+    # The CA key stays beside it (0600): a dev CA, so more certificates can be issued by hand.
     write_key(out / "ca.key", ca.key)
     ca_files = CertFiles(ca_path, out / "ca.key", ca.pin)
 
