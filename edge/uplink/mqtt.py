@@ -421,19 +421,40 @@ async def connect_link(
     if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or link.is_closed:
         link.abort()
         cause = client.edge_last_error
-        if cause is not None:
-            raise classify_ssl_error(cause) from cause
-        raise UplinkUnavailable(f"MQTT connect failed ({paho.error_string(rc)})")
+        err = (
+            classify_ssl_error(cause)
+            if cause is not None
+            else UplinkUnavailable(f"MQTT connect failed ({paho.error_string(rc)})")
+        )
+        _attach(err, link.info)
+        raise err from cause
     link._start()
     try:
         await asyncio.wait_for(asyncio.shield(link._connack), connect_timeout)
     except TimeoutError as exc:
         link.abort()
-        raise UplinkUnavailable("no CONNACK from the broker") from exc
+        err = UplinkUnavailable("no CONNACK from the broker")
+        _attach(err, link.info)
+        raise err from exc
+    except EdgeError as exc:
+        link.abort()
+        # The TLS part succeeded: say so (the probe reports it).
+        _attach(exc, link.info)
+        raise
     except BaseException:
         link.abort()
         raise
     return link
+
+
+def _attach(exc: BaseException, info: LinkInfo) -> None:
+    setattr(exc, "link_info", info)  # noqa: B010 -- not every error class declares it
+
+
+def link_info_of(exc: BaseException) -> LinkInfo | None:
+    """The TLS details of a connection that got past the pin check and then failed."""
+    info = getattr(exc, "link_info", None)
+    return info if isinstance(info, LinkInfo) else None
 
 
 class TlsMqttConnector:

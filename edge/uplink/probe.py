@@ -21,7 +21,7 @@ from edge.errors import (
     UplinkUnavailable,
 )
 from edge.uplink.forwarder import offline_document, status_topic
-from edge.uplink.mqtt import PublishRefused, TlsMqttConnector, Will
+from edge.uplink.mqtt import LinkInfo, PublishRefused, TlsMqttConnector, Will, link_info_of
 from edge.uplink.tls import REASON_HELP
 
 
@@ -97,6 +97,7 @@ async def probe(cfg: UplinkConfig, hub_id: str, *, step_timeout: float = 10.0) -
         return result
     except TlsVerificationError as exc:
         result.reason, result.detail = exc.reason, str(exc)
+        _tls_part(result, link_info_of(exc))
         return result
     except KeyUnavailable as exc:
         result.reason, result.detail = "key_unavailable", str(exc)
@@ -106,11 +107,10 @@ async def probe(cfg: UplinkConfig, hub_id: str, *, step_timeout: float = 10.0) -
         return result
     except UplinkUnavailable as exc:
         result.reason, result.detail = "unreachable", str(exc)
+        _tls_part(result, link_info_of(exc))
         return result
     info = link.info
-    result.tls_version, result.cipher = info.tls_version, info.cipher
-    result.pin_matched, result.pin_matched_on = info.pin.matched, info.pin.matched_on
-    result.presented_pin = info.pin.presented
+    _tls_part(result, info)
     result.connected, result.mqtt_version = True, info.mqtt_version
     result.status_topic = topic
     doc = json.dumps({"hub": hub_id, "state": "probe"}, separators=(",", ":")).encode()
@@ -131,6 +131,13 @@ async def probe(cfg: UplinkConfig, hub_id: str, *, step_timeout: float = 10.0) -
     finally:
         await link.close()
     return result
+
+
+def _tls_part(result: ProbeResult, info: LinkInfo | None) -> None:
+    if info is not None:
+        result.tls_version, result.cipher = info.tls_version, info.cipher
+        result.pin_matched, result.pin_matched_on = info.pin.matched, info.pin.matched_on
+        result.presented_pin = info.pin.presented
 
 
 async def _wait(fut: asyncio.Future[None], seconds: float) -> None:

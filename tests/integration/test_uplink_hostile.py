@@ -125,6 +125,12 @@ async def test_hostile_broker_gets_nothing(
         assert "New connection from 127.0.0.1" in log_text
         assert "New client connected" not in log_text
         assert "CONNACK" not in log_text
+    elif kind == "client_cert_refused":
+        # Our side of the handshake and the pin check passed; the broker refused us.
+        assert result.pin_matched == tpki.broker.pin
+        assert result.tls_version == "TLSv1.3"
+        assert events[0]["reason"] == reason
+        assert "OpenSSL Error" in log_text
     elif kind == "tls12_only":
         # The peer saw our hello offer nothing it speaks.
         assert "unsupported protocol" in log_text
@@ -264,3 +270,39 @@ async def test_tls12_peer_is_accepted_when_the_floor_is_12(tmp_path: Path, tpki:
         srv.stop()
     assert session.version == "TLSv1.2"
     assert session.cipher.startswith("ECDHE-") and "GCM" in session.cipher
+
+
+@pytest.mark.parametrize(("version", "connack"), [("5", b"\x20\x03\x00\x87\x00"),
+                                                   ("3.1.1", b"\x20\x02\x00\x05")])
+async def test_connack_refusal_is_not_authorised(
+    tpki: TestPki, version: str, connack: bytes
+) -> None:
+    """A broker (here a minimal TLS server) that answers CONNECT with "not authorised"."""
+    import ssl
+
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(str(tpki.broker.cert), str(tpki.broker.key))
+    server_ctx.load_verify_locations(str(tpki.ca.cert))
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    got_connect = asyncio.Event()
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        first = await r.read(1)
+        if first == b"\x10":  # CONNECT
+            got_connect.set()
+            w.write(connack)
+            await w.drain()
+        await r.read(100)
+        w.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        cfg = tpki.uplink_config(port, mqtt_version=version)
+        result = await probe(cfg, tpki.hub_id, step_timeout=5)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert got_connect.is_set()
+    assert result.reason == "not_authorised" and result.exit_code == 3
+    assert result.pin_matched == tpki.broker.pin  # the TLS part succeeded
