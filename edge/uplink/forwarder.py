@@ -40,7 +40,7 @@ AUDIT_REPEAT_S = 3600.0
 _BYTES_HEADROOM = 0.85
 #: read ahead this many full windows, so a vault read queued behind a delivery commit does
 #: not leave the window idle
-READ_AHEAD_WINDOWS = 4
+READ_AHEAD_WINDOWS = 2
 
 
 class PendingLike(Protocol):
