@@ -386,6 +386,7 @@ async def connect_link(
     *,
     will: Will | None = None,
     connect_timeout: float = 10.0,
+    client_id: str | None = None,
 ) -> MqttLink:
     """TCP + TLS + pin check, then MQTT CONNECT; returns once the broker's CONNACK accepts.
 
@@ -401,7 +402,7 @@ async def connect_link(
         client = _PinnedClient(
             session.sock,
             callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=hub_id,
+            client_id=client_id or hub_id,
             protocol=protocol,
             clean_session=None if protocol == MQTTProtocolVersion.MQTTv5 else True,
             reconnect_on_failure=False,
@@ -460,10 +461,18 @@ def link_info_of(exc: BaseException) -> LinkInfo | None:
 class TlsMqttConnector:
     """The production :data:`LinkFactory`: one SSL context (built once), pins from config."""
 
-    def __init__(self, cfg: UplinkConfig, hub_id: str, *, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        cfg: UplinkConfig,
+        hub_id: str,
+        *,
+        connect_timeout: float = 10.0,
+        client_id: str | None = None,
+    ) -> None:
         self._cfg = cfg
         self._hub_id = hub_id
         self._timeout = connect_timeout
+        self._client_id = client_id
         self._ctx: ssl.SSLContext | None = None
         self._verifier: PinVerifier | None = None
 
@@ -477,5 +486,6 @@ class TlsMqttConnector:
     async def __call__(self, will: Will | None) -> MqttLink:
         ctx, verifier = self.context()
         return await connect_link(
-            self._cfg, self._hub_id, ctx, verifier, will=will, connect_timeout=self._timeout
+            self._cfg, self._hub_id, ctx, verifier, will=will, connect_timeout=self._timeout,
+            client_id=self._client_id,
         )

@@ -1,8 +1,11 @@
 """`edge uplink probe`: connect exactly as the daemon does and publish one status message.
 
-Same SSL context, same pin check, same MQTT CONNECT (client id, Last Will, protocol version),
-then a non-retained status document on the hub's status topic — never a reading. The result
-names the precise reason when anything fails.
+Same SSL context, same client certificate (the broker's identity for the ACL), same pin check,
+same MQTT protocol version, then a non-retained status document on the hub's status topic —
+never a reading. Two deliberate differences keep a running daemon undisturbed: the client id
+is ``<hub id>-probe`` (the same id would take over the daemon's session), and there is no
+Last Will (a probe killed mid-way must not mark the hub offline). The result names the precise
+reason when anything fails.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from edge.errors import (
     TlsVerificationError,
     UplinkUnavailable,
 )
-from edge.uplink.forwarder import offline_document, status_topic
-from edge.uplink.mqtt import LinkInfo, PublishRefused, TlsMqttConnector, Will, link_info_of
+from edge.uplink.forwarder import status_topic
+from edge.uplink.mqtt import LinkInfo, PublishRefused, TlsMqttConnector, link_info_of
 from edge.uplink.tls import REASON_HELP
 
 
@@ -86,10 +89,12 @@ class ProbeResult:
 async def probe(cfg: UplinkConfig, hub_id: str, *, step_timeout: float = 10.0) -> ProbeResult:
     """Run the probe; never raises for a failed check (the result says why)."""
     result = ProbeResult(ok=False, broker=f"{cfg.host}:{cfg.port}")
-    connector = TlsMqttConnector(cfg, hub_id, connect_timeout=step_timeout)
+    connector = TlsMqttConnector(
+        cfg, hub_id, connect_timeout=step_timeout, client_id=f"{hub_id}-probe"
+    )
     topic = status_topic(cfg.topic_prefix, hub_id)
     try:
-        link = await connector(Will(topic, offline_document(hub_id)))
+        link = await connector(None)
     except PinMismatch as exc:
         result.reason = "pin_mismatch"
         result.detail = str(exc)

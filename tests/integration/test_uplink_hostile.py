@@ -306,3 +306,20 @@ async def test_connack_refusal_is_not_authorised(
     assert got_connect.is_set()
     assert result.reason == "not_authorised" and result.exit_code == 3
     assert result.pin_matched == tpki.broker.pin  # the TLS part succeeded
+
+
+async def test_probe_leaves_a_running_gateway_alone(broker: Broker, tpki: TestPki) -> None:
+    cfg = tpki.uplink_config(broker.port)
+    rec = RecordingConnector(TlsMqttConnector(cfg, tpki.hub_id))
+    fwd = Forwarder(cfg, tpki.hub_id, FakeOutbox(), link_factory=rec)
+    async with forwarding(fwd):
+        await wait_until(lambda: fwd.state == "connected")
+        result = await probe(cfg, tpki.hub_id)
+        assert result.ok, result.lines()
+        assert fwd.state == "connected" and not rec.links[0].is_closed
+        assert fwd.stats()["sessions"] == 1
+    log = broker.log_text()
+    assert "as hub-1-probe (" in log and "as hub-1 (" in log
+    # The probe carries no Last Will (it must never mark the hub offline); the gateway does.
+    assert log.split("as hub-1-probe (")[1].splitlines()[1].endswith("No will message specified.")
+    assert "Will message specified" in log.split("as hub-1 (")[1].splitlines()[1]
