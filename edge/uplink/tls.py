@@ -76,6 +76,8 @@ REASON_HELP: Mapping[str, str] = {
     "hub's clock and the certificate dates",
     "unknown_ca": "the broker certificate was not issued by uplink.ca_file — configure the "
     "right CA or reissue the broker certificate",
+    "certificate_invalid": "the broker certificate was refused (wrong key usage, bad "
+    "extensions or signature) — reissue it as a TLS server certificate from the private CA",
     "tls_version": "the broker does not offer TLS at or above uplink.tls_min_version — "
     "upgrade the broker",
     "client_certificate_refused": "the broker refused the hub's client certificate — "
@@ -180,7 +182,7 @@ def classify_ssl_error(exc: BaseException) -> TlsVerificationError | UplinkUnava
     """Translate an exception from connect / handshake / first read into an edge error."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         code = getattr(exc, "verify_code", None)
-        reason = _VERIFY_REASONS.get(code if isinstance(code, int) else -1, "unknown_ca")
+        reason = _VERIFY_REASONS.get(code if isinstance(code, int) else -1, "certificate_invalid")
         return TlsVerificationError(reason, f"broker certificate refused: {reason}")
     if isinstance(exc, ssl.SSLError):
         r = str(getattr(exc, "reason", "") or "")

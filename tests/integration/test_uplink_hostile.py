@@ -54,6 +54,8 @@ def hostile_peer(kind: str, tmp_path: Path, tpki: TestPki) -> Iterator[Peer]:
         return
     if kind == "client_cert_refused":
         broker = start_broker(tmp_path, tpki, client_ca=tpki.dir / "other-ca.crt")
+    elif kind == "not_a_server_cert":
+        broker = start_broker(tmp_path, tpki, server=tpki.admin)  # clientAuth only
     else:
         broker = start_broker(tmp_path, tpki, server=tpki.hostile[kind])
     try:
@@ -84,6 +86,7 @@ CASES = [
     ("other_ca", "unknown_ca", "uplink.tls_refused"),
     ("tls12_only", "tls_version", "uplink.tls_refused"),
     ("client_cert_refused", "client_certificate_refused", "uplink.tls_refused"),
+    ("not_a_server_cert", "certificate_invalid", "uplink.tls_refused"),
 ]
 
 

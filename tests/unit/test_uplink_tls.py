@@ -143,6 +143,7 @@ def _ssl_error(reason: str) -> ssl.SSLError:
         (_verify_error(64), "hostname_mismatch"),
         (_verify_error(20), "unknown_ca"),
         (_verify_error(19), "unknown_ca"),
+        (_verify_error(26), "certificate_invalid"),  # e.g. a client-only certificate
         (_ssl_error("TLSV1_ALERT_PROTOCOL_VERSION"), "tls_version"),
         (_ssl_error("UNSUPPORTED_PROTOCOL"), "tls_version"),
         (_ssl_error("TLSV13_ALERT_CERTIFICATE_REQUIRED"), "client_certificate_refused"),
