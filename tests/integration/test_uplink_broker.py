@@ -287,7 +287,9 @@ async def test_last_will_says_offline_when_the_link_dies(broker: Broker, tpki: T
             assert await asyncio.to_thread(
                 sub.wait_for, lambda m: json.loads(m[-1].payload)["state"] == "offline"
             )
-            assert fwd.state == "backoff"
+            # The broker sends the will as soon as the socket closes, which can be before the
+            # forwarder's loop has read the EOF: wait (bounded) for it to notice.
+            await wait_until(lambda: fwd.state == "backoff", limit_s=10)
         docs = [json.loads(m.payload) for m in sub.snapshot()]
     offline = docs[1]
     assert offline == {"hub": "hub-1", "state": "offline"}
