@@ -51,7 +51,7 @@ def render_acl(
     """The broker ACL: hubs write their own prefix, admins read all, clinicians read their
     patients' observations (from any hub) and hub status documents."""
     lines = [
-        "# rendered by tests/support/mosquitto.py; see config/mosquitto/README.md",
+        "# rendered by edge/uplink/devbroker.py; see config/mosquitto/README.md",
         f"pattern write {prefix}/%u/#",
         "",
     ]
@@ -188,8 +188,12 @@ def start_dev_broker(
     prefix: str = "edge/v1",
     port: int | None = None,
     debug: bool = True,
+    persistent: bool = False,
 ) -> Broker:
-    """Render config + ACL into ``workdir`` and start mosquitto on ``port`` (default: free)."""
+    """Render config + ACL into ``workdir`` and start mosquitto on ``port`` (default: free).
+
+    ``debug`` logs every packet (what a client sent can then be proven from the log);
+    ``persistent`` keeps sessions and queued messages across a restart."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     if port == 1883:
@@ -207,6 +211,7 @@ def start_dev_broker(
             acl_file=acl,
             log_file=log_file,
             debug=debug,
+            persistence_dir=workdir if persistent else None,
         )
     )
     broker = Broker(host="127.0.0.1", port=port, conf_path=conf, log_path=log_file)
