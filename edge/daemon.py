@@ -382,7 +382,7 @@ class Daemon:
         self,
         config: GatewayConfig,
         *,
-        key: Any,
+        key: Any = None,
         vault_factory: VaultFactory | None = None,
         ble_factory: BleFactory | None = None,
         forwarder_factory: ForwarderFactory | None = None,
@@ -462,6 +462,11 @@ class Daemon:
     async def _open_vault(self) -> Any:
         if self._vault_factory is not None:
             return await resolve(self._vault_factory())
+        if self._key is None:
+            # The configured provider's key; an interrupted `edge keys rotate` is finished here.
+            from edge.vault.rotation import open_vault
+
+            return await open_vault(self.config.vault, clock=self.clock, actor="daemon")
         from edge.vault import Vault
 
         return await Vault.open(self.config.vault, key_bytes(self._key), clock=self.clock)
@@ -525,9 +530,10 @@ class Daemon:
         # The vault's own device-hash key when it has one, so logs and audit name a device
         # the same way; otherwise one derived from the vault key. Stable across restarts.
         hash_key = getattr(self.vault, "log_hash_key", None)
-        if not isinstance(hash_key, bytes):
+        if not isinstance(hash_key, bytes) and self._key is not None:
             hash_key = log_hash_key(key_bytes(self._key))
-        REDACTOR.set_hash_key(hash_key)
+        if isinstance(hash_key, bytes):
+            REDACTOR.set_hash_key(hash_key)
         try:
             # Listen first (requests wait for the set-up below): once the socket is bound a
             # CLI can no longer fall back to writing consent straight into the vault, and

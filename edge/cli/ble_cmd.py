@@ -17,14 +17,12 @@ from edge.ble.pairing import PairedDevice, pair_device, unpair_device
 from edge.ble.ports import bleak_client_factory, bleak_scanner_factory
 from edge.ble.profiles import KINDS, normalize_address
 from edge.ble.scanner import scan_nearby
-from edge.cli.common import config_from_args, print_json
+from edge.cli.common import admin_actor, config_from_args, print_json
 from edge.clock import SystemClock
 from edge.config import BleConfig, GatewayConfig, load_config, resolve_config_path
 from edge.errors import ConfigError, EdgeError, PairingRefused
 from edge.log import configure_logging
 from edge.readings import check_pseudonym
-
-ACTOR = "cli"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -77,10 +75,9 @@ def _ble_config(args: argparse.Namespace) -> BleConfig:
 
 @contextlib.asynccontextmanager
 async def _vault(cfg: GatewayConfig) -> AsyncIterator[Any]:
-    from edge.vault import Vault, key_provider
+    from edge.vault.rotation import open_vault
 
-    key = key_provider(cfg.vault).load()
-    vault = await Vault.open(cfg.vault, key)
+    vault = await open_vault(cfg.vault, actor=admin_actor())
     try:
         yield vault
     finally:
@@ -157,10 +154,12 @@ async def _pair_and_bind(
                 connect_timeout_s=ble.connect_timeout_s,
             )
         except PairingRefused:
-            await vault.audit(ACTOR, "device.pairing_refused", vault.device_hash(address))
+            await vault.audit(admin_actor(), "device.pairing_refused", vault.device_hash(address))
             raise
         # bind_device audits ``device.bound`` in the same transaction
-        await vault.bind_device(paired.address, paired.kind, patient, bonded=True, actor=ACTOR)
+        await vault.bind_device(
+            paired.address, paired.kind, patient, bonded=True, actor=admin_actor()
+        )
     return paired
 
 
@@ -185,7 +184,7 @@ def _unpair(args: argparse.Namespace) -> int:
 async def _unbind(cfg: GatewayConfig, address: str) -> bool:
     async with _vault(cfg) as vault:
         # unbind_device audits ``device.unbound`` (and drops the meter's cursor)
-        return bool(await vault.unbind_device(address, actor=ACTOR))
+        return bool(await vault.unbind_device(address, actor=admin_actor()))
 
 
 def _live_states(cfg: GatewayConfig) -> dict[str, dict[str, Any]]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import pwd
 import sys
 from typing import Any
 
@@ -19,3 +21,13 @@ def print_json(obj: Any) -> None:
     """One JSON document on stdout."""
     json.dump(obj, sys.stdout, default=str)
     sys.stdout.write("\n")
+
+
+def admin_actor() -> str:
+    """The audit actor for a command run by hand: ``admin:<user>`` (uid when it has no name)."""
+    uid = os.getuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = str(uid)
+    return f"admin:{name}"

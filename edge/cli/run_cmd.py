@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from edge.cli.common import config_from_args, print_json
+from edge.cli.common import admin_actor, config_from_args, print_json
 from edge.config import GatewayConfig
 from edge.control import ControlClient, DaemonNotRunning
 from edge.errors import ConfigError
@@ -78,7 +78,9 @@ def _run(args: argparse.Namespace) -> int:
 
     configure_logging(cfg.log.level, cfg.log.format)
     ensure_vault_dir(cfg)
-    key = load_key(cfg)
+    # Fail fast with the provider's one-line error before anything starts; the daemon then
+    # opens through open_vault, which also finishes an interrupted key rotation.
+    load_key(cfg)
     notifier = SdNotifier()
 
     def hard_exit() -> None:
@@ -86,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         os._exit(0)
 
-    daemon = Daemon(cfg, key=key, notifier=notifier, hard_exit=hard_exit)
+    daemon = Daemon(cfg, notifier=notifier, hard_exit=hard_exit)
     try:
         rc = asyncio.run(daemon.run())
     finally:
@@ -102,12 +104,10 @@ T = TypeVar("T")
 
 def with_vault(cfg: GatewayConfig, fn: Callable[[Any], Awaitable[T]]) -> T:
     """Open the vault, run ``fn(vault)``, close it — in one event loop."""
-    from edge.vault import Vault
-
-    key = load_key(cfg)
+    from edge.vault.rotation import open_vault
 
     async def go() -> T:
-        vault = await Vault.open(cfg.vault, key)
+        vault = await open_vault(cfg.vault, actor=admin_actor())
         try:
             return await fn(vault)
         finally:
@@ -122,10 +122,6 @@ def quiet_logs() -> None:
     from edge.log import configure_logging
 
     configure_logging("warning", "console", stream=sys.stderr)
-
-
-def _actor() -> str:
-    return f"cli:uid:{os.getuid()}"
 
 
 async def offline_status(vault: Any, cfg: GatewayConfig) -> dict[str, Any]:
@@ -226,7 +222,7 @@ def _consent_grant(args: argparse.Namespace) -> int:
         where = "in the running daemon"
     except DaemonNotRunning:
         with_vault(cfg, lambda v: resolve(v.grant_consent(args.patient, scope=args.scope,
-                                                          actor=_actor())))
+                                                          actor=admin_actor())))
         where = "in the vault (daemon not running)"
     print(f"consent granted {where}")
     return 0
@@ -246,7 +242,7 @@ def _consent_revoke(args: argparse.Namespace) -> int:
         where = "in the running daemon"
     except DaemonNotRunning:
         purged = with_vault(cfg, lambda v: resolve(v.revoke_consent(args.patient,
-                                                                    actor=_actor())))
+                                                                    actor=admin_actor())))
         where = "in the vault (daemon not running)"
     n = purged if isinstance(purged, int) else getattr(purged, "purged", purged)
     print(f"consent revoked {where}; {n} pending readings purged")

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import pwd
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TypeVar
 
-from edge.cli.common import print_json
+from edge.cli.common import admin_actor, print_json
 from edge.config import GatewayConfig, check_environment, load_config, resolve_config_path
 from edge.errors import ConfigError
 from edge.log import configure_logging
@@ -64,14 +62,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
 # --- shared ----------------------------------------------------------------------------------
 
 
-def admin_actor() -> str:
-    """``admin:<user>`` for the invoking user (uid when it has no name)."""
-    uid = os.getuid()
-    try:
-        name = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        name = str(uid)
-    return f"admin:{name}"
 
 
 def _config(args: argparse.Namespace) -> GatewayConfig:

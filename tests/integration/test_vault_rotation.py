@@ -3,6 +3,7 @@ keys; the next `edge keys rotate` says which and finishes the job."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import shutil
@@ -164,3 +165,24 @@ async def test_rotation_is_refused_while_the_vault_is_open_elsewhere(tmp_path: P
     assert cfg.key_file is not None
     assert read_key(cfg.key_file) == k0
     assert read_key(Path(str(cfg.key_file) + ".old")) is None
+
+
+@pytest.mark.parametrize("stage", ["key_written", "rekey_committed"])
+async def test_commands_run_by_hand_finish_an_interrupted_rotation(
+    tmp_path: Path, stage: str
+) -> None:
+    """`edge consent list` (like `edge run`, `edge pair` …) opens through open_vault: after a
+    crash that left the new key in the file but the database on the old one, it works and
+    completes the rotation instead of failing with a wrong-key error."""
+    cfg, k0 = await make_vault(tmp_path)
+    proc = spawn(tmp_path, "rotate-die", stage, stdout=subprocess.DEVNULL)
+    assert proc.wait(timeout=60) == -9
+    assert cfg.key_file is not None
+    assert read_key(Path(str(cfg.key_file) + ".old")) is not None  # a rotation was left
+
+    for name in ("ca.pem", "client.pem", "client.key"):  # the full config check wants them
+        await asyncio.to_thread((tmp_path / name).write_text, "")
+        await asyncio.to_thread((tmp_path / name).chmod, 0o600)
+    res = edge_cli(tmp_path, "consent", "list", "--json")
+    assert res.returncode == 0, res.stderr
+    await check_finished(cfg, k0)
