@@ -36,6 +36,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+import bench
 from edge import fhir
 from edge.config import UplinkConfig, VaultConfig
 from edge.log import configure_logging
@@ -58,14 +59,8 @@ TARGETS = {
 
 
 def emit(figure: str, value: float, unit: str, **extra: Any) -> None:
-    """One JSON object per figure on stdout, with its target when it has one."""
-    rec: dict[str, Any] = {"figure": figure, "value": round(value, 3), "unit": unit}
-    if figure in TARGETS:
-        op, target = TARGETS[figure]
-        rec["target"] = f"{op} {target:g}"
-        rec["met"] = value >= target if op == ">=" else value <= target
-    rec.update(extra)
-    print(json.dumps(rec), flush=True)
+    """One figure of this benchmark (see :func:`bench.emit`)."""
+    bench.emit(figure, value, unit, TARGETS, **extra)
 
 
 def vault_config(path: Path) -> VaultConfig:

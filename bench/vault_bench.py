@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sqlite3
 import statistics
 import sys
@@ -29,6 +28,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import bench
 from edge.config import VaultConfig
 from edge.log import configure_logging
 from edge.readings import HeartRateReading, TimeSource, stable_reading_id
@@ -52,14 +52,8 @@ class PlainVault(Vault):
 
 
 def emit(figure: str, value: float, unit: str, **extra: Any) -> None:
-    """One JSON object per figure, with its target when it has one."""
-    rec: dict[str, Any] = {"figure": figure, "value": round(value, 3), "unit": unit}
-    if figure in TARGETS:
-        op, target = TARGETS[figure]
-        rec["target"] = f"{op} {target:g}"
-        rec["met"] = value >= target if op == ">=" else value <= target
-    rec.update(extra)
-    print(json.dumps(rec), flush=True)
+    """One figure of this benchmark (see :func:`bench.emit`)."""
+    bench.emit(figure, value, unit, TARGETS, **extra)
 
 
 def readings(start: int, n: int) -> list[HeartRateReading]:
