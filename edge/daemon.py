@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import inspect
 import os
 import signal
 import threading
@@ -37,7 +36,7 @@ from edge.backoff import Backoff, BackoffPolicy
 from edge.clock import Clock, SystemClock
 from edge.config import GatewayConfig
 from edge.control import ControlError, ControlServer
-from edge.intake import Intake, resolve
+from edge.intake import Intake
 from edge.log import REDACTOR, get_logger
 from edge.sdnotify import Health, Notifier, NullNotifier, one_line, watchdog_interval_s
 
@@ -85,7 +84,7 @@ class ForwarderLike(Protocol):
 BleFactory = Callable[[Any, Any], BleLike]
 StatusProvider = Callable[[], Awaitable[dict[str, Any]]]
 ForwarderFactory = Callable[[Any, StatusProvider], ForwarderLike]
-VaultFactory = Callable[[], Any]
+VaultFactory = Callable[[], Awaitable[Any]]
 
 
 def log_hash_key(vault_key: bytes) -> bytes:
@@ -230,8 +229,9 @@ def _done_future(exc: BaseException | None) -> asyncio.Future[None]:
 class ConsentFilteredOutbox:
     """The vault as the forwarder sees it: ``next_batch`` drops rows of a patient whose
     consent was revoked after the rows were read. The intake closes the gate before the vault
-    purges, and the forwarder publishes a batch in the same step in which it receives it, so
-    no reading of a revoked patient is published after the revoke began."""
+    purges. The forwarder reads ahead of what it publishes, so rows it already holds are
+    stopped at the wire by :class:`GuardedLink`; together no reading of a revoked patient is
+    published after the revoke began."""
 
     def __init__(self, vault: Any, consented: Callable[[str], bool]) -> None:
         self._vault = vault
@@ -243,28 +243,16 @@ class ConsentFilteredOutbox:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._vault, name)
 
-    def _filter(self, rows: Any) -> Any:
+    async def next_batch(self, limit: int, *, after_seq: int = 0) -> list[Any]:
+        """The vault's batch without rows of patients lacking consent."""
+        if self.draining:
+            return []
+        rows = await self._vault.next_batch(limit, after_seq=after_seq)
+        if self.draining:
+            return []
         kept = [r for r in rows if self._consented(r.patient)]
         self.dropped += len(rows) - len(kept)
         return kept
-
-    def next_batch(self, limit: int, *, after_seq: int = 0) -> Any:
-        """The vault's batch without rows of patients lacking consent (sync or async)."""
-        if self.draining:
-            return self._nothing()
-        rows = self._vault.next_batch(limit, after_seq=after_seq)
-        if inspect.isawaitable(rows):
-            return self._filter_async(rows)
-        return self._filter(rows)
-
-    async def _filter_async(self, rows: Awaitable[Any]) -> Any:
-        got = await rows
-        if self.draining:
-            return []
-        return self._filter(got)
-
-    async def _nothing(self) -> list[Any]:
-        return []
 
 
 @dataclass
@@ -461,7 +449,7 @@ class Daemon:
 
     async def _open_vault(self) -> Any:
         if self._vault_factory is not None:
-            return await resolve(self._vault_factory())
+            return await self._vault_factory()
         if self._key is None:
             # The configured provider's key; an interrupted `edge keys rotate` is finished here.
             from edge.vault.rotation import open_vault
@@ -583,22 +571,20 @@ class Daemon:
         vault, self.vault = self.vault, None
         if vault is None:
             return
-        close = getattr(vault, "close", None)
-        if callable(close):
-            try:
-                await resolve(close())
-            except Exception as exc:
-                log.error("daemon.vault_close_failed", error=type(exc).__name__)
+        try:
+            await vault.close()
+        except Exception as exc:
+            log.error("daemon.vault_close_failed", error=type(exc).__name__)
 
     async def _register_sensitive(self) -> None:
         """Bound pseudonyms (and device names) are scrubbed from any free-text log field."""
         values: list[str] = []
-        for b in await resolve(self.vault.bindings()):
+        for b in await self.vault.bindings():
             values.append(str(getattr(b, "patient", "")))
             name = getattr(b, "name", None)
             if isinstance(name, str):
                 values.append(name)
-        for c in await resolve(self.vault.consents()):
+        for c in await self.vault.consents():
             values.append(str(c["patient"] if isinstance(c, dict) else getattr(c, "patient", "")))
         REDACTOR.register(v for v in values if v)
 
@@ -632,7 +618,7 @@ class Daemon:
         if self._ble_factory is None:
             from edge.bluez_links import release_orphaned_links
 
-            bound = [str(b.address) for b in await resolve(self.vault.bindings())]
+            bound = [str(b.address) for b in await self.vault.bindings()]
             await release_orphaned_links(bound)
         self.ble = self._make_ble(self.vault, self.intake)
         await self.ble.run()
@@ -643,7 +629,7 @@ class Daemon:
     async def _purger_part(self) -> None:
         while True:
             try:
-                purged = await resolve(self.vault.purge_delivered())
+                purged = await self.vault.purge_delivered()
                 n = purged if isinstance(purged, int) else 0
                 if n:
                     log.info("daemon.retention_purged", n=n)
@@ -715,7 +701,7 @@ class Daemon:
     # --- status ------------------------------------------------------------------------------
 
     async def _refresh_status(self) -> None:
-        stats = await resolve(self.vault.stats())
+        stats = await self.vault.stats()
         self._status_cache = {"vault": to_jsonable(stats)}
 
     def status_line(self) -> str:
@@ -820,15 +806,11 @@ class Daemon:
         patient = _patient_param(request)
         assert self.intake is not None
         REDACTOR.register([patient])
-        forget = getattr(self.forwarder, "forget_patient", None)
-        if callable(forget):
-            # a forwarder that reads ahead may drop that patient's buffered rows itself
-            await resolve(forget(patient))
         purged = await self.intake.revoke(patient, actor=f"control:{actor}")
         return {"patient": patient, "consent": "revoked", "purged": purged}
 
     async def _h_consent_list(self, request: dict[str, Any], actor: str) -> Any:
-        return to_jsonable(await resolve(self.vault.consents()))
+        return to_jsonable(await self.vault.consents())
 
     async def _h_refresh(self, request: dict[str, Any], actor: str) -> Any:
         await self._register_sensitive()
@@ -844,7 +826,7 @@ async def _probe_part(part: Any, fallback: str) -> None:
         return
     probe = getattr(part, "probe", None)
     if callable(probe):
-        await resolve(probe())
+        await probe()
         return
     getattr(part, fallback)()
 

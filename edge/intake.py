@@ -13,7 +13,6 @@ can never race an append of that patient's readings.
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
@@ -32,13 +31,6 @@ T = TypeVar("T")
 NO_CONSENT = "no_consent"
 
 
-async def resolve(value: T | Any) -> Any:
-    """Await ``value`` when the vault method returned an awaitable (async vault API)."""
-    if inspect.isawaitable(value):
-        return await value
-    return value
-
-
 class Intake:
     """Implements the BLE layer's ``IntakeSink`` over a vault."""
 
@@ -55,7 +47,7 @@ class Intake:
 
     async def load_consents(self) -> None:
         """Fill the consent cache from the vault (at start-up)."""
-        consents = await resolve(self._vault.consents())
+        consents = await self._vault.consents()
         cache: dict[str, bool] = {}
         for c in consents:
             cache[_patient_of(c)] = _is_active(c)
@@ -72,7 +64,7 @@ class Intake:
     async def grant(self, patient: str, *, scope: str, actor: str) -> Any:
         """Grant consent in the vault (audited there), then open the gate."""
         async with self._lock:
-            result = await resolve(self._vault.grant_consent(patient, scope=scope, actor=actor))
+            result = await self._vault.grant_consent(patient, scope=scope, actor=actor)
             self._consent[patient] = True
         log.info("intake.consent_granted")
         return result
@@ -82,7 +74,7 @@ class Intake:
         transaction. Holding the append lock means no append of this patient is in flight."""
         async with self._lock:
             self._consent[patient] = False
-            purged = await resolve(self._vault.revoke_consent(patient, actor=actor))
+            purged = await self._vault.revoke_consent(patient, actor=actor)
         log.info("intake.consent_revoked", purged=_as_int(purged))
         return _as_int(purged)
 
@@ -98,7 +90,7 @@ class Intake:
             if not accepted:
                 return
             try:
-                result = await resolve(self._vault.append(accepted))
+                result = await self._vault.append(accepted)
             except VaultFull as exc:
                 self._refused_full(exc, len(accepted))
                 return
@@ -120,14 +112,12 @@ class Intake:
         async with self._lock:
             accepted = [r for r in await self._gate(screened) if isinstance(r, GlucoseReading)]
             try:
-                result = await resolve(
-                    self._vault.commit_glucose(
-                        address,
-                        accepted,
-                        last_sequence=last_sequence,
-                        last_device_time=last_device_time,
-                        clock_offset_s=clock_offset_s,
-                    )
+                result = await self._vault.commit_glucose(
+                    address,
+                    accepted,
+                    last_sequence=last_sequence,
+                    last_device_time=last_device_time,
+                    clock_offset_s=clock_offset_s,
                 )
             except VaultFull as exc:
                 self._refused_full(exc, len(accepted))
@@ -168,7 +158,7 @@ class Intake:
             if n <= 0:
                 continue
             self.refused[reason] += n
-            await resolve(self._vault.count_refusal(reason, n))
+            await self._vault.count_refusal(reason, n)
             log.info("intake.refused", reason=reason, n=n)
 
     def _refused_full(self, exc: VaultFull, n: int) -> None:

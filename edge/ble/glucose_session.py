@@ -37,7 +37,7 @@ from datetime import datetime, tzinfo
 from typing import Any
 
 from edge.ble.errors import BleOperationError, att_code
-from edge.ble.link import Link, cancel_and_wait, resolve, with_timeout
+from edge.ble.link import Link, cancel_and_wait, with_timeout
 from edge.ble.ports import CursorLike, DeviceRegistry, IntakeSink
 from edge.ble.profiles import (
     CURRENT_TIME,
@@ -167,7 +167,7 @@ class GlucoseSession:
             if exc.reason == "link_lost":
                 raise
             raise PairingRefused("the meter refused to bond") from exc
-        cursor: CursorLike | None = await resolve(self._registry.cursor(self._address))
+        cursor: CursorLike | None = await self._registry.cursor(self._address)
         self._clock_offset_s = cursor.clock_offset_s if cursor else 0
         if self._has(CURRENT_TIME):
             raw = await self._link.call("read_time", self._client.read_gatt_char(CURRENT_TIME))
@@ -208,7 +208,7 @@ class GlucoseSession:
     async def _sync(self) -> None:
         """One sync from the cursor (see the module docstring); commits records + cursor."""
         self._on_syncing()
-        cursor: CursorLike | None = await resolve(self._registry.cursor(self._address))
+        cursor: CursorLike | None = await self._registry.cursor(self._address)
         if cursor is None:
             result, received = await self._transfer(None)
             records = list(result.records)

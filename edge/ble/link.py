@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -13,13 +12,6 @@ from edge.ble.ports import BleClient
 from edge.clock import Clock
 
 T = TypeVar("T")
-
-
-async def resolve(value: Any) -> Any:
-    """Await ``value`` if a (sync or async) vault method returned an awaitable."""
-    if inspect.isawaitable(value):
-        return await value
-    return value
 
 
 async def cancel_and_wait(task: asyncio.Future[Any]) -> None:

@@ -7,7 +7,7 @@ raises bleak's exceptions. The daemon provides the :class:`IntakeSink`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -149,14 +149,13 @@ class CursorLike(Protocol):
 
 
 class DeviceRegistry(Protocol):
-    """The vault calls the BLE manager makes (the allow-list and the sync cursors). Either a
-    synchronous or an async vault fits: results are awaited when awaitable."""
+    """The vault calls the BLE manager makes (the allow-list and the sync cursors)."""
 
-    def bindings(self) -> Sequence[BindingLike] | Awaitable[Sequence[BindingLike]]: ...
+    async def bindings(self) -> Sequence[BindingLike]: ...
 
-    def cursor(self, address: str) -> CursorLike | Awaitable[CursorLike | None] | None: ...
+    async def cursor(self, address: str) -> CursorLike | None: ...
 
-    def touch_device(self, address: str, seen_at: datetime) -> object: ...
+    async def touch_device(self, address: str, seen_at: datetime) -> None: ...
 
 
 def bleak_scanner_factory(adapter: str | None = None) -> ScannerFactory:

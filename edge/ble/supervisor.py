@@ -21,7 +21,7 @@ from edge.backoff import Backoff, BackoffPolicy
 from edge.ble.errors import BLE_EXCEPTIONS, BleOperationError, reason_of
 from edge.ble.glucose_session import GlucoseSession
 from edge.ble.hr_session import HeartRateSession
-from edge.ble.link import Link, cancel_and_wait, resolve, with_timeout
+from edge.ble.link import Link, cancel_and_wait, with_timeout
 from edge.ble.ports import (
     BindingLike,
     ClientFactory,
@@ -117,7 +117,7 @@ class DeviceSupervisor:
 
     async def _touch(self, now: datetime) -> None:
         try:
-            await resolve(self._registry.touch_device(self.address, now))
+            await self._registry.touch_device(self.address, now)
         except Exception as exc:  # last-seen is best effort; never kill the session for it
             log.warning("ble.touch_failed", address=self.address, error=type(exc).__name__)
 
@@ -303,7 +303,7 @@ class BleManager:
     async def refresh(self) -> None:
         """Re-read the bindings: start supervisors for new ones, stop removed or changed ones."""
         async with self._refresh_lock:
-            bindings = list(await resolve(self._vault.bindings()))
+            bindings = list(await self._vault.bindings())
             wanted: dict[str, BindingLike] = {}
             for b in bindings:
                 try:
@@ -312,8 +312,9 @@ class BleManager:
                     continue
             self.watcher.set_allowed(wanted)
             for address, (sup, task) in list(self._supervisors.items()):
-                b = wanted.get(address)
-                if b is None or b.kind != sup.kind or b.patient != sup.patient:
+                now_bound = wanted.get(address)
+                if (now_bound is None or now_bound.kind != sup.kind
+                        or now_bound.patient != sup.patient):
                     del self._supervisors[address]
                     await cancel_and_wait(task)
                     log.info("ble.supervisor_stopped", address=address)

@@ -15,7 +15,6 @@ from edge.cli.common import admin_actor, config_from_args, print_json
 from edge.config import GatewayConfig
 from edge.control import ControlClient, DaemonNotRunning
 from edge.errors import ConfigError
-from edge.intake import resolve
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -128,9 +127,9 @@ async def offline_status(vault: Any, cfg: GatewayConfig) -> dict[str, Any]:
     """What the vault alone can tell: queue, refusals, bindings (state unknown)."""
     from edge.daemon import all_refusals, cert_days_left, to_jsonable
 
-    stats = to_jsonable(await resolve(vault.stats()))
+    stats = to_jsonable(await vault.stats())
     devices = []
-    for b in await resolve(vault.bindings()):
+    for b in await vault.bindings():
         last_seen = getattr(b, "last_seen", None)
         devices.append({
             "address": getattr(b, "address", None),
@@ -221,7 +220,7 @@ def _consent_grant(args: argparse.Namespace) -> int:
         )
         where = "in the running daemon"
     except DaemonNotRunning:
-        with_vault(cfg, lambda v: resolve(v.grant_consent(args.patient, scope=args.scope,
+        with_vault(cfg, lambda v: (v.grant_consent(args.patient, scope=args.scope,
                                                           actor=admin_actor())))
         where = "in the vault (daemon not running)"
     print(f"consent granted {where}")
@@ -241,7 +240,7 @@ def _consent_revoke(args: argparse.Namespace) -> int:
         purged = result.get("purged") if isinstance(result, dict) else None
         where = "in the running daemon"
     except DaemonNotRunning:
-        purged = with_vault(cfg, lambda v: resolve(v.revoke_consent(args.patient,
+        purged = with_vault(cfg, lambda v: (v.revoke_consent(args.patient,
                                                                     actor=admin_actor())))
         where = "in the vault (daemon not running)"
     n = purged if isinstance(purged, int) else getattr(purged, "purged", purged)
@@ -257,7 +256,7 @@ def _consent_list(args: argparse.Namespace) -> int:
     try:
         consents = ControlClient(cfg.daemon.control_socket).request("consent.list")
     except DaemonNotRunning:
-        consents = to_jsonable(with_vault(cfg, lambda v: resolve(v.consents())))
+        consents = to_jsonable(with_vault(cfg, lambda v: (v.consents())))
     if args.json:
         print_json(consents)
         return 0

@@ -92,7 +92,7 @@ async def test_pair_then_stream_and_sync_through_ble_manager(
         seqs = sorted(r.sequence_number for r in sink.of_kind("glucose")
                       if isinstance(r, GlucoseReading))
         assert seqs == sorted(r.sequence for r in history)
-        cursor = registry.cursor(meter.address)
+        cursor = await registry.cursor(meter.address)
         assert cursor is not None and cursor.last_sequence == history[-1].sequence
         assert all(c[0] == glu.address for c in sink.glucose_commits)
 
@@ -113,7 +113,7 @@ async def test_pair_then_stream_and_sync_through_ble_manager(
         assert sink.duplicates == 0
         assert sink.glucose_commits[commits_before][1][0].sequence_number == new_seq
         assert len(sink.glucose_commits[commits_before][1]) == 1
-        cursor = registry.cursor(meter.address)
+        cursor = await registry.cursor(meter.address)
         assert cursor is not None and cursor.last_sequence == new_seq
 
         states = manager.device_states()
@@ -276,5 +276,5 @@ async def test_realistic_bluez_quirks(
         assert meter.drop_link()
         await sink.wait_for(lambda s: len(s.of_kind("glucose")) == len(history) + 1)
         assert sink.duplicates == 0
-        cursor = registry.cursor(meter.address)
+        cursor = await registry.cursor(meter.address)
         assert cursor is not None and cursor.last_sequence == seq

@@ -43,7 +43,7 @@ class FakeRegistry:
         self.cursors: dict[str, Cursor] = {}
         self.touched: list[tuple[str, datetime]] = []
 
-    def bindings(self) -> list[Binding]:
+    async def bindings(self) -> list[Binding]:
         return list(self._bindings.values())
 
     def bind(self, b: Binding) -> None:
@@ -52,10 +52,10 @@ class FakeRegistry:
     def unbind(self, address: str) -> None:
         self._bindings.pop(address.upper(), None)
 
-    def cursor(self, address: str) -> Cursor | None:
+    async def cursor(self, address: str) -> Cursor | None:
         return self.cursors.get(address.upper())
 
-    def touch_device(self, address: str, seen_at: datetime) -> None:
+    async def touch_device(self, address: str, seen_at: datetime) -> None:
         self.touched.append((address.upper(), seen_at))
 
 

@@ -93,7 +93,7 @@ async def test_meter_that_restarts_numbering_is_resynced_without_loss(
         rig.bind(meter, "p-g")
         await rig.start()
         await rig.sink.wait_for(lambda s: len(s.glucose_commits) == 1)
-        cursor_before = rig.registry.cursor(meter.address)
+        cursor_before = await rig.registry.cursor(meter.address)
         assert cursor_before is not None
         history = len(meter.records)
         meter.inject_fault({"reset_sequence": True})
@@ -113,7 +113,7 @@ async def test_meter_that_restarts_numbering_is_resynced_without_loss(
         assert len(_glucose(rig)) == len(meter.records)
         # the report-all resync re-sent the renumbered history; the ids absorbed all of it
         assert rig.sink.duplicates >= history
-        cursor = rig.registry.cursor(meter.address)
+        cursor = await rig.registry.cursor(meter.address)
         assert cursor is not None and cursor.last_sequence == meter.records[-1].sequence
         assert rig.manager.counters["error:racp"] == 0
 
@@ -126,7 +126,7 @@ async def test_interrupted_transfer_moves_no_cursor_and_loses_nothing() -> None:
         await rig.start()
         await rig.wait_state(meter, lambda s: s.last_error == "racp")
         assert rig.sink.glucose_commits == []
-        assert rig.registry.cursor(meter.address) is None
+        assert await rig.registry.cursor(meter.address) is None
         meter.clear_faults()
         await rig.sink.wait_for(lambda s: len(s.glucose_commits) == 1)
         assert {r.id for r in _glucose(rig)} == _ids_on_meter(rig, meter)
@@ -141,7 +141,7 @@ async def test_silent_meter_times_out_and_is_retried_later() -> None:
         await rig.start()
         state = await rig.wait_state(meter, lambda s: s.state.startswith("error:"))
         assert state.last_error is not None
-        assert rig.registry.cursor(meter.address) is None
+        assert await rig.registry.cursor(meter.address) is None
         meter.clear_faults()
         await rig.sink.wait_for(lambda s: len(s.glucose_commits) == 1, within_s=20)
         assert rig.sink.duplicates == 0

@@ -73,8 +73,11 @@ class Rig:
             self.bles.append(ble)
             return ble
 
+        async def vault_factory() -> Any:
+            return self.vault
+
         self.daemon = Daemon(
-            self.config, key=self.key, vault_factory=lambda: self.vault,
+            self.config, key=self.key, vault_factory=vault_factory,
             ble_factory=ble_factory, link_factory=self.broker.connect,
             clock=clock, notifier=notifier, install_signal_handlers=signals, env={},
             hard_exit=hard_exit,
