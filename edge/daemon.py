@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import os
 import signal
 import threading
@@ -85,12 +83,6 @@ BleFactory = Callable[[Any, Any], BleLike]
 StatusProvider = Callable[[], Awaitable[dict[str, Any]]]
 ForwarderFactory = Callable[[Any, StatusProvider], ForwarderLike]
 VaultFactory = Callable[[], Awaitable[Any]]
-
-
-def log_hash_key(vault_key: bytes) -> bytes:
-    """A stable key for the log redactor's device hashes, derived from (never equal to) the
-    vault key, so device hashes in logs stay the same across restarts."""
-    return hmac.new(vault_key, b"edge/log-device-hash/v1", hashlib.sha256).digest()
 
 
 def key_bytes(key: Any) -> bytes:
@@ -515,13 +507,9 @@ class Daemon:
 
     async def _run(self) -> int:
         self.vault = await self._open_vault()
-        # The vault's own device-hash key when it has one, so logs and audit name a device
-        # the same way; otherwise one derived from the vault key. Stable across restarts.
-        hash_key = getattr(self.vault, "log_hash_key", None)
-        if not isinstance(hash_key, bytes) and self._key is not None:
-            hash_key = log_hash_key(key_bytes(self._key))
-        if isinstance(hash_key, bytes):
-            REDACTOR.set_hash_key(hash_key)
+        # The vault's own device-hash key, so logs and the audit name a device the same way,
+        # stable across restarts.
+        REDACTOR.set_hash_key(self.vault.log_hash_key)
         try:
             # Listen first (requests wait for the set-up below): once the socket is bound a
             # CLI can no longer fall back to writing consent straight into the vault, and
@@ -605,9 +593,6 @@ class Daemon:
         fwd = self.forwarder
         if fwd is None:
             return
-        if callable(getattr(fwd, "probe", None)):
-            await _probe_part(fwd, "stats")
-            return
         stats = to_jsonable(fwd.stats())
         if isinstance(stats, dict):
             self._uplink_progress.observe(stats, self.clock.monotonic(),
@@ -683,17 +668,9 @@ class Daemon:
             log.warning("daemon.part_slow_to_stop", part=task.get_name())
 
     async def _drain_forwarder(self, deadline: float) -> None:
-        """Give the forwarder until ``deadline`` to get its in-flight messages acknowledged
-        (its own ``drain()`` when it has one, else by watching its ``inflight`` count)."""
+        """Give the forwarder until ``deadline`` to get its in-flight messages acknowledged."""
         fwd = self.forwarder
         if fwd is None:
-            return
-        remaining = max(0.0, deadline - self.clock.monotonic())
-        drain = getattr(fwd, "drain", None)
-        if callable(drain):
-            finished, _ = await within(self.clock, drain(), remaining)
-            if not finished:
-                log.warning("daemon.drain_timeout")
             return
         while self.clock.monotonic() < deadline and _inflight(fwd) > 0:
             await self.clock.sleep(0.05)

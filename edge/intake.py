@@ -50,7 +50,7 @@ class Intake:
         consents = await self._vault.consents()
         cache: dict[str, bool] = {}
         for c in consents:
-            cache[_patient_of(c)] = _is_active(c)
+            cache[c.patient] = c.active
         self._consent = cache
 
     def consented(self, patient: str) -> bool:
@@ -190,23 +190,6 @@ def _minimise(reading: AnyReading) -> AnyReading:
     """Only the fields of the Reading model survive (the models forbid extras; re-validating
     a copy drops anything a subclass might carry)."""
     return type(reading).model_validate(reading.model_dump())
-
-
-def _patient_of(consent: Any) -> str:
-    if isinstance(consent, dict):
-        return str(consent["patient"])
-    return str(consent.patient)
-
-
-def _is_active(consent: Any) -> bool:
-    if isinstance(consent, dict):
-        if "active" in consent:
-            return bool(consent["active"])
-        return consent.get("revoked_at") is None
-    active = getattr(consent, "active", None)
-    if active is not None:
-        return bool(active)
-    return getattr(consent, "revoked_at", None) is None
 
 
 def _as_int(value: Any) -> int:

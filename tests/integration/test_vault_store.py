@@ -363,3 +363,22 @@ async def test_a_closed_vault_refuses_work(cfg: VaultConfig, key: bytes) -> None
     await v.close()  # idempotent
     with pytest.raises(VaultError, match="closed"):
         await v.append([hr(0)])
+
+
+async def test_device_hash_key_is_per_vault_secret_and_survives_reopen(
+    cfg: VaultConfig, key: bytes, tmp_path: Path
+) -> None:
+    """The daemon gives the log redactor this key: the same device must hash the same after a
+    restart, differently on another hub, and the key must not be the vault key."""
+    async with await Vault.open(cfg, key) as v:
+        first = v.log_hash_key
+        named = v.device_hash("AA:BB:CC:DD:EE:FF")
+    async with await Vault.open(cfg, key) as v:
+        assert v.log_hash_key == first and len(first) == 32 and first != key
+        assert v.device_hash("aa:bb:cc:dd:ee:ff") == named
+    other_dir = tmp_path / "other"
+    await asyncio.to_thread(other_dir.mkdir, 0o700)
+    other_cfg = vault_config(other_dir)
+    async with await Vault.open(other_cfg, write_key(other_cfg)) as other:
+        assert other.log_hash_key != first
+        assert other.device_hash("AA:BB:CC:DD:EE:FF") != named

@@ -18,7 +18,7 @@ import pytest
 from edge.clock import ManualClock
 from edge.config import GatewayConfig, parse_config
 from edge.control import ControlClient
-from edge.daemon import Daemon, Stalled, Supervisor, UplinkProgress, log_hash_key
+from edge.daemon import Daemon, Stalled, Supervisor, UplinkProgress
 from edge.readings import HeartRateReading, TimeSource, stable_reading_id
 from edge.sdnotify import Health, SdNotifier
 from edge.vault import Vault
@@ -408,12 +408,6 @@ async def test_supervisor_restarts_a_failing_part_with_backoff() -> None:
         await task
     assert sup.state == "stopped"
 
-
-def test_log_hash_key_is_stable_and_not_the_key() -> None:
-    k = bytes(range(32))
-    assert log_hash_key(k) == log_hash_key(k)
-    assert log_hash_key(k) != k and len(log_hash_key(k)) == 32
-    assert log_hash_key(k) != log_hash_key(bytes(32))
 
 
 def test_uplink_progress_flags_only_a_stuck_forwarder() -> None:
