@@ -21,6 +21,7 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -186,6 +187,12 @@ def _check_text(what: str, value: str, limit: int = 256) -> str:
     return value
 
 
+#: SQLite's "file is not a database": what SQLCipher reports for a wrong key
+SQLITE_NOTADB = 26
+#: how long an opener waits for another process's open or a re-key to let go of the lock
+_OPEN_WAIT_S = 10.0
+_OPEN_POLL_S = 0.01
+
 class _DiskFull(VaultError):
     """SQLITE_FULL; ``append`` turns it into VaultFull('disk_full')."""
 
@@ -230,9 +237,12 @@ class _Engine:
     ) -> _Engine:
         path = config.path
         _prepare_directory(path.parent)
-        lock_fd = _lock_shared(path)
+        lock_fd, alone = _lock_for_open(path)
         try:
-            engine = cls._open_locked(config, key, clock, driver, provider)
+            engine = cls._open_locked(config, key, clock, driver, provider, alone=alone)
+            if alone:
+                # Downgrading a flock never conflicts; on Linux it is atomic.
+                fcntl.flock(lock_fd, fcntl.LOCK_SH)
         except BaseException:
             os.close(lock_fd)
             raise
@@ -241,11 +251,15 @@ class _Engine:
 
     @classmethod
     def _open_locked(
-        cls, config: VaultConfig, key: bytes | None, clock: Clock, driver: Any, provider: str
+        cls, config: VaultConfig, key: bytes | None, clock: Clock, driver: Any, provider: str,
+        *, alone: bool,
     ) -> _Engine:
         path = config.path
         new = _prepare_file(path)
-        if key is not None and not new and not _key_opens(driver, path, key):
+        # The lock-free check is only sound while no other process can be writing the files;
+        # otherwise the normal connection below checks the key (it cannot be the last one, so
+        # a wrong key cannot make it checkpoint).
+        if key is not None and not new and alone and not _key_opens(driver, path, key):
             raise KeyUnavailable(
                 f"{provider} provider: the vault key does not open {path} "
                 "(wrong key, or not a vault)"
@@ -259,13 +273,19 @@ class _Engine:
         try:
             if key is not None:
                 _apply_key(conn, key)
+            # Before the first read: recovering a crashed writer's WAL may meet a lock for a
+            # moment, and that must be waited out, not taken for a wrong key.
+            conn.execute("PRAGMA busy_timeout = 5000")
             try:
                 conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
             except driver.DatabaseError as exc:
-                raise KeyUnavailable(
-                    f"{provider} provider: the vault key does not open {path} "
-                    "(wrong key, or not a vault)"
-                ) from exc
+                if getattr(exc, "sqlite_errorcode", SQLITE_NOTADB) == SQLITE_NOTADB:
+                    raise KeyUnavailable(
+                        f"{provider} provider: the vault key does not open {path} "
+                        "(wrong key, or not a vault)"
+                    ) from exc
+                name = getattr(exc, "sqlite_errorname", type(exc).__name__)
+                raise VaultError(f"vault {path} cannot be read ({name})") from exc
             engine = cls(conn, driver, config, clock)
             engine._configure(new)
             return engine
@@ -902,18 +922,34 @@ def _key_opens(driver: Any, path: Path, key: bytes) -> bool:
         return _decrypts(driver, f"file:{quote(str(copy))}?mode=rw", key)
 
 
-def _lock_shared(path: Path) -> int:
-    """A shared flock on ``<vault>.lock`` for as long as the vault is open here; re-keying
-    needs it exclusively, so no other process reads pages under a key that is changing."""
+def _lock_for_open(path: Path) -> tuple[int, bool]:
+    """The flock on ``<vault>.lock`` held while the vault is open here, and whether this
+    process is alone with the vault.
+
+    Every process holds the lock shared from before it opens the vault until after its last
+    close (and that close's checkpoint). Getting it exclusively means no other process can be
+    writing the files, so the key may be checked without SQLite's locking (:func:`_key_opens`);
+    the caller downgrades once open. Otherwise it is taken shared, waiting (bounded) through
+    another opener's short exclusive moment or a re-key, which holds it exclusively."""
     fd = os.open(Path(str(path) + ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd, True
     except BlockingIOError:
-        os.close(fd)
-        raise VaultError(
-            "the vault's key is being changed by another process; try again when it finishes"
-        ) from None
-    return fd
+        pass
+    deadline = time.monotonic() + _OPEN_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return fd, False
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise VaultError(
+                    "the vault's key is being changed by another process; try again when it "
+                    "finishes"
+                ) from None
+            time.sleep(_OPEN_POLL_S)
 
 
 def _prepare_directory(directory: Path) -> None:

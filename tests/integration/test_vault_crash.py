@@ -3,6 +3,7 @@ append, never duplicates, and leaves a database that passes both integrity check
 
 from __future__ import annotations
 
+import asyncio
 import random
 import selectors
 import signal
@@ -15,7 +16,7 @@ import sqlcipher3
 
 from edge.vault import Vault
 from tests.support.vault_proc import spawn
-from tests.support.vault_support import vault_config, write_key
+from tests.support.vault_support import hr, vault_config, write_key
 
 pytestmark = pytest.mark.integration
 
@@ -80,4 +81,30 @@ async def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path: P
         stats = await v.stats()
         assert stats.pending == sum(1 for d in rows.values() if not d)
         assert stats.delivered_retained == sum(1 for d in rows.values() if d)
+        assert await v.integrity_check() == []
+
+
+async def test_an_open_racing_another_process_checkpoint_is_never_taken_for_a_wrong_key(
+    tmp_path: Path,
+) -> None:
+    """`edge status` closing the vault (a last close: checkpoint, WAL removed) while the daemon
+    starts once made the daemon refuse with "the vault key does not open": its lock-free key
+    check read a main file being checkpointed. Bounded: one child doing 150 open/append/close
+    rounds while this process opens and closes with the right key until the child is done."""
+    cfg = vault_config(tmp_path)
+    key = write_key(cfg)
+    async with await Vault.open(cfg, key) as v:
+        await v.append([hr(i) for i in range(-100, 0)])
+    child = spawn(tmp_path, "open-close", "150", stdout=subprocess.PIPE)
+    assert child.stdout is not None
+    assert (await asyncio.to_thread(child.stdout.readline)).strip() == "ready"
+    opens = 0
+    while child.poll() is None:
+        async with await Vault.open(cfg, key) as v:
+            assert (await v.stats()).pending >= 100
+        opens += 1
+    assert child.wait(timeout=60) == 0
+    assert opens > 10  # the two really overlapped
+    async with await Vault.open(cfg, key) as v:
+        assert (await v.stats()).pending == 100 + 150 * 50
         assert await v.integrity_check() == []

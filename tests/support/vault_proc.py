@@ -8,6 +8,8 @@ Modes (the vault config comes from ``--dir``, laid out by ``vault_config``):
                          ``D <id> ...`` after mark_delivered returns
 ``rotate-die STAGE``     run a key rotation, printing each step's name as it is reached, and
                          SIGKILL itself at STAGE (``never``: the parent kills it)
+``open-close N``         N times: open, append a batch, close — every close is a last close
+                         that checkpoints and removes the WAL; prints ``ready`` after the first
 """
 
 from __future__ import annotations
@@ -58,6 +60,13 @@ async def _main(ns: argparse.Namespace) -> None:
         await rotate_key(cfg, actor="admin:test", hook=hook)
         return
     key = key_provider(cfg).load()
+    if ns.mode == "open-close":
+        for n in range(int(ns.arg)):
+            async with await Vault.open(cfg, key) as v:
+                await v.append([hr(n * 50 + k) for k in range(50)])
+            if n == 0:
+                print("ready", flush=True)
+        return
     vault = await Vault.open(cfg, key)
     if ns.mode == "die-after-append":
         await vault.append([hr(i) for i in range(int(ns.arg))])
@@ -82,7 +91,7 @@ async def _main(ns: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--dir", required=True)
-    p.add_argument("mode", choices=["die-after-append", "writer", "rotate-die"])
+    p.add_argument("mode", choices=["die-after-append", "writer", "rotate-die", "open-close"])
     p.add_argument("arg")
     asyncio.run(_main(p.parse_args()))
 
