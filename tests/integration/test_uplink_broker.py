@@ -224,7 +224,18 @@ async def _drain_through_proxy(
             async with forwarding(fwd):
                 await wait_until(lambda: len(outbox.delivered) >= 100)
                 if fault == "reset":
-                    proxy.cut()
+                    # Reset while messages are in flight. A PUBACK already inside the client
+                    # can still land first, so repeat (bounded) until a reset has caught an
+                    # unanswered message: that is what the test is about.
+                    for _ in range(10):
+                        proxy.blackhole(True)
+                        await wait_until(lambda: fwd.stats()["in_flight"] > 0)
+                        sessions = fwd.stats()["sessions"]
+                        proxy.cut()
+                        proxy.blackhole(False)
+                        await wait_until(lambda s=sessions: fwd.stats()["sessions"] > s)
+                        if any(p.acked is False for p in rec.log):
+                            break
                 else:
                     proxy.blackhole(True)
                     # PUBACKs stop; the forwarder notices by its ack timeout.
