@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,13 @@ from edge.uplink.forwarder import FHIR_CONTENT_TYPE, Forwarder
 from edge.uplink.mqtt import PublishRefused, TlsMqttConnector
 from tests.support.mosquitto import Broker, TcpProxy, ids_in, start_broker, subscriber
 from tests.support.pki import TestPki, make_pki
-from tests.support.uplink_fakes import FakeOutbox, RecordingConnector, make_readings, until
+from tests.support.uplink_fakes import (
+    FakeOutbox,
+    RecordingConnector,
+    forwarding,
+    make_readings,
+    until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -49,17 +54,6 @@ def broker(tmp_path: Path, tpki: TestPki) -> Iterator[Broker]:
 
 async def wait_until(pred: Any, limit_s: float = 20.0) -> None:
     await until(pred, limit_s, 0.01)
-
-
-@asynccontextmanager
-async def forwarding(fwd: Forwarder) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(fwd.run())
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 def make_forwarder(

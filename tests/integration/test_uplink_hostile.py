@@ -7,8 +7,8 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,13 @@ from tests.support.mosquitto import (
     start_tls12_only_peer,
 )
 from tests.support.pki import TestPki, make_pki
-from tests.support.uplink_fakes import FakeOutbox, RecordingConnector, make_readings, until
+from tests.support.uplink_fakes import (
+    FakeOutbox,
+    RecordingConnector,
+    forwarding,
+    make_readings,
+    until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -62,17 +68,6 @@ def hostile_peer(kind: str, tmp_path: Path, tpki: TestPki) -> Iterator[Peer]:
         yield Peer(broker.port, broker.log_text)
     finally:
         broker.stop()
-
-
-@asynccontextmanager
-async def forwarding(fwd: Forwarder) -> AsyncIterator[None]:
-    task = asyncio.create_task(fwd.run())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 async def wait_until(pred: Any, limit_s: float = 15.0) -> None:

@@ -16,7 +16,7 @@ from edge.uplink.forwarder import Forwarder
 from edge.vault.store import Vault
 from tests.support.mosquitto import Broker, ids_in, start_broker, subscriber
 from tests.support.pki import TestPki, make_pki
-from tests.support.uplink_fakes import make_readings, until
+from tests.support.uplink_fakes import forwarding, make_readings, until
 
 pytestmark = pytest.mark.integration
 
@@ -44,17 +44,6 @@ async def open_vault(tmp_path: Path) -> AsyncIterator[Vault]:
         yield vault
     finally:
         await vault.close()
-
-
-@asynccontextmanager
-async def forwarding(fwd: Forwarder) -> AsyncIterator[None]:
-    task = asyncio.create_task(fwd.run())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 async def test_drains_the_real_vault(broker: Broker, tpki: TestPki, tmp_path: Path) -> None:

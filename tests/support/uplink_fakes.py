@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+
+import pytest
 
 from edge.clock import ManualClock
 from edge.errors import UplinkUnavailable
@@ -359,3 +362,15 @@ class RecordingConnector:
 
     def unacked_ids(self) -> set[str]:
         return {i for p in self.log if not p.acked for i in p.ids}
+
+
+@asynccontextmanager
+async def forwarding(fwd: Any) -> AsyncIterator[asyncio.Task[None]]:
+    """Run ``fwd.run()`` for the block; then cancel it and see that it stopped by cancelling."""
+    task = asyncio.create_task(fwd.run())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,9 @@ from tests.support.uplink_fakes import (
     RecordingClock,
     ids_encoder,
     until,
+)
+from tests.support.uplink_fakes import (
+    forwarding as running,
 )
 
 PIN = "sha256/" + "A" * 43 + "="
@@ -43,17 +44,6 @@ def make_cfg(**kw: Any) -> UplinkConfig:
     }
     data.update(kw)
     return UplinkConfig.model_validate(data)
-
-
-@asynccontextmanager
-async def running(fwd: Forwarder) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(fwd.run())
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 def make(
