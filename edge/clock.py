@@ -1,11 +1,18 @@
-"""Injected clocks: real time in production, a manual clock in tests (no sleeps in tests)."""
+"""The one clock protocol (gateway and simulator), the real clock, and the one timeout helper.
+
+Every wait in the product goes through an injected :class:`Clock`, so tests drive time with
+``edge.testing.ManualClock`` instead of sleeping.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from collections.abc import Awaitable
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class Clock(Protocol):
@@ -28,39 +35,34 @@ class SystemClock:
         return time.monotonic()
 
     async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
+        await asyncio.sleep(max(0.0, seconds))
 
 
-class ManualClock:
-    """A clock that moves only when told to; sleepers wake when time passes their deadline."""
+async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and wait until it has finished, consuming its outcome (our own
+    cancellation still propagates)."""
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()
 
-    def __init__(self, start: datetime | None = None) -> None:
-        self._wall = start or datetime(2026, 1, 1, tzinfo=UTC)
-        self._mono = 0.0
-        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
 
-    def now(self) -> datetime:
-        return self._wall
+async def with_timeout(clock: Clock, seconds: float, aw: Awaitable[T]) -> T:
+    """``aw``, or ``TimeoutError`` after ``seconds`` on ``clock``.
 
-    def monotonic(self) -> float:
-        return self._mono
-
-    async def sleep(self, seconds: float) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._sleepers.append((self._mono + max(0.0, seconds), fut))
-        await fut
-
-    def advance(self, seconds: float) -> None:
-        """Move time forward and wake every sleeper whose deadline has passed."""
-        self._mono += seconds
-        self._wall += timedelta(seconds=seconds)
-        due = [f for t, f in self._sleepers if t <= self._mono]
-        self._sleepers = [(t, f) for t, f in self._sleepers if t > self._mono]
-        for fut in due:
-            if not fut.done():
-                fut.set_result(None)
-
-    @property
-    def sleepers(self) -> int:
-        """How many tasks are waiting on this clock."""
-        return sum(1 for _, f in self._sleepers if not f.done())
+    The work is cancelled (and awaited) both when time runs out and when the caller itself is
+    cancelled, so nothing is left running behind the caller's back.
+    """
+    task = asyncio.ensure_future(aw)
+    timer = asyncio.ensure_future(clock.sleep(seconds))
+    try:
+        done, _ = await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        timer.cancel()
+        task.cancel()
+        raise
+    timer.cancel()
+    if task in done:
+        return task.result()
+    await cancel_and_wait(task)
+    raise TimeoutError

@@ -811,7 +811,7 @@ async def _probe_part(part: Any, fallback: str) -> None:
 def all_refusals(counts: Any) -> dict[str, int]:
     """Every known refusal reason (0 when none), plus any other counted reason: the shape of
     ``refusals`` in status output never changes."""
-    from edge.plausibility import REFUSAL_REASONS
+    from edge.intake.plausibility import REFUSAL_REASONS
 
     out = dict.fromkeys(REFUSAL_REASONS, 0)
     if isinstance(counts, dict):

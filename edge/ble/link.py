@@ -5,39 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from edge.ble.errors import BLE_EXCEPTIONS, BleOperationError, ble_error
 from edge.ble.ports import BleClient
-from edge.clock import Clock
+from edge.clock import cancel_and_wait, with_timeout
 
 T = TypeVar("T")
 
-
-async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
-    """Cancel ``task`` and wait for it to finish, consuming its outcome (our own cancellation
-    still propagates)."""
-    task.cancel()
-    await asyncio.wait({task})
-    if not task.cancelled():
-        task.exception()
-
-
-async def with_timeout(clock: Clock, seconds: float, aw: Awaitable[T]) -> T:
-    """``aw`` or TimeoutError after ``seconds`` on the injected clock (tests drive it)."""
-    task = asyncio.ensure_future(aw)
-    timer = asyncio.ensure_future(clock.sleep(seconds))
-    try:
-        done, _ = await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        timer.cancel()
-        task.cancel()
-        raise
-    timer.cancel()
-    if task in done:
-        return task.result()
-    await cancel_and_wait(task)
-    raise TimeoutError
+__all__ = ["Link", "cancel_and_wait", "with_timeout"]
 
 
 class Link:

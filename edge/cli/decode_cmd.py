@@ -268,7 +268,8 @@ _BT_ADDRESS = re.compile(r"(?i)[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 
 
 def _fhir(c: Characteristic, data: bytes, args: argparse.Namespace) -> dict[str, Any]:
-    from edge import fhir, plausibility  # only --fhir needs these
+    from edge import fhir  # only --fhir needs these
+    from edge.intake import plausibility
 
     received = datetime.now(UTC)
     reading: HeartRateReading | GlucoseReading

@@ -1,59 +1,24 @@
-"""Clocks for the simulator. Every periodic behaviour and every slow response awaits one.
+"""The simulator's clocks are the gateway's: one protocol, one real clock, one manual clock.
 
-:class:`RealClock` is real time. :class:`ManualClock` moves only when a test says so
-(``await clock.advance(60)`` steps through every deadline in order, letting woken tasks run),
-or, with ``autojump=True``, jumps to the next deadline whenever the event loop has gone quiet,
-so code that waits on the simulator runs at full speed with no real sleeping.
-
-The shape (``now``/``monotonic``/``sleep``) matches the gateway's own clock protocol, so one
-manual clock can drive both sides of a test.
+``SimClock`` is :class:`edge.clock.Clock`; :class:`ManualClock` is
+:class:`edge.testing.ManualClock` starting at 08:00 (the simulator's devices wake at a
+plausible morning hour), so one manual clock can drive both sides of a test.
 """
 
 from __future__ import annotations
 
-import asyncio
-import heapq
-import itertools
-import time
-from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from datetime import UTC, datetime
+
+from edge.clock import Clock as SimClock
+from edge.clock import SystemClock as RealClock
+from edge.testing.clock import ManualClock as _ManualClock
+from edge.testing.clock import settle
+
+SIM_START = datetime(2026, 1, 1, 8, 0, tzinfo=UTC)
 
 
-class SimClock(Protocol):
-    """Wall time (UTC, aware), a monotonic counter in seconds, and a sleep."""
-
-    def now(self) -> datetime: ...
-
-    def monotonic(self) -> float: ...
-
-    async def sleep(self, seconds: float) -> None: ...
-
-
-class RealClock:
-    """Real time."""
-
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(max(0.0, seconds))
-
-
-#: how many bare loop iterations count as "the loop has gone quiet"
-_SETTLE_ROUNDS = 25
-
-
-async def settle(rounds: int = _SETTLE_ROUNDS) -> None:
-    """Let ready tasks run: yield to the event loop ``rounds`` times."""
-    for _ in range(rounds):
-        await asyncio.sleep(0)
-
-
-class ManualClock:
-    """Virtual time. ``sleep`` parks the caller until the clock passes its deadline."""
+class ManualClock(_ManualClock):
+    """:class:`edge.testing.ManualClock` with the simulator's default start time."""
 
     def __init__(
         self,
@@ -62,81 +27,7 @@ class ManualClock:
         autojump: bool = False,
         autojump_delay: float = 0.0,
     ) -> None:
-        """``autojump_delay`` (real seconds) paces the jumps, capping how fast virtual time
-        runs while the test waits on something that is not this clock (a thread, real I/O)."""
-        self._start = start or datetime(2026, 1, 1, 8, 0, tzinfo=UTC)
-        self._mono = 0.0
-        self._seq = itertools.count()
-        self._heap: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._autojump = autojump
-        self._autojump_delay = autojump_delay
-        self._jumper: asyncio.Task[None] | None = None
+        super().__init__(start or SIM_START, autojump=autojump, autojump_delay=autojump_delay)
 
-    def now(self) -> datetime:
-        return self._start + timedelta(seconds=self._mono)
 
-    def monotonic(self) -> float:
-        return self._mono
-
-    @property
-    def sleepers(self) -> int:
-        """How many tasks wait on this clock."""
-        return sum(1 for _, _, f in self._heap if not f.done())
-
-    async def sleep(self, seconds: float) -> None:
-        if seconds <= 0:
-            await asyncio.sleep(0)
-            return
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        heapq.heappush(self._heap, (self._mono + seconds, next(self._seq), fut))
-        if self._autojump and (self._jumper is None or self._jumper.done()):
-            self._jumper = loop.create_task(self._jump_while_idle())
-        await fut
-
-    def _pop_due(self) -> list[asyncio.Future[None]]:
-        due: list[asyncio.Future[None]] = []
-        while self._heap and self._heap[0][0] <= self._mono:
-            _, _, fut = heapq.heappop(self._heap)
-            if not fut.done():
-                due.append(fut)
-        return due
-
-    def _next_deadline(self) -> float | None:
-        while self._heap and self._heap[0][2].done():
-            heapq.heappop(self._heap)
-        return self._heap[0][0] if self._heap else None
-
-    def _wake(self) -> None:
-        for fut in self._pop_due():
-            fut.set_result(None)
-
-    async def advance(self, seconds: float) -> None:
-        """Move time forward by ``seconds``, stopping at each deadline on the way so that
-        periodic tasks tick once per period, and letting woken tasks run before returning."""
-        target = self._mono + max(0.0, seconds)
-        await settle()
-        while True:
-            nxt = self._next_deadline()
-            if nxt is None or nxt > target:
-                break
-            self._mono = max(self._mono, nxt)
-            self._wake()
-            await settle()
-        self._mono = target
-        self._wake()
-        await settle()
-
-    async def _jump_while_idle(self) -> None:
-        # asyncio cannot tell us "every task is blocked"; a run of bare loop iterations with
-        # nothing new scheduled on this clock is the practical stand-in.
-        while True:
-            await settle()
-            if self._autojump_delay > 0:
-                await asyncio.sleep(self._autojump_delay)
-                await settle()
-            nxt = self._next_deadline()
-            if nxt is None:
-                return
-            self._mono = max(self._mono, nxt)
-            self._wake()
+__all__ = ["SIM_START", "ManualClock", "RealClock", "SimClock", "settle"]

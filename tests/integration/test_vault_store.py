@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import sqlcipher3
 
-from edge.clock import ManualClock
+from edge.testing import ManualClock
 from edge.config import VaultConfig
 from edge.errors import AuditChainBroken, ConfigError, VaultError, VaultFull
 from edge.vault import Vault
@@ -99,7 +99,7 @@ async def test_stats_report_oldest_pending_age_from_the_injected_clock(
 ) -> None:
     assert (await vault.stats()).oldest_pending_age_s is None
     await vault.append([hr(0)])
-    clock.advance(90)
+    clock.step(90)
     await vault.append([hr(1)])
     assert (await vault.stats()).oldest_pending_age_s == pytest.approx(90)
 
@@ -212,7 +212,7 @@ async def test_glucose_records_and_cursor_commit_together(tmp_path: Path) -> Non
 async def test_bindings_are_audited_by_device_hash(vault: Vault, clock: ManualClock) -> None:
     addr = "AA:BB:CC:DD:EE:01"
     await vault.bind_device(addr.lower(), "heart_rate", "pt-alpha", bonded=True, actor="admin:t")
-    clock.advance(5)
+    clock.step(5)
     await vault.touch_device(addr, clock.now())
     [b] = await vault.bindings()
     assert (b.address, b.kind, b.patient, b.bonded, b.bound_by) == (
@@ -271,9 +271,9 @@ async def test_retention_purges_delivered_and_gives_pages_back(
     await vault.reclaim()
     size_before = cfg.path.stat().st_size
 
-    clock.advance(6 * 86400)
+    clock.step(6 * 86400)
     assert await vault.purge_delivered() == 0
-    clock.advance(2 * 86400)
+    clock.step(2 * 86400)
     assert await vault.purge_delivered() == n
     size_after = cfg.path.stat().st_size
     assert size_after < size_before / 2

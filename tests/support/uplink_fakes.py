@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from edge.clock import ManualClock
+from edge.testing import ManualClock
 from edge.errors import UplinkUnavailable
 from edge.readings import (
     GlucoseReading,

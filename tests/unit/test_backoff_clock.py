@@ -3,7 +3,7 @@ import random
 import pytest
 
 from edge.backoff import Backoff, BackoffPolicy
-from edge.clock import ManualClock
+from edge.testing import ManualClock
 
 
 def test_ceiling_grows_then_caps() -> None:
@@ -46,9 +46,9 @@ async def test_manual_clock_wakes_sleepers_only_when_due() -> None:
     tasks = [asyncio.create_task(sleeper(t)) for t in (5, 1)]
     await asyncio.sleep(0)
     assert clock.sleepers == 2
-    clock.advance(2)
+    clock.step(2)
     await asyncio.sleep(0)
     assert woke == [1]
-    clock.advance(3)
+    clock.step(3)
     await asyncio.gather(*tasks)
     assert woke == [1, 5]

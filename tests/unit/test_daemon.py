@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from edge.clock import ManualClock
+from edge.testing import ManualClock
 from edge.config import GatewayConfig, parse_config
 from edge.control import ControlClient
 from edge.daemon import Daemon, Stalled, Supervisor, UplinkProgress
@@ -327,7 +327,7 @@ async def test_watchdog_stops_petting_while_a_part_hangs(tmp_path: Path) -> None
         await asyncio.wait_for(r.bles[0].started.wait(), 5)
 
         async def tick() -> str:
-            clock.advance(1.0)
+            clock.step(1.0)
             msg = await notify.recv()
             await settle(r)
             return msg
@@ -347,7 +347,7 @@ async def test_watchdog_stops_petting_while_a_part_hangs(tmp_path: Path) -> None
         stop = asyncio.create_task(r.stop())
         # shutdown waits on the manual clock too: keep time moving until it is done
         while not stop.done():
-            clock.advance(0.5)
+            clock.step(0.5)
             await asyncio.sleep(0)
         assert stop.result() == 0
         notify.close()
@@ -363,7 +363,7 @@ async def test_a_part_that_keeps_dying_stops_the_petting(tmp_path: Path) -> None
         await notify.recv()  # READY
         seen = []
         for _ in range(200):
-            clock.advance(1.0)
+            clock.step(1.0)
             seen.append(await notify.recv())
             await settle(r)
             if seen[-1] == "STATUS=unhealthy: ble":
@@ -376,7 +376,7 @@ async def test_a_part_that_keeps_dying_stops_the_petting(tmp_path: Path) -> None
     finally:
         stop = asyncio.create_task(r.stop())
         while not stop.done():
-            clock.advance(0.5)
+            clock.step(0.5)
             await asyncio.sleep(0)
         notify.close()
 
@@ -398,7 +398,7 @@ async def test_supervisor_restarts_a_failing_part_with_backoff() -> None:
     for _ in range(200):
         if len(runs) >= 3:
             break
-        clock.advance(0.25)
+        clock.step(0.25)
         await asyncio.sleep(0)
     assert len(runs) == 3
     assert sup.restarts == 2 and sup.last_error == "RuntimeError"

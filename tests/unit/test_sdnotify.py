@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.clock import ManualClock
+from edge.testing import ManualClock
 from edge.sdnotify import (
     Health,
     SdNotifier,
@@ -91,13 +91,13 @@ def test_health_goes_stale_without_beats() -> None:
     h.register("ble", stale_after_s=10)
     h.register("uplink", stale_after_s=10)
     assert h.healthy()
-    clock.advance(6)
+    clock.step(6)
     h.beat("ble")
-    clock.advance(6)
+    clock.step(6)
     assert h.stale() == ["uplink"]
     h.beat("uplink")
     assert h.healthy()
     h.unregister("uplink")
-    clock.advance(11)
+    clock.step(11)
     assert h.stale() == ["ble"]
     assert h.snapshot()["ble"]["age_s"] == 17.0

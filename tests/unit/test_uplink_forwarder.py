@@ -129,7 +129,7 @@ async def test_lost_connection_resends_exactly_the_unacknowledged() -> None:
         assert fwd.stats()["in_flight"] == 0
         # Still pending: what was sent but never acknowledged.
         assert outbox.pending_ids() == set(m1.ids) | set(m3.ids)
-        clock.advance(60)
+        clock.step(60)
         await until(lambda: len(factory.links) == 2 and len(factory.links[1].obs()) == 2)
         second = factory.links[1]
         resent = [i for m in second.obs() for i in m.ids]
@@ -163,15 +163,15 @@ async def test_ack_timeout_drops_the_link_and_resends() -> None:
     async with running(fwd):
         await until(lambda: factory.links and factory.links[0].obs())
         link = factory.links[0]
-        clock.advance(4.9)
+        clock.step(4.9)
         for _ in range(10):
             await asyncio.sleep(0)
         assert not link.is_closed
-        clock.advance(0.2)
+        clock.step(0.2)
         await until(lambda: link.is_closed)
         assert fwd.stats()["ack_timeouts"] == 1
         assert outbox.delivered == []
-        clock.advance(60)
+        clock.step(60)
         await until(lambda: len(factory.links) == 2 and factory.links[1].obs())
         assert factory.links[1].obs()[0].ids == link.obs()[0].ids
 
@@ -186,11 +186,11 @@ async def test_pin_mismatch_is_audited_nothing_sent_and_retried_with_backoff() -
         await until(lambda: fwd.state == "refused:pin_mismatch" and clock.sleepers == 1)
         assert outbox.audits == [("uplink", "uplink.pin_mismatch", presented)]
         assert factory.links == []
-        clock.advance(60)
+        clock.step(60)
         await until(lambda: factory.calls == 2 and clock.sleepers == 1)
         # The same refusal again within the hour is logged but not re-audited.
         assert len(outbox.audits) == 1
-        clock.advance(60)
+        clock.step(60)
         await until(lambda: factory.links and factory.links[0].obs())
         assert outbox.rows  # still pending until acknowledged
 
@@ -215,7 +215,7 @@ async def test_reconnect_delays_follow_the_seeded_policy() -> None:
         for i in range(6):
             await until(lambda i=i: factory.calls == i + 1 and clock.sleepers == 1)
             assert fwd.state in ("backoff", "refused:unreachable") or fwd.state == "backoff"
-            clock.advance(8.0)
+            clock.step(8.0)
         await until(lambda: len(factory.links) == 1)
     policy = BackoffPolicy(base=1.0, cap=8.0)
     rng = random.Random(7)
@@ -233,7 +233,7 @@ async def test_success_resets_the_backoff() -> None:
     async with running(fwd):
         for calls in (1, 2):
             await until(lambda c=calls: factory.calls == c and clock.sleepers == 1)
-            clock.advance(60)
+            clock.step(60)
         await until(lambda: factory.links and factory.links[0].sent)
         link = factory.links[0]
         link.ack_status()
@@ -334,7 +334,7 @@ async def test_status_is_republished_every_interval() -> None:
         link = factory.links[0]
         await until(lambda: 60 in clock.requested)
         outbox.add("p", 3)
-        clock.advance(60)
+        clock.step(60)
         await until(lambda: len([s for s in link.sent if s.retain]) == 2)
         docs = [json.loads(s.payload) for s in link.sent if s.retain]
         assert [d["queue_depth"] for d in docs] == [0, 3]

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from edge import plausibility
+from edge.intake import plausibility
 from edge.errors import Implausible, VaultFull
 from edge.log import get_logger
 from edge.readings import GlucoseReading, HeartRateReading
