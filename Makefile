@@ -5,7 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages the project needs at run and test time (binary -> package).
-APT_NEEDS := /usr/sbin/mosquitto:mosquitto /usr/bin/dbus-daemon:dbus-daemon /usr/bin/openssl:openssl
+APT_NEEDS := /usr/sbin/mosquitto:mosquitto /usr/bin/dbus-daemon:dbus-daemon /usr/bin/openssl:openssl \
+  /usr/lib/postgresql/15/bin/initdb:postgresql
 
 .PHONY: setup system-deps test test-unit lint demo bench install clean
 
@@ -29,7 +30,7 @@ system-deps:
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,clinic]'
 	@touch $(STAMP)
 
 test: setup
@@ -39,11 +40,11 @@ test-unit: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 lint: setup
-	$(VENV)/bin/ruff check edge firmware_sim tests bench
-	$(VENV)/bin/mypy --strict edge firmware_sim
+	$(VENV)/bin/ruff check edge firmware_sim clinic devtools tests bench
+	$(VENV)/bin/mypy --strict edge firmware_sim clinic devtools tests bench
 
 demo: setup
-	$(PY) -m edge.demo
+	$(PY) -m devtools.demo
 
 bench: setup
 	$(PY) -m bench

@@ -41,13 +41,14 @@ from edge import fhir
 from edge.config import UplinkConfig, VaultConfig
 from edge.log import configure_logging
 from edge.readings import GlucoseReading, HeartRateReading
-from edge.uplink.forwarder import FHIR_CONTENT_TYPE, Forwarder
-from edge.uplink.mqtt import TlsMqttConnector, Will
+from edge.uplink.forwarder import FHIR_CONTENT_TYPE
+from edge.uplink.mqtt import TlsMqttConnector
+from edge.uplink.ports import LinkInfo, MqttLink, Will
 from edge.uplink.tls import build_context
-from edge.vault.store import Vault
+from edge.vault import Vault
 from tests.support.mosquitto import start_broker
 from tests.support.pki import TestPki, make_pki
-from tests.support.uplink_fakes import make_readings
+from tests.support.uplink_fakes import make_readings, real_forwarder
 
 AnyReading = HeartRateReading | GlucoseReading
 PATIENTS = ("patient-a", "patient-b", "patient-c", "patient-d")
@@ -102,7 +103,7 @@ async def drain(cfg: UplinkConfig, hub: str, db: Path, key: bytes, n: int) -> fl
             if delivered >= n:
                 done.set()
 
-        fwd = Forwarder(cfg, hub, vault, on_delivered=on_delivered)
+        fwd = real_forwarder(cfg, hub, vault, on_delivered=on_delivered)
         t0 = time.perf_counter()
         task = asyncio.create_task(fwd.run())
         await asyncio.wait_for(done.wait(), 600)
@@ -176,7 +177,7 @@ def raw_pipeline(cfg: UplinkConfig, hub: str, db: Path, key: bytes, n: int) -> f
     connected.wait(10)
     # Hand the TCP socket the same no-delay setting the gateway uses.
     sock = client.socket()
-    if sock is not None:
+    if isinstance(sock, socket.socket):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     cursor = 0
     while remaining:
@@ -224,16 +225,41 @@ def raw_pipeline(cfg: UplinkConfig, hub: str, db: Path, key: bytes, n: int) -> f
 class _TimingLink:
     """Wraps a real link; records the PUBACK time of every observation message."""
 
-    def __init__(self, inner: Any, acks: dict[str, float], event: asyncio.Event) -> None:
+    def __init__(self, inner: MqttLink, acks: dict[str, float], event: asyncio.Event) -> None:
         self._inner = inner
         self._acks = acks
         self._event = event
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+    @property
+    def info(self) -> LinkInfo:
+        return self._inner.info
 
-    def publish(self, topic: str, payload: bytes, **kw: Any) -> asyncio.Future[None]:
-        fut: asyncio.Future[None] = self._inner.publish(topic, payload, **kw)
+    @property
+    def is_closed(self) -> bool:
+        return self._inner.is_closed
+
+    async def wait_closed(self) -> BaseException | None:
+        return await self._inner.wait_closed()
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+    def abort(self) -> None:
+        self._inner.abort()
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        content_type: str | None = None,
+        message_expiry_s: int | None = None,
+    ) -> asyncio.Future[None]:
+        fut = self._inner.publish(
+            topic, payload, retain=retain, content_type=content_type,
+            message_expiry_s=message_expiry_s,
+        )
         if "/obs/" in topic:
             ids = [e["fullUrl"].removeprefix("urn:uuid:") for e in json.loads(payload)["entry"]
                    if e["resource"]["resourceType"] == "Observation"]
@@ -258,7 +284,7 @@ async def latency(
     connector = TlsMqttConnector(cfg, hub)
     connected = asyncio.Event()
 
-    async def factory(will: Will | None) -> Any:
+    async def factory(will: Will) -> MqttLink:
         link = _TimingLink(await connector(will), acks, acked)
         connected.set()
         return link
@@ -266,7 +292,7 @@ async def latency(
     from_append: list[float] = []
     from_commit: list[float] = []
     async with await Vault.open(vault_config(db), key) as vault:
-        fwd = Forwarder(cfg, hub, vault, link_factory=factory)
+        fwd = real_forwarder(cfg, hub, vault, connector=factory)
         task = asyncio.create_task(fwd.run())
         await asyncio.wait_for(connected.wait(), 10)
         await asyncio.sleep(0.2)  # let the first status message go by

@@ -26,13 +26,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
 import bench
 from edge.config import VaultConfig
 from edge.log import configure_logging
 from edge.readings import HeartRateReading, TimeSource, stable_reading_id
 from edge.vault import Vault
+from edge.vault.cipher import Driver
 from edge.vault.keys import new_key
 
 TARGETS: dict[str, tuple[str, float]] = {
@@ -48,10 +49,10 @@ START = datetime(2026, 1, 1, tzinfo=UTC)
 class PlainVault(Vault):
     """The same vault code over unencrypted sqlite3: the baseline of the ratio, nothing else."""
 
-    _driver = sqlite3
+    _driver: ClassVar[Driver] = sqlite3
 
 
-def emit(figure: str, value: float, unit: str, **extra: Any) -> None:
+def emit(figure: str, value: float, unit: str, **extra: object) -> None:
     """One figure of this benchmark (see :func:`bench.emit`)."""
     bench.emit(figure, value, unit, TARGETS, **extra)
 

@@ -10,8 +10,9 @@ import os
 import re
 import stat
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -103,7 +104,7 @@ class UplinkConfig(_Section):
 
     @field_validator("tls_min_version", mode="before")
     @classmethod
-    def _tls_floor(cls, v: Any) -> Any:
+    def _tls_floor(cls, v: object) -> object:
         if isinstance(v, str | float | int) and str(v) in {"1.0", "1.1", "1", "1.0.0"}:
             raise ValueError("TLS below 1.2 is insecure and not allowed; use \"1.2\" or \"1.3\"")
         return str(v) if isinstance(v, float) else v
@@ -204,7 +205,7 @@ def resolve_config_path(cli_value: str | os.PathLike[str] | None) -> Path:
     return Path(env) if env else DEFAULT_CONFIG_PATH
 
 
-def parse_config(data: dict[str, Any]) -> GatewayConfig:
+def parse_config(data: Mapping[str, object]) -> GatewayConfig:
     """Validate a parsed TOML document; raises ConfigError listing every problem."""
     try:
         return GatewayConfig.model_validate(data)
@@ -212,7 +213,7 @@ def parse_config(data: dict[str, Any]) -> GatewayConfig:
         raise ConfigError("invalid configuration", describe_validation_error(exc)) from exc
 
 
-def read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, object]:
     """The parsed TOML document at ``path``; ConfigError (one line) if missing or invalid."""
     try:
         raw = path.read_bytes()
@@ -321,7 +322,7 @@ _KEY_FILE_KEYS = (
 )
 
 
-def _raw_key_file_problems(data: dict[str, Any]) -> list[str]:
+def _raw_key_file_problems(data: Mapping[str, object]) -> list[str]:
     """Loose key-file permissions, found even when the schema is broken elsewhere, so one run
     of check-config reports them together with the schema problems."""
     problems = []

@@ -139,3 +139,22 @@ class AuditChainBroken(VaultError):
     """The audit hash chain does not verify."""
 
     exit_code = 1
+
+
+# --- the control socket ------------------------------------------------------------------------
+
+
+class ControlError(EdgeError):
+    """A control request failed. The message is safe to show; ``code`` is a stable word
+    (``bad_request``, ``busy``, ``timeout`` …) sent back over the socket."""
+
+    def __init__(self, message: str, code: str = "error") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class DaemonNotRunning(ControlError):
+    """Nothing listens on the control socket."""
+
+    def __init__(self) -> None:
+        super().__init__("the daemon is not running", "not_running")

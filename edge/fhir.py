@@ -43,13 +43,18 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from json.encoder import encode_basestring as _s
 from typing import Any
 
 from edge.readings import GlucoseReading, HeartRateReading
+
+#: a FHIR resource as parsed JSON (``Decimal`` numbers). ``Any`` because it is what
+#: ``json.loads`` gives and callers walk it by key; the typed, validated form is
+#: ``fhir.resources``' models, which the hub does not load.
+Resource = dict[str, Any]
 
 RFC3986 = "urn:ietf:rfc:3986"
 LOINC = "http://loinc.org"
@@ -123,7 +128,7 @@ def gateway_device_id(hub_id: str) -> str:
 # --- pre-encoded fragments -----------------------------------------------------------------------
 
 
-def _j(obj: Any) -> str:
+def _j(obj: object) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -131,7 +136,7 @@ def _coding(system: str, code: str, display: str) -> dict[str, str]:
     return {"system": system, "code": code, "display": display}
 
 
-def _category(code: str, display: str) -> list[dict[str, Any]]:
+def _category(code: str, display: str) -> list[dict[str, object]]:
     return [
         {"coding": [_coding(OBSERVATION_CATEGORY, code, display)]},
         {"coding": [_coding(PHD_CATEGORY, "phd-observation", "PHD Observation")]},
@@ -179,7 +184,7 @@ _GATEWAY_TYPE = {
     "coding": [_coding(MDC, "531981", "MDC_MOC_VMS_MDS_AHD")],
     "text": "Personal health gateway",
 }
-_SENSOR_TYPES: dict[str, dict[str, Any]] = {
+_SENSOR_TYPES: dict[str, dict[str, object]] = {
     kind: {"coding": [_coding(MDC, "65573", "MDC_MOC_VMS_MDS_SIMP")], "text": text}
     for kind, text in (("heart_rate", "Heart rate sensor"), ("glucose", "Glucose meter"))
 }
@@ -272,25 +277,25 @@ def _observation_text(
     )
 
 
-def _loads(text: str | bytes) -> Any:
-    return json.loads(text, parse_float=Decimal)
+def _loads(text: str | bytes) -> Resource:
+    result: Resource = json.loads(text, parse_float=Decimal)
+    return result
 
 
 def observation(
     reading: HeartRateReading | GlucoseReading, *, sensor_id: str, gateway_id: str
-) -> dict[str, Any]:
+) -> Resource:
     """The R4 Observation of one reading; non-integer numbers are Decimal (see to_json)."""
     text = _observation_text(
         reading, _s("Device/" + sensor_id), _s("Device/" + gateway_id), _s(reading.id)[1:-1]
     )
-    result: dict[str, Any] = _loads(text)
-    return result
+    return _loads(text)
 
 
 # --- Bundle --------------------------------------------------------------------------------------
 
 
-def _device_entry(device_id: str, device_type: dict[str, Any]) -> str:
+def _device_entry(device_id: str, device_type: Mapping[str, object]) -> str:
     urn = "urn:uuid:" + device_id
     return _j({
         "fullUrl": urn,
@@ -333,16 +338,15 @@ def bundle_bytes(readings: Iterable[HeartRateReading | GlucoseReading], *, hub_i
     return text.encode()
 
 
-def bundle(readings: Iterable[HeartRateReading | GlucoseReading], *, hub_id: str) -> dict[str, Any]:
+def bundle(readings: Iterable[HeartRateReading | GlucoseReading], *, hub_id: str) -> Resource:
     """The transaction Bundle as a dict (see :func:`bundle_bytes`); numbers are Decimal/int."""
-    result: dict[str, Any] = _loads(bundle_bytes(readings, hub_id=hub_id))
-    return result
+    return _loads(bundle_bytes(readings, hub_id=hub_id))
 
 
 # --- JSON ----------------------------------------------------------------------------------------
 
 
-def to_json(obj: Any) -> bytes:
+def to_json(obj: object) -> bytes:
     """Compact UTF-8 JSON of a dict from this module; Decimal values become JSON numbers with
     every digit kept (``5.50`` stays ``5.50``)."""
     # Decimals are first written as marked strings, then the quotes and markers are cut

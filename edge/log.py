@@ -17,10 +17,11 @@ import re
 import secrets
 import sys
 import threading
-from collections.abc import Iterable, MutableMapping
-from typing import Any, TextIO
+from collections.abc import Iterable
+from typing import TextIO
 
 import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
 
 REDACTED = "[redacted]"
 
@@ -107,7 +108,7 @@ class Redactor:
             text = pattern.sub(REDACTED, text)
         return text
 
-    def _clean(self, key: str, value: Any) -> Any:
+    def _clean(self, key: str, value: object) -> object:
         kind = _key_kind(key) if key else "plain"
         if kind == "address" and isinstance(value, str):
             # already a device hash (a caller named the device itself): keep, never re-hash
@@ -125,8 +126,8 @@ class Redactor:
         return self.scrub(str(value))
 
     def __call__(
-        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
-    ) -> MutableMapping[str, Any]:
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
         level = _LEVELS.get(str(event_dict.get("level", method_name)).lower(), logging.INFO)
         if level < logging.INFO:
             return event_dict
@@ -138,7 +139,7 @@ class Redactor:
 REDACTOR = Redactor()
 
 
-def shared_processors() -> list[Any]:
+def shared_processors() -> list[Processor]:
     """Processors every event goes through, redaction last before rendering."""
     return [
         structlog.contextvars.merge_contextvars,
@@ -153,7 +154,7 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
     """JSON lines (journald-friendly) or a console renderer; stdlib loggers (bleak, paho)
     are routed through the same redaction."""
     out = stream or sys.stdout
-    renderer: Any
+    renderer: Processor
     if fmt == "console" or (fmt == "auto" and out.isatty()):
         colors = out.isatty() and "NO_COLOR" not in os.environ
         renderer = structlog.dev.ConsoleRenderer(colors=colors)
@@ -185,6 +186,7 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
 
 
-def get_logger(name: str = "edge") -> Any:
+def get_logger(name: str = "edge") -> structlog.stdlib.BoundLogger:
     """A structlog logger. Event names are stable dotted words, e.g. ``ble.connected``."""
-    return structlog.stdlib.get_logger(name)
+    logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name)
+    return logger

@@ -36,12 +36,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from firmware_sim.errors import SimError
+
 log = logging.getLogger("firmware_sim")
 
 ENV_BUS = "DBUS_SYSTEM_BUS_ADDRESS"
 
 
-class UsageError(Exception):
+class UsageError(SimError):
     """A user error: printed as one line, exit status 2."""
 
 

@@ -12,11 +12,19 @@ that fault plans and glucose records keep their shape without a D-Bus type per f
 ``InjectFault(s device, s spec_json) -> s``         merges fault keys; the plan in force (JSON)
 ``ClearFaults(s device)``                           back to a well-behaved device
 ``AddGlucoseRecord(s device, s fields_json) -> q``  the new record's sequence number
-``SetHeartRate(s device, i bpm)``                   pins the heart rate; -1 releases it
+``SetHeartRate(s device, i bpm)``                   pins the heart rate (20-300); -1 releases it
 ``SetVisible(s device, b visible)``                 appear in / vanish from scans
+``ForgetBond(s device) -> b``                       the device loses its bond (reset, battery
+                                                    change); False when it had none
 =================================================== ===========================================
 
-Errors: ``com.edge.Sim.Error.NoSuchDevice``, ``com.edge.Sim.Error.InvalidArguments``,
+``ListAdapters() -> s``                             JSON list of adapter summaries
+``AddAdapter(s name, s address) -> s``              plugs in ``hciN`` ("" address: derived)
+``RemoveAdapter(s name)``                           unplugs it: links drop, objects go
+``WedgeAdapter(s name, s mode) -> s``               ``in_progress`` | ``silent`` until the
+                                                    adapter is power-cycled (Powered off, on)
+
+Errors: ``com.edge.Sim.Error.NoSuchDevice``, ``com.edge.Sim.Error.NoSuchAdapter``, ``com.edge.Sim.Error.InvalidArguments``,
 ``com.edge.Sim.Error.NotSupported`` (e.g. a heart rate for a glucose meter).
 
 :class:`ControlClient` is the matching client (used by ``python -m firmware_sim ctl``).
@@ -26,7 +34,6 @@ Errors: ``com.edge.Sim.Error.NoSuchDevice``, ``com.edge.Sim.Error.InvalidArgumen
 import json
 import logging
 from collections.abc import Callable
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dbus_fast import BusType, DBusError, Message, MessageType
@@ -35,7 +42,12 @@ from dbus_fast.annotations import DBusBool, DBusInt32, DBusStr, DBusUInt16
 from dbus_fast.constants import NameFlag, RequestNameReply
 from dbus_fast.service import ServiceInterface, dbus_method
 
+from firmware_sim.control_args import check_bpm, check_glucose_fields
+from firmware_sim.errors import BusNameTakenError, SimError
+
 if TYPE_CHECKING:
+    from firmware_sim.bluez.adapter import AdapterNode
+    from firmware_sim.bluez.server import FakeBlueZ
     from firmware_sim.fleet import Fleet, SimDevice
 
 log = logging.getLogger(__name__)
@@ -48,7 +60,7 @@ _ERROR = "com.edge.Sim.Error"
 T = TypeVar("T")
 
 
-class ControlError(Exception):
+class ControlError(SimError):
     """A control request failed; ``name`` is the D-Bus error name."""
 
     def __init__(self, name: str, text: str) -> None:
@@ -73,27 +85,33 @@ def _json_object(text: str, what: str) -> dict[str, Any]:
     return value
 
 
-def _glucose_fields(fields: dict[str, Any]) -> dict[str, Any]:
-    out = dict(fields)
-    if isinstance(out.get("base_time"), str):
-        try:
-            out["base_time"] = datetime.fromisoformat(out["base_time"])
-        except ValueError as err:
-            raise _invalid("base_time: expected ISO 8601") from err
-    return out
-
-
 class ControlInterface(ServiceInterface):
     """``com.edge.Sim1`` over a :class:`~firmware_sim.fleet.Fleet`."""
 
-    def __init__(self, fleet: "Fleet") -> None:
+    def __init__(self, fleet: "Fleet", bluez: "FakeBlueZ | None" = None) -> None:
         super().__init__(CONTROL_INTERFACE)
         self._fleet = fleet
+        self._bluez = bluez
 
     def _device(self, device: str) -> "SimDevice":
         found = self._fleet.find(device)
         if found is None:
-            raise DBusError(f"{_ERROR}.NoSuchDevice", "no such simulated device")
+            raise DBusError(
+                f"{_ERROR}.NoSuchDevice", f"no simulated device {device!r} (see: ctl list)"
+            )
+        return found
+
+    def _server(self) -> "FakeBlueZ":
+        if self._bluez is None:
+            raise DBusError(f"{_ERROR}.NotSupported", "no fake BlueZ behind this simulator")
+        return self._bluez
+
+    def _adapter(self, name: str) -> "AdapterNode":
+        found = self._server().registry.adapters.get(name)
+        if found is None:
+            raise DBusError(
+                f"{_ERROR}.NoSuchAdapter", f"no adapter {name!r} (see: ctl adapters)"
+            )
         return found
 
     def _control(self, device: str, method: str, kind: str) -> Callable[..., Any]:
@@ -108,7 +126,9 @@ class ControlInterface(ServiceInterface):
             return fn()
         except DBusError:
             raise
-        except (ValueError, TypeError, KeyError) as err:
+        except KeyError as err:
+            raise _invalid(str(err.args[0]) if err.args else "not found") from err
+        except (ValueError, TypeError, ArithmeticError) as err:
             raise _invalid(str(err)) from err
 
     @dbus_method()
@@ -153,14 +173,15 @@ class ControlInterface(ServiceInterface):
     def AddGlucoseRecord(self, device: DBusStr, fields_json: DBusStr) -> DBusUInt16:
         """Store a record on a meter; returns its sequence number."""
         add = self._control(device, "add_glucose_record", "a glucose meter")
-        fields = _glucose_fields(_json_object(fields_json, "record"))
+        fields = self._call(lambda: check_glucose_fields(_json_object(fields_json, "record")))
         return int(self._call(lambda: add(**fields)))
 
     @dbus_method()
     def SetHeartRate(self, device: DBusStr, bpm: DBusInt32) -> None:
         """Pin a strap's heart rate; -1 releases it."""
         setter = self._control(device, "set_heart_rate", "a heart-rate strap")
-        self._call(lambda: setter(None if bpm < 0 else bpm))
+        pinned = self._call(lambda: check_bpm(bpm))
+        self._call(lambda: setter(pinned))
 
     @dbus_method()
     def SetVisible(self, device: DBusStr, visible: DBusBool) -> None:
@@ -168,12 +189,57 @@ class ControlInterface(ServiceInterface):
         self._device(device).set_visible(visible)
 
 
+    @dbus_method()
+    def ForgetBond(self, device: DBusStr) -> DBusBool:
+        """The device forgets its bond (the host keeps its half); its link drops."""
+        had = self._device(device).forget_bond()
+        log.info("sim.control_bond_forgotten")
+        return had
+
+
+    @dbus_method()
+    def ListAdapters(self) -> DBusStr:
+        """JSON list of adapter summaries."""
+        return json.dumps([a.summary() for a in self._server().adapters])
+
+    @dbus_method()
+    def AddAdapter(self, name: DBusStr, address: DBusStr) -> DBusStr:
+        """Plug in an adapter (InterfacesAdded); returns its summary (JSON)."""
+        server = self._server()
+        adapter = self._call(lambda: server.add_adapter(name, address or _address_for(name)))
+        log.info("sim.control_adapter_added")
+        return json.dumps(adapter.summary())
+
+    @dbus_method()
+    def RemoveAdapter(self, name: DBusStr) -> None:
+        """Unplug an adapter: its links drop, its objects go (InterfacesRemoved)."""
+        self._adapter(name)
+        self._server().remove_adapter(name)
+        log.info("sim.control_adapter_removed")
+
+    @dbus_method()
+    def WedgeAdapter(self, name: DBusStr, mode: DBusStr) -> DBusStr:
+        """Wedge the adapter's discovery (``in_progress`` | ``silent``) until power-cycled."""
+        adapter = self._adapter(name)
+        self._call(lambda: adapter.wedge(mode or "in_progress"))
+        log.info("sim.control_adapter_wedged")
+        return json.dumps(adapter.summary())
+
+
+def _address_for(name: str) -> str:
+    """A stable public-looking address for adapter ``name`` (hciN)."""
+    digits = "".join(c for c in name if c.isdigit()) or "0"
+    return f"00:1A:7D:DA:7{int(digits) % 10}:{int(digits) % 256:02X}"
+
+
 class ControlServer:
     """Exports :class:`ControlInterface` on its own connection to the simulator's bus."""
 
-    def __init__(self, bus_address: str, fleet: "Fleet") -> None:
+    def __init__(
+        self, bus_address: str, fleet: "Fleet", bluez: "FakeBlueZ | None" = None
+    ) -> None:
         self._address = bus_address
-        self._iface = ControlInterface(fleet)
+        self._iface = ControlInterface(fleet, bluez)
         self._bus: MessageBus | None = None
 
     async def start(self) -> None:
@@ -184,7 +250,7 @@ class ControlServer:
         reply = await bus.request_name(CONTROL_BUS_NAME, NameFlag.DO_NOT_QUEUE)
         if reply is not RequestNameReply.PRIMARY_OWNER:
             bus.disconnect()
-            raise RuntimeError(f"{CONTROL_BUS_NAME} is already owned on this bus")
+            raise BusNameTakenError(f"{CONTROL_BUS_NAME} is already owned on this bus")
         self._bus = bus
 
     async def stop(self) -> None:
@@ -270,6 +336,29 @@ class ControlClient:
     async def set_heart_rate(self, device: str, bpm: int | None) -> None:
         """Pin a strap's heart rate (None releases it)."""
         await self._call("SetHeartRate", "si", device, -1 if bpm is None else bpm)
+
+    async def list_adapters(self) -> list[dict[str, Any]]:
+        """Summaries of every adapter."""
+        result: list[dict[str, Any]] = json.loads(await self._call("ListAdapters"))
+        return result
+
+    async def add_adapter(self, name: str, address: str = "") -> dict[str, Any]:
+        """Plug in adapter ``name`` (hciN); returns its summary."""
+        result: dict[str, Any] = json.loads(await self._call("AddAdapter", "ss", name, address))
+        return result
+
+    async def remove_adapter(self, name: str) -> None:
+        """Unplug adapter ``name``."""
+        await self._call("RemoveAdapter", "s", name)
+
+    async def wedge_adapter(self, name: str, mode: str = "in_progress") -> dict[str, Any]:
+        """Wedge the adapter's discovery until it is power-cycled; returns its summary."""
+        result: dict[str, Any] = json.loads(await self._call("WedgeAdapter", "ss", name, mode))
+        return result
+
+    async def forget_bond(self, device: str) -> bool:
+        """Make the device lose its bond; False if it had none."""
+        return bool(await self._call("ForgetBond", "s", device))
 
     async def set_visible(self, device: str, visible: bool) -> None:
         """Make a device appear in or vanish from scans."""

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
+from firmware_sim.errors import SimError
+
 # IEEE 11073 SFLOAT special values (the whole 16-bit word)
 SFLOAT_NAN = 0x07FF
 SFLOAT_NRES = 0x0800
@@ -23,7 +25,7 @@ SFLOAT_RESERVED = 0x0801
 _MANTISSA_MAX = 2045  # 2046/2047 and -2046..-2048 collide with the special values
 
 
-class EncodeError(ValueError):
+class EncodeError(SimError, ValueError):
     """A value cannot be represented in the characteristic's format."""
 
 

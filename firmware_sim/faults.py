@@ -19,8 +19,10 @@ counters in a :class:`FaultState`. Keys (all optional):
 ``reset_sequence``              bool: the meter renumbers its records from 1 (applied once)
 ``slow_response_seconds``       float: every operation takes this long (on the sim clock)
 ``invisible``                   bool: the device disappears from scans and cannot be reached
-``pairing_refused``             "failed" | "rejected": pairing fails (AuthenticationFailed /
-                                AuthenticationRejected)
+``pairing_refused``             "failed" | "rejected" | "canceled": pairing fails
+                                (AuthenticationFailed / AuthenticationRejected /
+                                AuthenticationCanceled: the device cancels while the host's
+                                agent is asked, and bluetoothd sends the agent ``Cancel``)
 ``racp_abort_unsuccessful``     bool: an RACP abort answers "abort unsuccessful" (7)
 ``racp_interrupt_after_records`` int: a report stops after N records with "procedure not
                                 completed" (8)
@@ -33,11 +35,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from firmware_sim.errors import SimError
+
 MALFORMED_KINDS = frozenset({"truncated", "reserved_flags", "sfloat_nan", "sfloat_nres"})
-PAIRING_REFUSALS = frozenset({"failed", "rejected"})
+PAIRING_REFUSALS = frozenset({"failed", "rejected", "canceled"})
 
 
-class FaultSpecError(ValueError):
+class FaultSpecError(SimError, ValueError):
     """A fault specification has an unknown key or a bad value."""
 
 

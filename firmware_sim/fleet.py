@@ -15,18 +15,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edge.clock import Clock, SystemClock
 from firmware_sim.devices.base import SimDevice
+from firmware_sim.devices.bonding import seeded_passkey
 from firmware_sim.devices.glucose import GlucoseMeter
 from firmware_sim.devices.heart_rate import HeartRateStrap
 from firmware_sim.faults import FaultPlan
-from firmware_sim.model.clock import ManualClock, RealClock, SimClock
+from firmware_sim.model.pairing import PairingMethod, PairingSpec, parse_pairing
 
 __all__ = [
     "KINDS",
     "Fleet",
-    "ManualClock",
-    "RealClock",
-    "SimClock",
     "SimDevice",
     "build_fleet",
     "normalize_kind",
@@ -52,18 +51,37 @@ def normalize_kind(kind: str) -> str:
         raise ValueError(f"unknown device kind {kind!r}; use hr or glucose") from None
 
 
-def parse_devices_spec(spec: str) -> list[tuple[str, int]]:
-    """``"hr:2,glucose:1"`` -> ``[("heart_rate", 2), ("glucose", 1)]``."""
-    out: list[tuple[str, int]] = []
+#: keys a ``--devices`` entry may carry after its count (``glucose:1:pairing=passkey``)
+SPEC_KEYS = ("pairing", "passkey")
+
+
+def parse_devices_spec(spec: str) -> list[tuple[str, int, dict[str, Any]]]:
+    """``"hr:2,glucose:1:pairing=passkey:passkey=123456"`` ->
+    ``[("heart_rate", 2, {}), ("glucose", 1, {"pairing": "passkey", "passkey": "123456"})]``.
+
+    Each entry is ``KIND[:COUNT][:KEY=VALUE]...`` with keys from :data:`SPEC_KEYS`."""
+    out: list[tuple[str, int, dict[str, Any]]] = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
-        kind, _, count = part.partition(":")
-        try:
-            n = int(count) if count else 1
-        except ValueError:
-            raise ValueError(f"bad device count in {part!r}; expected e.g. hr:2") from None
+        kind, *rest = part.split(":")
+        n = 1
+        if rest and "=" not in rest[0]:
+            count = rest.pop(0)
+            try:
+                n = int(count) if count else 1
+            except ValueError:
+                raise ValueError(f"bad device count in {part!r}; expected e.g. hr:2") from None
         if n < 0:
             raise ValueError(f"negative device count in {part!r}")
-        out.append((normalize_kind(kind), n))
+        options: dict[str, Any] = {}
+        for item in rest:
+            key, sep, value = item.partition("=")
+            if not sep or key not in SPEC_KEYS:
+                raise ValueError(
+                    f"bad option {item!r} in {part!r}; expected KEY=VALUE with KEY one of "
+                    f"{', '.join(SPEC_KEYS)} (e.g. glucose:1:pairing=passkey:passkey=123456)"
+                )
+            options[key] = value
+        out.append((normalize_kind(kind), n, options))
     return out
 
 
@@ -77,15 +95,23 @@ def make_address(rng: random.Random, address_type: str) -> str:
     return ":".join(f"{o:02X}" for o in octets)
 
 
+def pairing_options(options: dict[str, Any], *, where: str) -> tuple[PairingMethod, int | None]:
+    """Take ``pairing`` and ``passkey`` out of device ``options`` (a passkey alone implies
+    ``pairing = "passkey"``); ValueError naming ``where`` when they are bad."""
+    passkey = options.pop("passkey", None)
+    method = options.pop("pairing", "passkey" if passkey is not None else "just_works")
+    return parse_pairing(method, passkey, where=where)
+
+
 DeviceCallback = Callable[[SimDevice], None]
 
 
 class Fleet:
     """The simulated devices of one simulator run, on one clock, from one seed."""
 
-    def __init__(self, *, seed: int = 0, clock: SimClock | None = None) -> None:
+    def __init__(self, *, seed: int = 0, clock: Clock | None = None) -> None:
         self.seed = seed
-        self.clock: SimClock = clock or RealClock()
+        self.clock: Clock = clock or SystemClock()
         self.devices: list[SimDevice] = []
         self.on_added: list[DeviceCallback] = []
         self.on_removed: list[DeviceCallback] = []
@@ -161,7 +187,11 @@ class Fleet:
                 raise ValueError(f"address {address} already in the fleet")
         plan = faults if isinstance(faults, FaultPlan) else FaultPlan.from_dict(faults or {})
         options["address_type"] = address_type
+        method, passkey = pairing_options(options, where=f"{kind} device")
         device = cls(name=name, address=address, clock=self.clock, rng=rng, faults=plan, **options)
+        if method is PairingMethod.PASSKEY and passkey is None:
+            passkey = seeded_passkey(random.Random(f"{self.seed}:{kind}:{n}:passkey"))  # noqa: S311
+        device.pairing = PairingSpec(method, passkey)
         self._counters[kind] = n
         self.devices.append(device)
         if self._running:
@@ -235,7 +265,7 @@ def build_fleet(
     scenario: Path | None = None,
     devices: str | None = None,
     seed: int = 0,
-    clock: SimClock | None = None,
+    clock: Clock | None = None,
 ) -> Fleet:
     """A fleet from a scenario file and/or a ``--devices`` spec (``"hr:2,glucose:1"``).
 
@@ -258,7 +288,7 @@ def build_fleet(
     if spec is not None:
         spec.populate(fleet)
     if devices:
-        for kind, count in parse_devices_spec(devices):
+        for kind, count, options in parse_devices_spec(devices):
             for _ in range(count):
-                fleet.add(kind)
+                fleet.add(kind, **options)
     return fleet

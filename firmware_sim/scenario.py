@@ -21,6 +21,11 @@ Heart-rate strap options: ``resting_bpm`` (int), ``hr_format`` ("uint8" | "uint1
 ``body_location`` (int 0-6), ``battery`` (int %), ``mtu`` (int >= 23), ``rssi`` (int dBm),
 ``serial`` (text).
 
+Every device: ``pairing`` ("just_works" (default) | "passkey" | "numeric_comparison": what the
+device demands of the host's pairing agent, see :mod:`firmware_sim.model.pairing`) and
+``passkey`` (6 digits, for ``pairing = "passkey"``: the passkey printed on / shown by the device;
+drawn from the seed when omitted; a passkey alone implies ``pairing = "passkey"``).
+
 Glucose meter options: ``history`` (int records, default 24), ``first_sequence`` (int 0-65535;
 put it near 65535 to make the store wrap), ``unit`` ("mg/dL" | "mmol/L"), ``context`` (bool:
 serve 0x2A34 context records), ``hi_lo`` (bool: a HI and a LO record in the history),
@@ -40,11 +45,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, cast
 
+from firmware_sim.errors import SimError
 from firmware_sim.faults import FaultPlan, FaultSpecError
-from firmware_sim.fleet import Fleet, normalize_kind
+from firmware_sim.fleet import Fleet, normalize_kind, pairing_options
 
 
-class ScenarioError(ValueError):
+class ScenarioError(SimError, ValueError):
     """A scenario file is missing, not TOML, or does not match the schema."""
 
 
@@ -61,6 +67,8 @@ OPTION_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
         "rssi": (int,),
         "serial": (str,),
         "address_type": (str,),
+        "pairing": (str,),
+        "passkey": (int, str),
     },
     "glucose": {
         "history": (int,),
@@ -80,6 +88,8 @@ OPTION_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
         "rssi": (int,),
         "serial": (str,),
         "address_type": (str,),
+        "pairing": (str,),
+        "passkey": (int, str),
     },
 }
 _CHOICES: dict[str, tuple[Any, ...]] = {
@@ -197,6 +207,11 @@ def check_options(
     """Check device options for ``kind`` (normalised) against the schema; returns them."""
     allowed = OPTION_TYPES[kind]
     value: Any
+    if "pairing" in options or "passkey" in options:
+        try:
+            pairing_options(dict(options), where=where)
+        except ValueError as e:
+            raise ScenarioError(str(e)) from e
     for key, value in options.items():
         if key not in allowed:
             raise ScenarioError(

@@ -7,7 +7,7 @@ scanning commands do not load the session code (and its codecs) they do not need
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from edge.ble.ports import ClientFactory, IntakeSink, ScannerFactory
 from edge.ble.state import DeviceState
@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in ("BleManager", "DeviceSupervisor"):
         from edge.ble import supervisor
 

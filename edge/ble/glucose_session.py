@@ -34,7 +34,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import datetime, tzinfo
-from typing import Any
+
+from bleak.args.bluez import BlueZNotifyArgs
+from bleak.backends.characteristic import BleakGATTCharacteristic
 
 from edge.ble.errors import BleOperationError, att_code
 from edge.ble.link import Link, cancel_and_wait, with_timeout
@@ -48,8 +50,8 @@ from edge.ble.profiles import (
 )
 from edge.clock import Clock
 from edge.errors import MalformedPayload, PairingRefused
-from edge.gatt.glucose import decode_glucose_feature
-from edge.gatt.misc import decode_current_time
+from edge.gatt.current_time import decode_current_time
+from edge.gatt.glucose_feature import decode_glucose_feature
 from edge.gatt.racp_client import (
     Action,
     Finished,
@@ -117,18 +119,18 @@ class GlucoseSession:
 
     # --- notifications (bleak callbacks, synchronous) -----------------------------------------
 
-    def _on_measurement(self, _char: Any, data: bytearray) -> None:
+    def _on_measurement(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
         if self._events is None:
             # Pushed by the meter outside a procedure: fetch it through RACP from the cursor.
             self._pushed.set()
             return
         self._events.put_nowait((GLUCOSE_MEASUREMENT, bytes(data), self._clock.now()))
 
-    def _on_context(self, _char: Any, data: bytearray) -> None:
+    def _on_context(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
         if self._events is not None:
             self._events.put_nowait((GLUCOSE_CONTEXT, bytes(data), self._clock.now()))
 
-    def _on_racp(self, _char: Any, data: bytearray) -> None:
+    def _on_racp(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
         if self._events is not None:
             self._events.put_nowait((RACP, bytes(data), self._clock.now()))
 
@@ -149,11 +151,10 @@ class GlucoseSession:
             pushed = asyncio.ensure_future(self._pushed.wait())
             dropped = asyncio.ensure_future(self._link.wait_dropped())
             poll = asyncio.ensure_future(self._clock.sleep(self._poll_s))
-            waits: set[asyncio.Future[Any]] = {pushed, dropped, poll}
             try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait((pushed, dropped, poll), return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for w in waits:
+                for w in (pushed, dropped, poll):
                     await cancel_and_wait(w)
             if self._link.dropped.is_set():
                 raise BleOperationError("listen", "link_lost")
@@ -191,18 +192,18 @@ class GlucoseSession:
         # StartNotify for everything (bleak 3's default, pinned here): with AcquireNotify each
         # characteristic gets its own socket and the RACP completion, which always travels over
         # D-Bus, could overtake the last records.
-        ordered = {"bluez": {"use_start_notify": True}}
+        ordered: BlueZNotifyArgs = {"use_start_notify": True}
         await self._link.call(
             "subscribe",
-            self._client.start_notify(GLUCOSE_MEASUREMENT, self._on_measurement, **ordered),
+            self._client.start_notify(GLUCOSE_MEASUREMENT, self._on_measurement, bluez=ordered),
         )
         if self._has(GLUCOSE_CONTEXT):
             await self._link.call(
                 "subscribe",
-                self._client.start_notify(GLUCOSE_CONTEXT, self._on_context, **ordered),
+                self._client.start_notify(GLUCOSE_CONTEXT, self._on_context, bluez=ordered),
             )
         await self._link.call(
-            "subscribe", self._client.start_notify(RACP, self._on_racp, **ordered)
+            "subscribe", self._client.start_notify(RACP, self._on_racp, bluez=ordered)
         )
 
     async def _sync(self) -> None:

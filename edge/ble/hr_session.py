@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+
+from bleak.backends.characteristic import BleakGATTCharacteristic
 
 from edge.ble.errors import BleOperationError
 from edge.ble.link import Link, cancel_and_wait, with_timeout
@@ -60,7 +61,7 @@ class HeartRateSession:
         #: notifications received in this session
         self.received = 0
 
-    def _on_notify(self, _char: Any, data: bytearray) -> None:
+    def _on_notify(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
         self._last_rx = self._clock.monotonic()
         self.received += 1
         self._rx.set()
@@ -78,7 +79,7 @@ class HeartRateSession:
         consumer = asyncio.ensure_future(self._consume())
         watchdog = asyncio.ensure_future(self._watch_stall())
         dropped = asyncio.ensure_future(self._link.wait_dropped())
-        tasks: set[asyncio.Future[Any]] = {consumer, watchdog, dropped}
+        tasks: set[asyncio.Future[None]] = {consumer, watchdog, dropped}
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -92,7 +93,7 @@ class HeartRateSession:
             raise BleOperationError("stream", "link_lost")
         raise BleOperationError("stream", "stalled")
 
-    async def _drain_then_stop(self, consumer: asyncio.Future[Any]) -> None:
+    async def _drain_then_stop(self, consumer: asyncio.Future[None]) -> None:
         if consumer.done():
             return
         try:

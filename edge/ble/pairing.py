@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any
+
+from bleak.backends.device import BLEDevice
 
 from edge.ble.errors import BLE_EXCEPTIONS, ble_error, is_auth_error, stack_error
 from edge.ble.ports import BleClient, ClientFactory, ScannerFactory
@@ -61,7 +62,7 @@ async def read_device_information(client: BleClient) -> dict[str, str]:
 
 
 async def _find(scanner_factory: ScannerFactory | None, clock: Clock, address: str,
-                seconds: float) -> Any:
+                seconds: float) -> BLEDevice | str:
     """The scanner's ``BLEDevice`` for ``address``, or the address itself when not seen."""
     if scanner_factory is None:
         return address

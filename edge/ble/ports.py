@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from bleak import BleakClient, BleakScanner
+from bleak.args.bluez import BlueZNotifyArgs
+from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 
@@ -20,7 +22,9 @@ from edge.readings import GlucoseReading, HeartRateReading
 #: ``callback(device, advertisement)`` for every advertisement seen while scanning
 DetectionCallback = Callable[[BLEDevice, AdvertisementData], None]
 #: ``callback(characteristic, value)`` for every notification or indication
-NotifyCallback = Callable[[Any, bytearray], None]
+NotifyCallback = Callable[[BleakGATTCharacteristic, bytearray], None]
+#: called when the link drops; the argument (the client) is not used
+DisconnectedCallback = Callable[[object], None]
 
 
 class Scanner(Protocol):
@@ -34,10 +38,12 @@ class Scanner(Protocol):
 class ScannerFactory(Protocol):
     """Makes a scanner that reports every advertisement to ``detection_callback``."""
 
-    def __call__(self, detection_callback: DetectionCallback) -> Scanner: ...
+    def __call__(self, detection_callback: DetectionCallback, /) -> Scanner: ...
 
 
 class GattService(Protocol):
+    """The part of bleak's ``BleakGATTService`` the gateway uses."""
+
     @property
     def uuid(self) -> str: ...
 
@@ -45,9 +51,9 @@ class GattService(Protocol):
 class GattServices(Protocol):
     """The part of bleak's ``BleakGATTServiceCollection`` the gateway uses."""
 
-    def __iter__(self) -> Iterator[Any]: ...
+    def __iter__(self) -> Iterator[GattService]: ...
 
-    def get_characteristic(self, specifier: str) -> Any: ...
+    def get_characteristic(self, specifier: str, /) -> BleakGATTCharacteristic | None: ...
 
 
 class BleClient(Protocol):
@@ -60,7 +66,7 @@ class BleClient(Protocol):
     def is_connected(self) -> bool: ...
 
     @property
-    def services(self) -> Any: ...
+    def services(self) -> GattServices: ...
 
     async def connect(self) -> None: ...
 
@@ -70,17 +76,17 @@ class BleClient(Protocol):
 
     async def unpair(self) -> None: ...
 
-    async def read_gatt_char(self, char_specifier: str) -> bytearray: ...
+    async def read_gatt_char(self, char_specifier: str, /) -> bytearray: ...
 
     async def write_gatt_char(
-        self, char_specifier: str, data: bytes, response: bool | None = None
+        self, char_specifier: str, data: bytes, response: bool | None = None, /
     ) -> None: ...
 
     async def start_notify(
-        self, char_specifier: str, callback: NotifyCallback, **kwargs: Any
+        self, char_specifier: str, callback: NotifyCallback, /, *, bluez: BlueZNotifyArgs = ...
     ) -> None: ...
 
-    async def stop_notify(self, char_specifier: str) -> None: ...
+    async def stop_notify(self, char_specifier: str, /) -> None: ...
 
 
 class ClientFactory(Protocol):
@@ -89,14 +95,15 @@ class ClientFactory(Protocol):
     def __call__(
         self,
         device: BLEDevice | str,
+        /,
         *,
-        disconnected_callback: Callable[[Any], None] | None = None,
+        disconnected_callback: DisconnectedCallback | None = None,
         timeout: float = 20.0,
     ) -> BleClient: ...
 
 
 class IntakeSink(Protocol):
-    """Where sessions hand readings; implemented by the daemon (``edge/intake.py``)."""
+    """Where sessions hand readings; implemented by the intake gate (``edge.intake``)."""
 
     async def submit(self, readings: Sequence[HeartRateReading | GlucoseReading]) -> None:
         """Validate, apply the consent gate, append. Never raises for refusals (counts them)."""
@@ -161,7 +168,7 @@ class DeviceRegistry(Protocol):
 def bleak_scanner_factory(adapter: str | None = None) -> ScannerFactory:
     """Scanners on bleak's real backend (active scanning on ``adapter``)."""
 
-    def make(detection_callback: DetectionCallback) -> Scanner:
+    def make(detection_callback: DetectionCallback, /) -> Scanner:
         if adapter:
             return BleakScanner(detection_callback, bluez={"adapter": adapter})
         return BleakScanner(detection_callback)
@@ -174,8 +181,9 @@ def bleak_client_factory(adapter: str | None = None) -> ClientFactory:
 
     def make(
         device: BLEDevice | str,
+        /,
         *,
-        disconnected_callback: Callable[[Any], None] | None = None,
+        disconnected_callback: DisconnectedCallback | None = None,
         timeout: float = 20.0,
     ) -> BleClient:
         if adapter:

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
@@ -94,10 +93,9 @@ async def scan_for(
         await scanner.start()
     except BLE_EXCEPTIONS as exc:
         raise stack_error("scan", exc) from exc
-    deadline: asyncio.Future[Any] = asyncio.ensure_future(clock.sleep(seconds))
+    deadline = asyncio.ensure_future(clock.sleep(seconds))
     try:
-        pending: set[asyncio.Future[Any]] = {found, deadline}
-        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((found, deadline), return_when=asyncio.FIRST_COMPLETED)
     finally:
         deadline.cancel()
         with contextlib.suppress(*BLE_EXCEPTIONS):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 #: the states a supervisor moves through; errors are ``error:<reason>``
 IDLE = "idle"
@@ -27,7 +26,7 @@ class DeviceState:
     last_error: str | None = None
     readings: int = 0
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, object]:
         """JSON-friendly form (``last_seen`` ISO 8601)."""
         return {
             "address": self.address,

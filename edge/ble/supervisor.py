@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, tzinfo
-from typing import Any
+from typing import TypedDict, Unpack
 
 from edge.backoff import Backoff, BackoffPolicy
 from edge.ble.errors import BLE_EXCEPTIONS, BleOperationError, reason_of
@@ -44,6 +44,17 @@ TOUCH_INTERVAL_S = 60.0
 #: a connected glucose meter is re-synced from its cursor this often (it may store records
 #: without notifying); pushed records are fetched at once
 GLUCOSE_POLL_S = 60.0
+
+
+class _StateChanges(TypedDict, total=False):
+    """The :class:`DeviceState` fields a supervisor changes."""
+
+    state: str
+    last_seen: datetime | None
+    connects: int
+    disconnects: int
+    last_error: str | None
+    readings: int
 
 
 class DeviceSupervisor:
@@ -94,7 +105,7 @@ class DeviceSupervisor:
     def state(self) -> DeviceState:
         return self._state
 
-    def _set(self, **changes: Any) -> None:
+    def _set(self, **changes: Unpack[_StateChanges]) -> None:
         self._state = replace(self._state, **changes)
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
@@ -149,7 +160,7 @@ class DeviceSupervisor:
         dropped = asyncio.Event()
         loop = asyncio.get_running_loop()
 
-        def on_disconnect(_client: Any) -> None:
+        def on_disconnect(_client: object) -> None:
             loop.call_soon_threadsafe(dropped.set)
 
         client = self._client_factory(

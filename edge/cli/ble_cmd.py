@@ -10,8 +10,9 @@ import argparse
 import asyncio
 import contextlib
 import sys
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 from edge.ble.pairing import PairedDevice, pair_device, unpair_device
 from edge.ble.ports import bleak_client_factory, bleak_scanner_factory
@@ -23,6 +24,9 @@ from edge.config import BleConfig, GatewayConfig, load_config, resolve_config_pa
 from edge.errors import ConfigError, EdgeError, PairingRefused
 from edge.log import configure_logging
 from edge.readings import check_pseudonym
+
+if TYPE_CHECKING:
+    from edge.vault import Binding, Vault
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -74,7 +78,7 @@ def _ble_config(args: argparse.Namespace) -> BleConfig:
 
 
 @contextlib.asynccontextmanager
-async def _vault(cfg: GatewayConfig) -> AsyncIterator[Any]:
+async def _vault(cfg: GatewayConfig) -> AsyncIterator[Vault]:
     from edge.vault.rotation import open_vault
 
     vault = await open_vault(cfg.vault, actor=admin_actor())
@@ -86,7 +90,7 @@ async def _vault(cfg: GatewayConfig) -> AsyncIterator[Any]:
 
 def _tell_daemon(cfg: GatewayConfig) -> bool:
     """Ask a running daemon to re-read the bindings; False when it is not running."""
-    from edge.control import ControlClient
+    from edge.daemon.control import ControlClient
 
     try:
         ControlClient(cfg.daemon.control_socket).request("devices.refresh")
@@ -187,34 +191,32 @@ async def _unbind(cfg: GatewayConfig, address: str) -> bool:
         return bool(await vault.unbind_device(address, actor=admin_actor()))
 
 
-def _live_states(cfg: GatewayConfig) -> dict[str, dict[str, Any]]:
-    from edge.control import ControlClient
+def _live_states(cfg: GatewayConfig) -> dict[str, Mapping[str, object]]:
+    from edge.daemon.control import ControlClient
 
     try:
         status = ControlClient(cfg.daemon.control_socket, timeout_s=5.0).request("status")
     except EdgeError:
         return {}
     devices = status.get("devices") if isinstance(status, dict) else None
-    states: dict[str, dict[str, Any]] = {}
+    states: dict[str, Mapping[str, object]] = {}
     if isinstance(devices, dict):
         devices = list(devices.values())
     for d in devices or []:
-        if isinstance(d, dict) and isinstance(d.get("address"), str):
+        address = d.get("address") if isinstance(d, dict) else None
+        if isinstance(address, str):
             with contextlib.suppress(ValueError):
-                states[normalize_address(d["address"])] = d
+                states[normalize_address(address)] = d
     return states
 
 
-async def _bindings(cfg: GatewayConfig) -> list[Any]:
+async def _bindings(cfg: GatewayConfig) -> list[Binding]:
     async with _vault(cfg) as vault:
         return list(await vault.bindings())
 
 
-def _iso(value: Any) -> str | None:
-    if value is None:
-        return None
-    iso = getattr(value, "isoformat", None)
-    return str(iso()) if callable(iso) else str(value)
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
 
 
 def _devices(args: argparse.Namespace) -> int:
@@ -231,7 +233,7 @@ def _devices(args: argparse.Namespace) -> int:
                 "kind": b.kind,
                 "patient": b.patient,
                 "bonded": b.bonded,
-                "bound_at": _iso(getattr(b, "bound_at", None)),
+                "bound_at": _iso(b.bound_at),
                 "state": state.get("state", "daemon_not_running" if not live else "unknown"),
                 "last_seen": state.get("last_seen") or _iso(b.last_seen),
             }

@@ -7,7 +7,6 @@ import json
 import os
 import pwd
 import sys
-from typing import Any
 
 from edge.config import GatewayConfig, load_checked, resolve_config_path
 
@@ -17,7 +16,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
     return load_checked(resolve_config_path(args.config))
 
 
-def print_json(obj: Any) -> None:
+def print_json(obj: object) -> None:
     """One JSON document on stdout."""
     json.dump(obj, sys.stdout, default=str)
     sys.stdout.write("\n")

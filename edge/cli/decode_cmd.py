@@ -15,25 +15,29 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
-from typing import Any
+from enum import Enum
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from edge.errors import Implausible, MalformedPayload, UsageError
-from edge.gatt.glucose import (
-    decode_glucose_context,
-    decode_glucose_feature,
-    decode_glucose_measurement,
-)
+from edge.gatt.battery import decode_battery_level
+from edge.gatt.current_time import decode_current_time
+from edge.gatt.device_information import decode_utf8_string
+from edge.gatt.glucose import decode_glucose_measurement
+from edge.gatt.glucose_context import decode_glucose_context
+from edge.gatt.glucose_feature import decode_glucose_feature
 from edge.gatt.heart_rate import (
     decode_body_sensor_location,
     decode_heart_rate_control_point,
     decode_heart_rate_measurement,
 )
-from edge.gatt.misc import decode_battery_level, decode_current_time, decode_utf8_string
 from edge.gatt.racp import RacpNumberOfRecords, RacpResponseCode, decode_racp
 from edge.gatt.to_reading import glucose_reading, heart_rate_reading
 from edge.gatt.uuids import Characteristic, short_uuid
 from edge.readings import GlucoseReading, HeartRateReading
+
+if TYPE_CHECKING:
+    from edge.fhir import Resource
 
 EXIT_MALFORMED = 2
 
@@ -124,12 +128,15 @@ def parse_zone(text: str) -> tzinfo:
 
 # --- JSON views (the contract) ----------------------------------------------------------------
 
+#: one JSON object of the contract (values: str, int, Decimal, bool, None, lists of them)
+JsonObject = dict[str, object]
+
 
 def _iso(dt: datetime) -> str:
     return dt.isoformat(timespec="seconds")
 
 
-def _heart_rate(data: bytes) -> dict[str, Any]:
+def _heart_rate(data: bytes) -> JsonObject:
     m = decode_heart_rate_measurement(data)
     return {
         "heart_rate_bpm": m.heart_rate_bpm,
@@ -141,7 +148,7 @@ def _heart_rate(data: bytes) -> dict[str, Any]:
     }
 
 
-def _glucose(data: bytes) -> dict[str, Any]:
+def _glucose(data: bytes) -> JsonObject:
     m = decode_glucose_measurement(data)
     return {
         "sequence_number": m.sequence_number,
@@ -162,11 +169,11 @@ def _glucose(data: bytes) -> dict[str, Any]:
     }
 
 
-def _enum(value: Any) -> Any:
-    return value.value if hasattr(value, "value") else value
+def _enum(value: object) -> object:
+    return value.value if isinstance(value, Enum) else value
 
 
-def _context(data: bytes) -> dict[str, Any]:
+def _context(data: bytes) -> JsonObject:
     c = decode_glucose_context(data)
     out = {
         name: _enum(getattr(c, name))
@@ -179,12 +186,12 @@ def _context(data: bytes) -> dict[str, Any]:
     return out
 
 
-def _feature(data: bytes) -> dict[str, Any]:
+def _feature(data: bytes) -> JsonObject:
     f = decode_glucose_feature(data)
     return {"features": [x.value for x in f.features], "bits": f.bits}
 
 
-def _racp(data: bytes) -> dict[str, Any]:
+def _racp(data: bytes) -> JsonObject:
     msg = decode_racp(data)
     if isinstance(msg, RacpResponseCode):
         return {
@@ -205,15 +212,15 @@ def _racp(data: bytes) -> dict[str, Any]:
     }
 
 
-def _body_sensor_location(data: bytes) -> dict[str, Any]:
+def _body_sensor_location(data: bytes) -> JsonObject:
     return {"body_sensor_location": decode_body_sensor_location(data).value}
 
 
-def _control_point(data: bytes) -> dict[str, Any]:
+def _control_point(data: bytes) -> JsonObject:
     return {"opcode": decode_heart_rate_control_point(data).name.lower()}
 
 
-def _current_time(data: bytes) -> dict[str, Any]:
+def _current_time(data: bytes) -> JsonObject:
     t = decode_current_time(data)
     return {
         "date_time": _iso(t.date_time),
@@ -224,18 +231,18 @@ def _current_time(data: bytes) -> dict[str, Any]:
     }
 
 
-def _battery(data: bytes) -> dict[str, Any]:
+def _battery(data: bytes) -> JsonObject:
     return {"battery_level_percent": decode_battery_level(data)}
 
 
-def _string(c: Characteristic) -> Callable[[bytes], dict[str, Any]]:
-    def view(data: bytes) -> dict[str, Any]:
+def _string(c: Characteristic) -> Callable[[bytes], JsonObject]:
+    def view(data: bytes) -> JsonObject:
         return {"value": decode_utf8_string(c.label, data)}
 
     return view
 
 
-VIEWS: dict[Characteristic, Callable[[bytes], dict[str, Any]]] = {
+VIEWS: dict[Characteristic, Callable[[bytes], JsonObject]] = {
     Characteristic.HEART_RATE_MEASUREMENT: _heart_rate,
     Characteristic.BODY_SENSOR_LOCATION: _body_sensor_location,
     Characteristic.HEART_RATE_CONTROL_POINT: _control_point,
@@ -257,9 +264,9 @@ VIEWS: dict[Characteristic, Callable[[bytes], dict[str, Any]]] = {
 }
 
 
-def decode_to_json(characteristic: Characteristic, data: bytes) -> dict[str, Any]:
+def decode_to_json(characteristic: Characteristic, data: bytes) -> JsonObject:
     """The ``edge decode`` JSON object of one value (raises MalformedPayload)."""
-    out = {"characteristic": characteristic.label}
+    out: JsonObject = {"characteristic": characteristic.label}
     out.update(VIEWS[characteristic](data))
     return out
 
@@ -267,7 +274,7 @@ def decode_to_json(characteristic: Characteristic, data: bytes) -> dict[str, Any
 _BT_ADDRESS = re.compile(r"(?i)[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 
 
-def _fhir(c: Characteristic, data: bytes, args: argparse.Namespace) -> dict[str, Any]:
+def _fhir(c: Characteristic, data: bytes, args: argparse.Namespace) -> Resource:
     from edge import fhir  # only --fhir needs these
     from edge.intake import plausibility
 
@@ -300,7 +307,7 @@ def _fhir(c: Characteristic, data: bytes, args: argparse.Namespace) -> dict[str,
 # --- JSON with exact decimals ------------------------------------------------------------------
 
 
-def dumps(obj: Any) -> str:
+def dumps(obj: object) -> str:
     """JSON text in which a Decimal is a number with every digit kept (``5.50``, not ``5.5``)."""
     if isinstance(obj, Decimal):
         if not obj.is_finite():

@@ -7,14 +7,17 @@ import asyncio
 import os
 import stat
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from edge.cli.common import admin_actor, config_from_args, print_json
 from edge.config import GatewayConfig
-from edge.control import ControlClient, DaemonNotRunning
-from edge.errors import ConfigError
+from edge.daemon.control import ControlClient
+from edge.errors import ConfigError, DaemonNotRunning
+
+if TYPE_CHECKING:
+    from edge.vault import Vault
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -62,7 +65,7 @@ def ensure_vault_dir(cfg: GatewayConfig) -> None:
         )
 
 
-def load_key(cfg: GatewayConfig) -> Any:
+def load_key(cfg: GatewayConfig) -> bytes:
     """The vault key from the configured provider."""
     from edge.vault import key_provider
 
@@ -72,8 +75,8 @@ def load_key(cfg: GatewayConfig) -> Any:
 def _run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     from edge.daemon import Daemon
+    from edge.daemon.sdnotify import SdNotifier
     from edge.log import configure_logging, get_logger
-    from edge.sdnotify import SdNotifier
 
     configure_logging(cfg.log.level, cfg.log.format)
     ensure_vault_dir(cfg)
@@ -101,7 +104,7 @@ def _run(args: argparse.Namespace) -> int:
 T = TypeVar("T")
 
 
-def with_vault(cfg: GatewayConfig, fn: Callable[[Any], Awaitable[T]]) -> T:
+def with_vault(cfg: GatewayConfig, fn: Callable[[Vault], Awaitable[T]]) -> T:
     """Open the vault, run ``fn(vault)``, close it — in one event loop."""
     from edge.vault.rotation import open_vault
 
@@ -123,33 +126,6 @@ def quiet_logs() -> None:
     configure_logging("warning", "console", stream=sys.stderr)
 
 
-async def offline_status(vault: Any, cfg: GatewayConfig) -> dict[str, Any]:
-    """What the vault alone can tell: queue, refusals, bindings (state unknown)."""
-    from edge.daemon import all_refusals, cert_days_left, to_jsonable
-
-    stats = to_jsonable(await vault.stats())
-    devices = []
-    for b in await vault.bindings():
-        last_seen = getattr(b, "last_seen", None)
-        devices.append({
-            "address": getattr(b, "address", None),
-            "kind": getattr(b, "kind", None),
-            "state": "daemon not running",
-            "last_seen": last_seen.isoformat() if isinstance(last_seen, datetime) else last_seen,
-        })
-    return {
-        "source": "vault",
-        "hub": cfg.hub.id,
-        "queue_depth": stats.get("pending"),
-        "oldest_pending_age_s": stats.get("oldest_pending_age_s"),
-        "refusals": all_refusals(stats.get("refusals")),
-        "vault": stats,
-        "devices": devices,
-        "uplink": {"state": "daemon not running"},
-        "cert_days_left": cert_days_left(cfg.uplink.client_cert, datetime.now(UTC)),
-    }
-
-
 # --- edge status ------------------------------------------------------------------------------
 
 
@@ -159,7 +135,10 @@ def _status(args: argparse.Namespace) -> int:
     try:
         status = ControlClient(cfg.daemon.control_socket).request("status")
     except DaemonNotRunning:
-        status = with_vault(cfg, lambda v: offline_status(v, cfg))
+        from edge.daemon.status import offline_status
+
+        status = with_vault(cfg, lambda v: offline_status(v, cfg.hub.id, cfg.uplink,
+                                                          datetime.now(UTC)))
     if args.json:
         print_json(status)
     else:
@@ -167,7 +146,7 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fmt_age(seconds: Any) -> str:
+def _fmt_age(seconds: object) -> str:
     if not isinstance(seconds, int | float):
         return "-"
     if seconds < 120:
@@ -177,7 +156,8 @@ def _fmt_age(seconds: Any) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def format_status(status: dict[str, Any]) -> str:
+# The status is JSON from the control socket (or the same shape built here): Any is json's.
+def format_status(status: Mapping[str, Any]) -> str:
     """The human-readable ``edge status``."""
     src = status.get("source")
     lines = [
@@ -220,8 +200,8 @@ def _consent_grant(args: argparse.Namespace) -> int:
         )
         where = "in the running daemon"
     except DaemonNotRunning:
-        with_vault(cfg, lambda v: (v.grant_consent(args.patient, scope=args.scope,
-                                                          actor=admin_actor())))
+        with_vault(cfg, lambda v: v.grant_consent(args.patient, scope=args.scope,
+                                                  actor=admin_actor()))
         where = "in the vault (daemon not running)"
     print(f"consent granted {where}")
     return 0
@@ -240,23 +220,24 @@ def _consent_revoke(args: argparse.Namespace) -> int:
         purged = result.get("purged") if isinstance(result, dict) else None
         where = "in the running daemon"
     except DaemonNotRunning:
-        purged = with_vault(cfg, lambda v: (v.revoke_consent(args.patient,
-                                                                    actor=admin_actor())))
+        purged = with_vault(cfg, lambda v: v.revoke_consent(args.patient,
+                                                                 actor=admin_actor()))
         where = "in the vault (daemon not running)"
-    n = purged if isinstance(purged, int) else getattr(purged, "purged", purged)
-    print(f"consent revoked {where}; {n} pending readings purged")
+    print(f"consent revoked {where}; {purged} pending readings purged")
     return 0
 
 
 def _consent_list(args: argparse.Namespace) -> int:
-    from edge.daemon import to_jsonable
+    from edge.daemon.status import consent_json
 
     cfg = config_from_args(args)
     quiet_logs()
+    consents: Any  # JSON from the daemon, or the same shape built from the vault
     try:
         consents = ControlClient(cfg.daemon.control_socket).request("consent.list")
     except DaemonNotRunning:
-        consents = to_jsonable(with_vault(cfg, lambda v: (v.consents())))
+        records = with_vault(cfg, lambda v: v.consents())
+        consents = [consent_json(c) for c in records]
     if args.json:
         print_json(consents)
         return 0

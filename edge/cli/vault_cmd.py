@@ -14,9 +14,9 @@ from edge.cli.common import admin_actor, print_json
 from edge.config import GatewayConfig, check_environment, load_config, resolve_config_path
 from edge.errors import ConfigError
 from edge.log import configure_logging
+from edge.vault import Vault
 from edge.vault.keys import key_provider
 from edge.vault.rotation import open_vault, rotate_key
-from edge.vault.store import Vault
 
 T = TypeVar("T")
 

@@ -1,4 +1,5 @@
-"""A bounds-checked little-endian reader that turns every short read into MalformedPayload."""
+"""A bounds-checked little-endian reader that turns every short read into MalformedPayload, and
+the Date Time (0x2A08) encoder that mirrors :meth:`Reader.date_time`."""
 
 from __future__ import annotations
 
@@ -81,3 +82,10 @@ class Reader:
         """Reject trailing octets."""
         if self.remaining:
             raise self.malformed(f"{self.remaining} trailing octet(s) at octet {self._pos}")
+
+
+def encode_date_time(dt: datetime) -> bytes:
+    """A Date Time (0x2A08) field: year, month, day, hours, minutes, seconds."""
+    return dt.year.to_bytes(2, "little") + bytes(
+        [dt.month, dt.day, dt.hour, dt.minute, dt.second]
+    )

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
 
-from edge.gatt._reader import Reader
-from edge.gatt.glucose import encode_date_time
+from edge.gatt._reader import Reader, encode_date_time
 
 RACP = "racp"
 

@@ -69,12 +69,8 @@ from enum import Enum, StrEnum, auto
 
 from edge.errors import MalformedPayload, RacpError
 from edge.gatt import racp
-from edge.gatt.glucose import (
-    GlucoseContext,
-    GlucoseMeasurement,
-    decode_glucose_context,
-    decode_glucose_measurement,
-)
+from edge.gatt.glucose import GlucoseMeasurement, decode_glucose_measurement
+from edge.gatt.glucose_context import GlucoseContext, decode_glucose_context
 from edge.gatt.racp import (
     RacpNumberOfRecords,
     RacpOpcode,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, tzinfo
 
 from edge.errors import MalformedPayload
-from edge.gatt.glucose import GMC, GlucoseContext, GlucoseMeasurement
+from edge.gatt.glucose import GlucoseMeasurement
+from edge.gatt.glucose_context import GMC, GlucoseContext
 from edge.gatt.heart_rate import HeartRateMeasurement
 from edge.gatt.uuids import Characteristic
 from edge.readings import GlucoseReading, HeartRateReading, TimeSource, stable_reading_id

@@ -6,77 +6,66 @@ Reading model holds is stored) and the append to the vault. Refusals are counted
 and in memory; nothing raises back into the BLE layer for a refusal or a full vault. A reading
 counts as received only once the vault has committed it.
 
-Consent is cached in memory and changed here (under the same lock as appends) so that a revoke
-can never race an append of that patient's readings.
+Consent is the one :class:`~edge.intake.consent.ConsentGate`; appends hold its lock, under
+which grant and revoke run, so a revoke never races an append of that patient's readings.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Protocol
 
-from edge.intake import plausibility
 from edge.errors import Implausible, VaultFull
+from edge.intake import plausibility
+from edge.intake.consent import ConsentGate
 from edge.log import get_logger
 from edge.readings import GlucoseReading, HeartRateReading
 
 log = get_logger("edge.intake")
 
 AnyReading = HeartRateReading | GlucoseReading
-T = TypeVar("T")
 
-NO_CONSENT = "no_consent"
+NO_CONSENT = plausibility.REASON_NO_CONSENT
+
+
+class Appended(Protocol):
+    """What the vault reports for an append (``edge.vault.AppendResult``)."""
+
+    @property
+    def stored(self) -> int: ...
+
+
+class IntakeVault(Protocol):
+    """The vault calls intake makes."""
+
+    async def append(self, readings: Sequence[AnyReading]) -> Appended: ...
+
+    async def commit_glucose(
+        self,
+        address: str,
+        readings: Sequence[GlucoseReading],
+        *,
+        last_sequence: int,
+        last_device_time: datetime | None,
+        clock_offset_s: int,
+    ) -> Appended: ...
+
+    async def count_refusal(self, reason: str, n: int = 1) -> None: ...
 
 
 class Intake:
     """Implements the BLE layer's ``IntakeSink`` over a vault."""
 
-    def __init__(self, vault: Any, *, on_appended: Callable[[], None]) -> None:
+    def __init__(self, vault: IntakeVault, gate: ConsentGate, *,
+                 on_appended: Callable[[], None]) -> None:
         self._vault = vault
+        self._consent = gate
         self._on_appended = on_appended
-        self._lock = asyncio.Lock()
-        self._consent: dict[str, bool] = {}
         self.received: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
         self.duplicates = 0
-
-    # --- consent ----------------------------------------------------------------------------
-
-    async def load_consents(self) -> None:
-        """Fill the consent cache from the vault (at start-up)."""
-        consents = await self._vault.consents()
-        cache: dict[str, bool] = {}
-        for c in consents:
-            cache[c.patient] = c.active
-        self._consent = cache
-
-    def consented(self, patient: str) -> bool:
-        """Whether ``patient`` has active consent (the in-memory cache)."""
-        return self._consent.get(patient, False)
-
-    def consented_patients(self) -> list[str]:
-        """Patients with active consent."""
-        return sorted(p for p, ok in self._consent.items() if ok)
-
-    async def grant(self, patient: str, *, scope: str, actor: str) -> Any:
-        """Grant consent in the vault (audited there), then open the gate."""
-        async with self._lock:
-            result = await self._vault.grant_consent(patient, scope=scope, actor=actor)
-            self._consent[patient] = True
-        log.info("intake.consent_granted")
-        return result
-
-    async def revoke(self, patient: str, *, actor: str) -> int:
-        """Close the gate first, then revoke, purge pending readings and audit in one vault
-        transaction. Holding the append lock means no append of this patient is in flight."""
-        async with self._lock:
-            self._consent[patient] = False
-            purged = await self._vault.revoke_consent(patient, actor=actor)
-        log.info("intake.consent_revoked", purged=_as_int(purged))
-        return _as_int(purged)
 
     # --- IntakeSink ---------------------------------------------------------------------------
 
@@ -85,7 +74,7 @@ class Intake:
         accepted = await self._screen(readings)
         if not accepted:
             return
-        async with self._lock:
+        async with self._consent.lock:
             accepted = await self._gate(accepted)
             if not accepted:
                 return
@@ -109,7 +98,7 @@ class Intake:
         advance the cursor (they were looked at and refused, not lost); a full vault commits
         nothing, so the cursor stays and the records are fetched again next time."""
         screened = await self._screen(readings)
-        async with self._lock:
+        async with self._consent.lock:
             accepted = [r for r in await self._gate(screened) if isinstance(r, GlucoseReading)]
             try:
                 result = await self._vault.commit_glucose(
@@ -148,7 +137,7 @@ class Intake:
 
     async def _gate(self, readings: Sequence[AnyReading]) -> list[AnyReading]:
         """The consent gate (called under the lock)."""
-        accepted = [r for r in readings if self._consent.get(r.patient, False)]
+        accepted = [r for r in readings if self._consent.allows(r.patient)]
         if len(accepted) < len(readings):
             await self._count(Counter({NO_CONSENT: len(readings) - len(accepted)}))
         return accepted
@@ -166,8 +155,8 @@ class Intake:
         self.refused[exc.reason] += n
         log.warning("intake.vault_full", reason=exc.reason, n=n)
 
-    def _committed(self, readings: Sequence[AnyReading], result: Any) -> None:
-        inserted = _inserted_count(result, len(readings))
+    def _committed(self, readings: Sequence[AnyReading], result: Appended) -> None:
+        inserted = result.stored
         for r in readings:
             self.received[r.kind] += 1
         self.duplicates += max(0, len(readings) - inserted)
@@ -176,13 +165,13 @@ class Intake:
         except Exception as exc:  # the wake-up is a hint; a failing one must not lose data
             log.warning("intake.wake_failed", error=type(exc).__name__)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, object]:
         """In-memory counters since start (no PHI)."""
         return {
             "received": dict(self.received),
             "refused": dict(self.refused),
             "duplicates": self.duplicates,
-            "consented_patients": sum(1 for ok in self._consent.values() if ok),
+            "consented_patients": len(self._consent.patients()),
         }
 
 
@@ -190,21 +179,3 @@ def _minimise(reading: AnyReading) -> AnyReading:
     """Only the fields of the Reading model survive (the models forbid extras; re-validating
     a copy drops anything a subclass might carry)."""
     return type(reading).model_validate(reading.model_dump())
-
-
-def _as_int(value: Any) -> int:
-    if isinstance(value, int):
-        return value
-    if isinstance(value, Sequence):
-        return len(value)
-    return int(getattr(value, "purged", 0) or 0)
-
-
-def _inserted_count(result: Any, default: int) -> int:
-    for name in ("inserted", "appended", "stored", "added"):
-        v = getattr(result, name, None)
-        if isinstance(v, int):
-            return v
-    if isinstance(result, int):
-        return result
-    return default

@@ -16,9 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -29,7 +27,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge.config import UplinkConfig
 from edge.errors import EdgeError, TlsVerificationError, UplinkUnavailable
 from edge.log import get_logger
-from edge.uplink.pins import PinCheck, PinVerifier
+from edge.uplink.pins import PinVerifier
+from edge.uplink.ports import LinkInfo, PublishRefused, Will
 from edge.uplink.tls import TlsSession, build_context, classify_ssl_error, open_tls
 
 log = get_logger("edge.uplink")
@@ -41,95 +40,16 @@ MISC_INTERVAL_S = 1.0
 _CONNACK_NOT_AUTHORISED = frozenset({0x86, 0x87, 0x8A, 0x8C})
 _CONNACK_V3_NOT_AUTHORISED = frozenset({4, 5})
 
-_PUBACK_REASONS = {
-    0x80: "unspecified_error",
-    0x83: "implementation_specific_error",
-    0x87: "not_authorised",
-    0x90: "topic_name_invalid",
-    0x91: "packet_identifier_in_use",
-    0x97: "quota_exceeded",
-    0x99: "payload_format_invalid",
-}
-
-
-class PublishRefused(EdgeError):
-    """The broker answered a PUBLISH with a failure reason code (MQTT 5)."""
-
-    def __init__(self, reason_code: int) -> None:
-        self.reason_code = reason_code
-        self.reason = _PUBACK_REASONS.get(reason_code, f"reason_0x{reason_code:02x}")
-        super().__init__(f"broker refused the message ({self.reason}, 0x{reason_code:02x})")
-
-
-@dataclass(frozen=True)
-class Will:
-    """The Last Will the broker publishes if the link dies uncleanly."""
-
-    topic: str
-    payload: bytes
-    retain: bool = True
-
-
-@dataclass(frozen=True)
-class LinkInfo:
-    """What was negotiated on a connected link."""
-
-    tls_version: str
-    cipher: str
-    pin: PinCheck
-    mqtt_version: str
-
-
-class Link(Protocol):
-    """A connected MQTT session as the forwarder sees it (a fake implements it in tests)."""
-
-    @property
-    def info(self) -> LinkInfo: ...
-
-    @property
-    def is_closed(self) -> bool: ...
-
-    def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        *,
-        retain: bool = False,
-        content_type: str | None = None,
-        message_expiry_s: int | None = None,
-    ) -> asyncio.Future[None]:
-        """Send a QoS 1 PUBLISH now; the future completes on its success PUBACK.
-
-        Raises :class:`UplinkUnavailable` at once when the link is closed."""
-        ...
-
-    async def wait_closed(self) -> BaseException | None:
-        """Wait until the link is closed; returns why (None after a clean close)."""
-        ...
-
-    async def close(self) -> None:
-        """Clean DISCONNECT (no Last Will)."""
-        ...
-
-    def abort(self) -> None:
-        """Drop the connection at once (the broker publishes the Last Will)."""
-        ...
-
-
-#: makes a connected link; raises PinMismatch, TlsVerificationError or UplinkUnavailable
-LinkFactory = Callable[[Will | None], Awaitable[Link]]
-
-
 class _PinnedClient(paho.Client):
     """A paho client that uses the already verified TLS socket instead of opening its own."""
 
-    def __init__(self, sock: ssl.SSLSocket, **kwargs: Any) -> None:
+    def __init__(self, sock: ssl.SSLSocket, **kwargs: Any) -> None:  # paho.Client's kwargs
         super().__init__(**kwargs)
         self._edge_sock: ssl.SSLSocket | None = sock
         #: the last socket error paho swallowed (it only reports "connection lost")
         self.edge_last_error: OSError | None = None
 
-    def _create_socket(self) -> Any:
+    def _create_socket(self) -> Any:  # overrides paho's private method, typed Any there
         sock, self._edge_sock = self._edge_sock, None
         if sock is None:
             # A second connect on this client would open an unverified socket: refuse.
@@ -171,8 +91,9 @@ class _PinnedClient(paho.Client):
         return None
 
 
-class MqttLink:
-    """One MQTT session over one pinned TLS connection. Create with :func:`connect_link`."""
+class PahoLink:
+    """One MQTT session over one pinned TLS connection (an :class:`~edge.uplink.ports.MqttLink`).
+    Create with :func:`connect_link`."""
 
     def __init__(self, session: TlsSession, client: _PinnedClient, mqtt_version: str) -> None:
         self._loop = asyncio.get_running_loop()
@@ -192,6 +113,7 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
 
     # --- paho callbacks (run inside loop_read / loop_write on the event loop thread) ---------
+    # paho types userdata, flags and properties as Any; we do not use them.
 
     def _on_connect(
         self, client: paho.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any
@@ -367,6 +289,8 @@ class MqttLink:
             return
         self._client.disconnect()
         self._sync_writer()
+        # Real time on purpose, here and for the CONNACK: these bound socket I/O that only the
+        # network can complete (paho's keepalive runs on the loop's real timers as well).
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._closed), 2.0)
         self.abort()
@@ -387,7 +311,7 @@ async def connect_link(
     will: Will | None = None,
     connect_timeout: float = 10.0,
     client_id: str | None = None,
-) -> MqttLink:
+) -> PahoLink:
     """TCP + TLS + pin check, then MQTT CONNECT; returns once the broker's CONNACK accepts.
 
     Raises :class:`~edge.errors.PinMismatch` (nothing sent),
@@ -411,7 +335,7 @@ async def connect_link(
         client.max_queued_messages = 0
         if will is not None:
             client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
-        link = MqttLink(session, client, cfg.mqtt_version)
+        link = PahoLink(session, client, cfg.mqtt_version)
         if protocol == MQTTProtocolVersion.MQTTv5:
             rc = client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=True)
         else:
@@ -459,7 +383,8 @@ def link_info_of(exc: BaseException) -> LinkInfo | None:
 
 
 class TlsMqttConnector:
-    """The production :data:`LinkFactory`: one SSL context (built once), pins from config."""
+    """The production :data:`~edge.uplink.ports.Connector`: one SSL context (built once),
+    pins from config."""
 
     def __init__(
         self,
@@ -483,7 +408,7 @@ class TlsMqttConnector:
             self._verifier = PinVerifier.from_files(self._cfg.pins, self._cfg.ca_file)
         return self._ctx, self._verifier
 
-    async def __call__(self, will: Will | None) -> MqttLink:
+    async def __call__(self, will: Will | None) -> PahoLink:
         ctx, verifier = self.context()
         return await connect_link(
             self._cfg, self._hub_id, ctx, verifier, will=will, connect_timeout=self._timeout,

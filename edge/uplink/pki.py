@@ -1,6 +1,6 @@
 """A development PKI: a private CA, a broker certificate, hub / clinician / admin client
-certificates, all ECDSA P-256, keys written 0600. Plus hostile certificates for tests
-(expired, wrong host, another CA, same CA with another key) and a CSR for a real CA.
+certificates, all ECDSA P-256, keys written 0600; and a hub key + CSR for a real CA. Behind
+``edge pki dev|csr``. Hostile certificates for tests are in ``devtools.pki``.
 
 Not for production CAs: the keys are generated and written unencrypted by design.
 """
@@ -57,7 +57,7 @@ class DevPki:
     hub_id: str
     clinicians: dict[str, CertFiles] = field(default_factory=dict)
     admin: CertFiles | None = None
-    #: extra identities written on request (e.g. hostile broker certificates), by name
+    #: extra identities written later (``devtools.pki`` adds hostile broker certificates)
     extra: dict[str, CertFiles] = field(default_factory=dict)
 
 
@@ -223,10 +223,6 @@ def write_identity(out: Path, name: str, issued: Issued) -> CertFiles:
     return CertFiles(cert_path, key_path, issued.pin)
 
 
-#: the hostile broker certificates :func:`write_dev_pki` can add on request
-HOSTILE_KINDS = ("expired", "wrong_host", "other_ca", "same_ca_other_key")
-
-
 def write_dev_pki(
     out: Path,
     *,
@@ -235,13 +231,11 @@ def write_dev_pki(
     admin: str | None = "admin",
     broker_hosts: Sequence[str] = ("localhost",),
     broker_ips: Sequence[str] = ("127.0.0.1", "::1"),
-    hostile: Sequence[str] = (),
 ) -> DevPki:
     """Generate and write a complete development PKI into ``out`` (created 0700).
 
     ``clinicians`` maps clinician names to their patients (only the names matter here; the
-    broker ACL uses the assignment). ``hostile`` names extra broker certificates from
-    :data:`HOSTILE_KINDS`; each is written as ``broker-<kind>.crt/.key``.
+    broker ACL uses the assignment).
     """
     out.mkdir(parents=True, exist_ok=True)
     out.chmod(0o700)
@@ -264,23 +258,4 @@ def write_dev_pki(
         pki.clinicians[name] = write_identity(out, name, issue(ca, name))
     if admin:
         pki.admin = write_identity(out, admin, issue(ca, admin))
-
-    for kind in hostile:
-        if kind == "expired":
-            now = _now()
-            bad = issue(
-                ca, "broker", server=True, dns=broker_hosts, ips=broker_ips,
-                not_before=now - 30 * _DAY, not_after=now - _DAY,
-            )
-        elif kind == "wrong_host":
-            bad = issue(ca, "broker", server=True, dns=["wrong.example.invalid"])
-        elif kind == "other_ca":
-            other = make_ca("another CA")
-            write_cert(out / "other-ca.crt", other.cert)
-            bad = issue(other, "broker", server=True, dns=broker_hosts, ips=broker_ips)
-        elif kind == "same_ca_other_key":
-            bad = issue(ca, "broker", server=True, dns=broker_hosts, ips=broker_ips)
-        else:
-            raise ValueError(f"unknown hostile certificate kind {kind!r}; use {HOSTILE_KINDS}")
-        pki.extra[kind] = write_identity(out, f"broker-{kind}", bad)
     return pki

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
-from typing import Any
 
 from edge.config import UplinkConfig
 from edge.errors import (
@@ -23,9 +22,10 @@ from edge.errors import (
     TlsVerificationError,
     UplinkUnavailable,
 )
-from edge.uplink.forwarder import status_topic
-from edge.uplink.mqtt import LinkInfo, PublishRefused, TlsMqttConnector, link_info_of
+from edge.uplink.mqtt import TlsMqttConnector, link_info_of
+from edge.uplink.ports import LinkInfo, PublishRefused
 from edge.uplink.tls import REASON_HELP
+from edge.uplink.topics import status_topic
 
 
 @dataclass
@@ -58,7 +58,7 @@ class ProbeResult:
             return 1
         return 3
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, object]:
         """JSON-friendly form."""
         return {k: v for k, v in self.__dict__.items() if v not in (None, [])}
 

@@ -24,7 +24,7 @@ from edge.config import VaultConfig
 from edge.errors import KeyUnavailable
 from edge.log import get_logger
 from edge.vault.keys import KeyProvider, key_provider, new_key
-from edge.vault.store import Vault
+from edge.vault.vault import Vault
 
 log = get_logger("edge.vault")
 

@@ -5,7 +5,7 @@ schema. A migration is never edited once released: a change is a new step, and e
 is tested from every earlier version (tests/integration/test_vault_migrations.py).
 
 Readings are deduplicated on ``(ident, id)``: ``ident`` is the reading's *identity time*
-(see :func:`edge.vault.store.identity_time_us`), which is part of what its stable id is
+(see :func:`edge.vault.models.identity_time_us`), which is part of what its stable id is
 derived from, so the same reading always has the same ``ident``. Keying the unique index on
 time first keeps inserts at the right edge of the index: a random-UUID unique index costs
 one dirty, re-encrypted page per stored reading once the vault is large.
@@ -13,9 +13,9 @@ one dirty, re-encrypted page per stored reading once the vault is large.
 
 from __future__ import annotations
 
-from typing import Any
-
 import sqlcipher3
+
+from edge.vault.cipher import Connection
 
 V1 = """
 CREATE TABLE schema_version (
@@ -100,7 +100,7 @@ MIGRATIONS: tuple[str, ...] = (V1_TO_V2,)
 CURRENT_VERSION = 1 + len(MIGRATIONS)
 
 
-def current_version(conn: Any) -> int:
+def current_version(conn: Connection) -> int:
     """The schema version of an open database; 0 for an empty one."""
     row = conn.execute(
         "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
@@ -111,7 +111,7 @@ def current_version(conn: Any) -> int:
     return int(got[0] or 0)
 
 
-def migrate(conn: Any, now: float, *, target: int = CURRENT_VERSION) -> tuple[int, int]:
+def migrate(conn: Connection, now: float, *, target: int = CURRENT_VERSION) -> tuple[int, int]:
     """Bring the database to ``target``, each step in its own transaction.
 
     Returns ``(from_version, to_version)``. A database newer than this code is refused by

@@ -5,9 +5,15 @@ Typical use::
     with PrivateBus() as bus:                      # a dbus-daemon of our own
         async with FakeBlueZ(bus.address, fleet.devices) as bluez:
             ...  # DBUS_SYSTEM_BUS_ADDRESS=bus.address, then unchanged bleak works
+
+Modules: ``bus`` (the private dbus-daemon), ``server`` (FakeBlueZ: connection, object registry,
+message filter), ``adapter``, ``device``, ``gatt`` (the objects' state and behaviour),
+``interfaces`` (their D-Bus surface), ``calls`` (caller and call recording), ``names`` (paths and
+UUIDs as bluetoothd spells them), ``errors`` (simulated failures as BlueZ's D-Bus errors).
 """
 
 from firmware_sim.bluez.bus import APT_HINT, BusStartError, PrivateBus
-from firmware_sim.bluez.server import BlueZOptions, FakeBlueZ, RecordedCall
+from firmware_sim.bluez.calls import RecordedCall
+from firmware_sim.bluez.server import BlueZOptions, FakeBlueZ
 
 __all__ = ["APT_HINT", "BlueZOptions", "BusStartError", "FakeBlueZ", "PrivateBus", "RecordedCall"]

@@ -24,6 +24,8 @@ from types import TracebackType
 from typing import IO
 from xml.sax.saxutils import escape
 
+from firmware_sim.errors import SimError
+
 log = logging.getLogger(__name__)
 
 #: What to install when the daemon is missing (Debian/Ubuntu).
@@ -55,7 +57,7 @@ _CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configura
 _PR_SET_PDEATHSIG = 1
 
 
-class BusStartError(RuntimeError):
+class BusStartError(SimError, RuntimeError):
     """The private bus could not be started."""
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dbus_fast import DBusError
 
-from firmware_sim.model.contract import SimError, SimErrorCode
+from firmware_sim.model.contract import PeripheralError, SimErrorCode
 
 BLUEZ_ERROR = "org.bluez.Error"
 UNKNOWN_OBJECT = "org.freedesktop.DBus.Error.UnknownObject"
 
-# The texts bluetoothd puts in its error replies (src/error.c), used when a SimError has none.
+# The texts bluetoothd puts in its error replies (src/error.c), for a PeripheralError without.
 _DEFAULT_TEXT: dict[SimErrorCode, str] = {
     SimErrorCode.FAILED: "Operation failed",
     SimErrorCode.IN_PROGRESS: "In Progress",
@@ -20,6 +20,8 @@ _DEFAULT_TEXT: dict[SimErrorCode, str] = {
     SimErrorCode.IMPROPERLY_CONFIGURED: "Improperly Configured",
     SimErrorCode.AUTHENTICATION_FAILED: "Authentication Failed",
     SimErrorCode.AUTHENTICATION_REJECTED: "Authentication Rejected",
+    SimErrorCode.AUTHENTICATION_CANCELED: "Authentication Canceled",
+    SimErrorCode.AUTHENTICATION_TIMEOUT: "Authentication Timeout",
     SimErrorCode.ALREADY_EXISTS: "Already Exists",
     SimErrorCode.DOES_NOT_EXIST: "Does Not Exist",
     SimErrorCode.UNKNOWN_OBJECT: "Unknown object",
@@ -31,7 +33,7 @@ def bluez_error(code: str, text: str) -> DBusError:
     return DBusError(f"{BLUEZ_ERROR}.{code}", text)
 
 
-def to_dbus_error(err: SimError) -> DBusError:
+def to_dbus_error(err: PeripheralError) -> DBusError:
     """The D-Bus error bluetoothd would reply with for ``err``."""
     if err.code is SimErrorCode.ATT_ERROR:
         att = err.att_code if err.att_code is not None else 0x0E  # "unlikely error"

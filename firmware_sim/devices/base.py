@@ -8,21 +8,23 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from edge.clock import Clock
 from firmware_sim import encoders as enc
+from firmware_sim.devices import bonding
 from firmware_sim.faults import FaultPlan, FaultState
-from firmware_sim.model.clock import SimClock
 from firmware_sim.model.contract import (
     Advertisement,
     CharacteristicSpec,
     DescriptorSpec,
     Peripheral,
+    PeripheralError,
     PeripheralEvents,
     Security,
     ServiceSpec,
-    SimError,
     SimErrorCode,
     uuid16,
 )
+from firmware_sim.model.pairing import PairingChallenge, PairingSpec
 
 CCCD_UUID = uuid16(0x2902)
 ABORT_BY_LOCAL = "le-connection-abort-by-local"
@@ -99,7 +101,7 @@ class SimDevice:
         name: str,
         address: str,
         address_type: str,
-        clock: SimClock,
+        clock: Clock,
         rng: random.Random,
         faults: FaultPlan | None = None,
         rssi: int = -60,
@@ -115,6 +117,9 @@ class SimDevice:
         self._manufacturer_id = manufacturer_id
         self._connected = False
         self._paired = False
+        #: what pairing the device demands (the fleet sets it from the scenario)
+        self.pairing = PairingSpec()
+        self._challenge: PairingChallenge | None = None
         self._visible = True
         self._sink: PeripheralEvents | None = None
         self._observers: list[PeripheralEvents] = []
@@ -207,16 +212,16 @@ class SimDevice:
     async def connect(self) -> None:
         await self._slow()
         if not self.visible:
-            raise SimError(SimErrorCode.UNKNOWN_OBJECT, "device is gone")
+            raise PeripheralError(SimErrorCode.UNKNOWN_OBJECT, "device is gone")
         if self._connected:
             return
         fs = self.fault_state
         if fs.connect_failures_left > 0:
             fs.connect_failures_left -= 1
-            raise SimError(SimErrorCode.FAILED, ABORT_BY_LOCAL)
+            raise PeripheralError(SimErrorCode.FAILED, ABORT_BY_LOCAL)
         p = fs.plan.connect_failure_probability
         if p and self.rng.random() < p:
-            raise SimError(SimErrorCode.FAILED, ABORT_BY_LOCAL)
+            raise PeripheralError(SimErrorCode.FAILED, ABORT_BY_LOCAL)
         self._connected = True
         self.connections += 1
         self._link_notifications = 0
@@ -226,21 +231,41 @@ class SimDevice:
         if self._connected:
             self._teardown()
 
-    async def pair(self) -> None:
+    def pairing_challenge(self) -> PairingChallenge:
+        """Start a pairing attempt: the method, the code the device shows, and whether it will
+        cancel (the ``pairing_refused = "canceled"`` fault)."""
+        self._challenge = bonding.challenge(
+            self.pairing, self.rng, self.fault_state.plan.pairing_refused
+        )
+        return self._challenge
+
+    async def pair(self, *, passkey: int | None = None, confirmed: bool = False) -> None:
         await self._slow()
         if not self.visible:
-            raise SimError(SimErrorCode.UNKNOWN_OBJECT, "device is gone")
+            raise PeripheralError(SimErrorCode.UNKNOWN_OBJECT, "device is gone")
         if self._paired:
-            raise SimError(SimErrorCode.ALREADY_EXISTS, "Already Exists")
+            raise PeripheralError(SimErrorCode.ALREADY_EXISTS, "Already Exists")
         if not self._connected:
             # BlueZ's Pair brings the link up itself
             await self.connect()
-        refused = self.fault_state.plan.pairing_refused
-        if refused == "failed":
-            raise SimError(SimErrorCode.AUTHENTICATION_FAILED, "Authentication Failed")
-        if refused == "rejected":
-            raise SimError(SimErrorCode.AUTHENTICATION_REJECTED, "Authentication Rejected")
+        shown, self._challenge = self._challenge, None
+        bonding.check_refusal(self.fault_state.plan.pairing_refused)
+        bonding.check_answer(self.pairing, shown, passkey, confirmed)
         self._paired = True
+
+    @property
+    def displayed_code(self) -> int | None:
+        """The 6-digit code on the device's display during a pairing (passkey or numeric
+        comparison), else None."""
+        return self._challenge.code if self._challenge is not None else None
+
+    def forget_bond(self) -> bool:
+        """Lose the bond as a reset or a battery change does (the host keeps its side); the
+        link drops. Returns whether there was a bond."""
+        had = self._paired
+        self._paired = False
+        self.drop_link("bond-lost")
+        return had
 
     async def unpair(self) -> None:
         await self._slow()
@@ -251,32 +276,32 @@ class SimDevice:
     async def read(self, handle: int) -> bytes:
         ch = await self._gatt_op(self._chars, handle)
         if "read" not in ch.flags or ch.on_read is None:
-            raise SimError(SimErrorCode.NOT_PERMITTED, "Read not permitted")
+            raise PeripheralError(SimErrorCode.NOT_PERMITTED, "Read not permitted")
         if ch.security is Security.ENCRYPTED and not self._paired:
-            raise SimError(SimErrorCode.NOT_AUTHORIZED)
+            raise PeripheralError(SimErrorCode.NOT_AUTHORIZED)
         return ch.on_read()
 
     async def write(self, handle: int, value: bytes, *, with_response: bool) -> None:
         ch = await self._gatt_op(self._chars, handle)
         allowed = "write" if with_response else "write-without-response"
         if allowed not in ch.flags or ch.on_write is None:
-            raise SimError(SimErrorCode.NOT_PERMITTED, "Write not permitted")
+            raise PeripheralError(SimErrorCode.NOT_PERMITTED, "Write not permitted")
         if ch.security is Security.ENCRYPTED and not self._paired:
-            raise SimError(SimErrorCode.NOT_PERMITTED, "Not paired")
+            raise PeripheralError(SimErrorCode.NOT_PERMITTED, "Not paired")
         await ch.on_write(bytes(value), with_response)
 
     async def start_notify(self, handle: int) -> None:
         ch = await self._gatt_op(self._chars, handle)
         if not ch.can_notify:
-            raise SimError(SimErrorCode.NOT_SUPPORTED, "Operation is not supported")
+            raise PeripheralError(SimErrorCode.NOT_SUPPORTED, "Operation is not supported")
         if ch.security is Security.ENCRYPTED and not self._paired:
-            raise SimError(SimErrorCode.NOT_PERMITTED, "Not paired")
+            raise PeripheralError(SimErrorCode.NOT_PERMITTED, "Not paired")
         ch.cccd = 1 if "notify" in ch.flags else 2
 
     async def stop_notify(self, handle: int) -> None:
         ch = await self._gatt_op(self._chars, handle)
         if not ch.can_notify:
-            raise SimError(SimErrorCode.NOT_SUPPORTED, "Operation is not supported")
+            raise PeripheralError(SimErrorCode.NOT_SUPPORTED, "Operation is not supported")
         ch.cccd = 0
 
     async def read_descriptor(self, handle: int) -> bytes:
@@ -286,9 +311,9 @@ class SimDevice:
     async def write_descriptor(self, handle: int, value: bytes) -> None:
         ch = await self._gatt_op(self._cccds, handle)
         if len(value) != 2:
-            raise SimError(SimErrorCode.INVALID_ARGUMENTS, "Invalid Length")
+            raise PeripheralError(SimErrorCode.INVALID_ARGUMENTS, "Invalid Length")
         if ch.security is Security.ENCRYPTED and not self._paired:
-            raise SimError(SimErrorCode.NOT_PERMITTED, "Not paired")
+            raise PeripheralError(SimErrorCode.NOT_PERMITTED, "Not paired")
         ch.cccd = int.from_bytes(value, "little") & 0x03
 
     # ------------------------------------------------------------------ control
@@ -351,11 +376,17 @@ class SimDevice:
             "kind": self.kind,
             "connected": self._connected,
             "paired": self._paired,
+            "pairing": self.pairing.method.value,
+            **self._passkey_summary(),
             "visible": self.visible,
             "faults": self.faults.to_dict(),
         }
 
     # ------------------------------------------------------------------ internals
+
+    def _passkey_summary(self) -> dict[str, str]:
+        passkey = self.pairing.passkey
+        return {} if passkey is None else {"passkey": f"{passkey:06d}"}
 
     async def _slow(self) -> None:
         delay = self.fault_state.plan.slow_response_seconds
@@ -367,12 +398,14 @@ class SimDevice:
         in ``table`` (``_chars`` for value handles, ``_cccds`` for CCCD handles)."""
         await self._slow()
         if not self._connected:
-            raise SimError(SimErrorCode.FAILED, "Not connected")
+            raise PeripheralError(SimErrorCode.FAILED, "Not connected")
         if self.fault_state.next_operation_in_progress():
-            raise SimError(SimErrorCode.IN_PROGRESS, "In Progress")
+            raise PeripheralError(SimErrorCode.IN_PROGRESS, "In Progress")
         ch = table.get(handle)
         if ch is None:
-            raise SimError(SimErrorCode.FAILED, "Operation failed with ATT error: 0x01", 0x01)
+            raise PeripheralError(
+                SimErrorCode.FAILED, "Operation failed with ATT error: 0x01", 0x01
+            )
         return ch
 
     def _teardown(self) -> None:

@@ -17,14 +17,14 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from edge.clock import Clock
 from firmware_sim import encoders as enc
 from firmware_sim.devices import racp
 from firmware_sim.devices.base import Char, Service, SimDevice
 from firmware_sim.devices.common import Battery, DeviceInfo, device_information_service
 from firmware_sim.encoders import GlucoseContext
 from firmware_sim.faults import FaultPlan
-from firmware_sim.model.clock import SimClock
-from firmware_sim.model.contract import Security, SimError, SimErrorCode, uuid16
+from firmware_sim.model.contract import PeripheralError, Security, SimErrorCode, uuid16
 
 GLUCOSE_SERVICE = uuid16(0x1808)
 GLUCOSE_MEASUREMENT = uuid16(0x2A18)
@@ -96,7 +96,7 @@ class GlucoseMeter(SimDevice):
         name: str,
         address: str,
         address_type: str = "public",
-        clock: SimClock,
+        clock: Clock,
         rng: random.Random,
         faults: FaultPlan | None = None,
         history: int = 24,
@@ -349,10 +349,10 @@ class GlucoseMeter(SimDevice):
 
     async def _racp_write(self, value: bytes, with_response: bool) -> None:
         if not self.racp.cccd:
-            raise SimError(SimErrorCode.ATT_ERROR, att_code=0x81)
+            raise PeripheralError(SimErrorCode.ATT_ERROR, att_code=0x81)
         is_abort = bool(value) and value[0] == enc.RACP_ABORT
         if self.procedure_running and not is_abort:
-            raise SimError(SimErrorCode.ATT_ERROR, att_code=0x80)
+            raise PeripheralError(SimErrorCode.ATT_ERROR, att_code=0x80)
         decision = racp.decide(
             value, [r.sequence for r in self._records], delete_supported=self.delete_supported
         )

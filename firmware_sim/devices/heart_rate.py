@@ -13,12 +13,12 @@ import math
 import random
 from typing import Any
 
+from edge.clock import Clock
 from firmware_sim import encoders as enc
 from firmware_sim.devices.base import Char, Service, SimDevice
 from firmware_sim.devices.common import Battery, DeviceInfo, device_information_service
 from firmware_sim.faults import FaultPlan
-from firmware_sim.model.clock import SimClock
-from firmware_sim.model.contract import SimError, SimErrorCode, uuid16
+from firmware_sim.model.contract import PeripheralError, SimErrorCode, uuid16
 
 HEART_RATE_SERVICE = uuid16(0x180D)
 HEART_RATE_MEASUREMENT = uuid16(0x2A37)
@@ -43,7 +43,7 @@ class HeartRateStrap(SimDevice):
         name: str,
         address: str,
         address_type: str = "random",
-        clock: SimClock,
+        clock: Clock,
         rng: random.Random,
         faults: FaultPlan | None = None,
         resting_bpm: int | None = None,
@@ -111,7 +111,7 @@ class HeartRateStrap(SimDevice):
 
     async def _control_point(self, value: bytes, with_response: bool) -> None:
         if value != b"\x01":
-            raise SimError(SimErrorCode.ATT_ERROR, att_code=0x80)
+            raise PeripheralError(SimErrorCode.ATT_ERROR, att_code=0x80)
         self.energy_j = 0.0
 
     # ------------------------------------------------------------------ control

@@ -1,16 +1,14 @@
-"""The simulator's clocks are the gateway's: one protocol, one real clock, one manual clock.
+"""The simulator's manual clock: :class:`edge.testing.ManualClock` starting at 08:00.
 
-``SimClock`` is :class:`edge.clock.Clock`; :class:`ManualClock` is
-:class:`edge.testing.ManualClock` starting at 08:00 (the simulator's devices wake at a
-plausible morning hour), so one manual clock can drive both sides of a test.
+The simulator runs on the gateway's clocks (the :class:`edge.clock.Clock` protocol, real time
+from :class:`edge.clock.SystemClock`); only the default start differs, because the simulator's
+devices wake at a plausible morning hour. One manual clock can drive both sides of a test.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from edge.clock import Clock as SimClock
-from edge.clock import SystemClock as RealClock
 from edge.testing.clock import ManualClock as _ManualClock
 from edge.testing.clock import settle
 
@@ -30,4 +28,4 @@ class ManualClock(_ManualClock):
         super().__init__(start or SIM_START, autojump=autojump, autojump_delay=autojump_delay)
 
 
-__all__ = ["SIM_START", "ManualClock", "RealClock", "SimClock", "settle"]
+__all__ = ["SIM_START", "ManualClock", "settle"]

@@ -3,15 +3,20 @@
 A :class:`Peripheral` knows nothing about D-Bus or bleak. A transport (the in-process bleak
 double, or the fake BlueZ on a private D-Bus) calls the peripheral's operations and installs a
 :class:`PeripheralEvents` sink to learn about notifications, link drops and advertisement
-changes. Failures are :class:`SimError` with a BlueZ-style ``code``; each transport maps the code
-to what its clients expect (a D-Bus error name, or a bleak exception).
+changes. Failures are :class:`PeripheralError` with a BlueZ-style ``code``; each transport maps
+the code to what its clients expect (a D-Bus error name, or a bleak exception).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+from firmware_sim.errors import SimError
+
+if TYPE_CHECKING:
+    from firmware_sim.model.pairing import PairingChallenge
 
 
 def uuid16(short: int) -> str:
@@ -41,14 +46,16 @@ class SimErrorCode(StrEnum):
     IMPROPERLY_CONFIGURED = "ImproperlyConfigured"
     AUTHENTICATION_FAILED = "AuthenticationFailed"
     AUTHENTICATION_REJECTED = "AuthenticationRejected"
+    AUTHENTICATION_CANCELED = "AuthenticationCanceled"
+    AUTHENTICATION_TIMEOUT = "AuthenticationTimeout"
     ALREADY_EXISTS = "AlreadyExists"
     DOES_NOT_EXIST = "DoesNotExist"
     ATT_ERROR = "AttError"
     UNKNOWN_OBJECT = "UnknownObject"
 
 
-class SimError(Exception):
-    """A simulated failure. ``message`` is the human text BlueZ would carry, e.g.
+class PeripheralError(SimError):
+    """A peripheral operation failed. ``message`` is the human text BlueZ would carry, e.g.
     ``le-connection-abort-by-local``; ``att_code`` is set for ATT_ERROR (0x80, 0x81 …)."""
 
     def __init__(self, code: SimErrorCode, message: str = "", att_code: int | None = None) -> None:
@@ -125,7 +132,7 @@ class PeripheralEvents(Protocol):
 
 
 class Peripheral(Protocol):
-    """A simulated BLE peripheral. Every operation may raise :class:`SimError`.
+    """A simulated BLE peripheral. Every operation may raise :class:`PeripheralError`.
 
     Operations are coroutines because a fault plan may make them slow; they are driven by the
     simulator's injected clock, so tests can run them without real waiting.
@@ -156,7 +163,15 @@ class Peripheral(Protocol):
 
     async def disconnect(self) -> None: ...
 
-    async def pair(self) -> None: ...
+    def pairing_challenge(self) -> PairingChallenge:
+        """Start a pairing attempt: what the device demands and the code it shows."""
+
+    def forget_bond(self) -> bool:
+        """Lose the bond as a reset does (the host keeps its side); True if there was one."""
+
+    async def pair(self, *, passkey: int | None = None, confirmed: bool = False) -> None:
+        """Bond. ``passkey`` is what the host typed, ``confirmed`` whether it confirmed the
+        code shown (see :mod:`firmware_sim.model.pairing`); a just-works device needs neither."""
 
     async def unpair(self) -> None: ...
 

@@ -9,7 +9,7 @@ an admin subscriber that records what arrives.
         e2e.wait_for_ids(lambda ids: len(ids) >= 5)
         gw.stop()                        # SIGTERM, exit code
 
-The demo (``edge/demo.py``) does the same steps for a person instead of a test.
+The demo (``devtools/demo.py``) does the same steps for a person instead of a test.
 Everything is bounded in time; a missing binary (mosquitto, dbus-daemon) is an error.
 """
 

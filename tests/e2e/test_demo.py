@@ -31,7 +31,7 @@ def test_demo_shows_vitals_of_both_patients_and_stops_everything(tmp_path: Path)
     workdir = tmp_path / "demo-run"
     env = dict(os.environ, DEMO_SECONDS="20", DEMO_DIR=str(workdir))
     done = subprocess.run(
-        [sys.executable, "-m", "edge.demo"], env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "devtools.demo"], env=env, capture_output=True, text=True,
         timeout=240, check=False,
     )
     out = done.stdout

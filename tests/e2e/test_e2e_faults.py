@@ -4,6 +4,7 @@ device that refuses pairing: the daemon keeps running and the counts show in `ed
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from tests.e2e.harness import E2E, obs_patient, running
 
@@ -65,7 +66,7 @@ def test_faults_are_counted_and_the_daemon_keeps_running(tmp_path: Path) -> None
             assert refused.returncode != 0
             assert gw.proc.poll() is None
 
-            def counted(s: dict) -> bool:
+            def counted(s: dict[str, Any]) -> bool:
                 r = s["refusals"]
                 drop = next(d for d in s["devices"] if d["address"] == drop_addr)
                 return bool(r["malformed"] >= 2 and r["heart_rate_out_of_range"] >= 2

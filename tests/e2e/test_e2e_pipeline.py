@@ -9,6 +9,7 @@ import re
 import socket
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from fhir.resources.R4B.bundle import Bundle
 
@@ -53,13 +54,13 @@ def test_every_reading_arrives_once_as_valid_fhir_and_the_log_has_no_phi(
             assert notify.recv(4096).startswith(b"READY=1\nSTATUS=")
             assert notify.recv(4096).startswith(b"WATCHDOG=1\nSTATUS=")
 
-            def enough(obs: list[dict]) -> bool:
+            def enough(obs: list[dict[str, Any]]) -> bool:
                 kinds = Counter(obs_kind(o) for o in obs)
                 pts = Counter(obs_patient(o) for o in obs if obs_kind(o) == "heart_rate")
                 return kinds["glucose"] >= 1 and min(pts["patient-a"], pts["patient-b"]) >= 3
             e.wait_for_obs(enough, timeout=60)
 
-            def meter_read(s: dict) -> bool:
+            def meter_read(s: dict[str, Any]) -> bool:
                 # every record on the meter was either stored or refused with a reason
                 r = s["refusals"]
                 done = s["intake"]["received"].get("glucose", 0) + r.get("control_solution", 0)

@@ -6,12 +6,19 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.e2e.harness import E2E, obs_id, obs_kind
 
 KILLS = 20
 
+
+
+def more_than(seen: int) -> Callable[[list[dict[str, Any]]], bool]:
+    """A predicate: more than ``seen`` observations have arrived."""
+    return lambda obs: len(obs) > seen
 
 def test_sigkill_twenty_times_loses_nothing(tmp_path: Path) -> None:
     rng = random.Random(20)
@@ -27,7 +34,7 @@ def test_sigkill_twenty_times_loses_nothing(tmp_path: Path) -> None:
             gw = e.gateway()
             if i % 2:
                 # kill while readings are being forwarded
-                e.wait_for_obs(lambda o, seen=seen: len(o) > seen, timeout=30)
+                e.wait_for_obs(more_than(seen), timeout=30)
             else:
                 # kill at a random moment soon after start (ingest, RACP sync, first publish)
                 time.sleep(rng.uniform(0.0, 1.5))

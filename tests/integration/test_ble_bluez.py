@@ -23,8 +23,9 @@ from edge.clock import SystemClock
 from edge.config import BleConfig
 from edge.errors import PairingRefused
 from edge.readings import GlucoseReading, HeartRateReading
+from edge.testing import eventually
+from edge.testing.ble import FakeBinding, FakeRegistry, FakeSink
 from firmware_sim.fleet import build_fleet
-from tests.support.ble_fakes import Binding, FakeRegistry, FakeSink
 from tests.support.bluez import REPO, bluetoothctl_shim, fake_bluez, serve_process, use_fake_bluez
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -37,17 +38,6 @@ CONFIG = BleConfig(
     stall_timeout_s=30.0,
     racp_timeout_s=10.0,
 )
-
-
-async def _until(predicate: object, within_s: float = 15.0) -> None:
-    """Poll a condition on the simulator side (it offers no event for a CCCD write), bounded."""
-    assert callable(predicate)
-
-    async def loop() -> None:
-        while not predicate():  # noqa: ASYNC110 - nothing to wait on but the condition itself
-            await asyncio.sleep(0.02)
-
-    await asyncio.wait_for(loop(), within_s)
 
 
 @pytest.fixture
@@ -79,8 +69,8 @@ async def test_pair_then_stream_and_sync_through_ble_manager(
         assert glu.device_info["model"] == "SIM-BGM-30"
         assert meter.paired and not meter.connected
 
-        registry = FakeRegistry([Binding(hr.address, "heart_rate", "p-hr"),
-                                 Binding(glu.address, "glucose", "p-glu")])
+        registry = FakeRegistry([FakeBinding(hr.address, "heart_rate", "p-hr"),
+                                 FakeBinding(glu.address, "glucose", "p-glu")])
         sink = FakeSink(registry)
         manager = BleManager(CONFIG, registry, sink, scanner_factory=scanners,
                              client_factory=clients, clock=clock, local_tz=UTC)
@@ -97,7 +87,8 @@ async def test_pair_then_stream_and_sync_through_ble_manager(
         assert all(c[0] == glu.address for c in sink.glucose_commits)
 
         # Heart rate: every notification becomes a reading, RR intervals kept.
-        await _until(lambda: strap.notifying(HEART_RATE_MEASUREMENT))
+        await eventually(lambda: strap.notifying(HEART_RATE_MEASUREMENT), within_s=15,
+                         what="strap notifying")
         for _ in range(4):
             await strap.tick()
         await sink.wait_for(lambda s: len(s.of_kind("heart_rate")) >= 4)
@@ -171,7 +162,7 @@ async def test_manager_into_real_intake_and_vault(
     """The daemon's data path below the uplink: bleak -> BleManager -> Intake -> SQLCipher.
     The meter is bound but not yet bonded: the glucose session bonds on its first connect."""
     from edge.config import VaultConfig
-    from edge.intake import Intake
+    from edge.intake import ConsentGate, Intake
     from edge.vault import Vault
 
     fleet = build_fleet(devices="hr:1,glucose:1", seed=13)
@@ -183,9 +174,11 @@ async def test_manager_into_real_intake_and_vault(
         await vault.bind_device(strap.address, "heart_rate", "p-hr", bonded=True, actor="test")
         await vault.bind_device(meter.address, "glucose", "p-glu", bonded=True, actor="test")
         appended = asyncio.Event()
-        intake = Intake(vault, on_appended=appended.set)
+        gate = ConsentGate(vault)
+        await gate.load()
+        intake = Intake(vault, gate, on_appended=appended.set)
         for patient in ("p-hr", "p-glu"):
-            await intake.grant(patient, scope="forward", actor="test")
+            await gate.grant(patient, scope="forward", actor="test")
         async with fake_bluez(fleet) as sim:
             use_fake_bluez(monkeypatch, sim.address, tmp_path)
             manager = BleManager(CONFIG, vault, intake, scanner_factory=bleak_scanner_factory(),
@@ -209,10 +202,12 @@ async def test_manager_into_real_intake_and_vault(
             glucose_stored = intake.received["glucose"]
             assert glucose_stored + sum(intake.refused.values()) == len(history)
 
-            await _until(lambda: strap.notifying(HEART_RATE_MEASUREMENT))
+            await eventually(lambda: strap.notifying(HEART_RATE_MEASUREMENT), within_s=15,
+                             what="strap notifying")
             for _ in range(3):
                 await strap.tick()
-            await _until(lambda: intake.received["heart_rate"] >= 3)
+            await eventually(lambda: intake.received["heart_rate"] >= 3, within_s=15,
+                             what="3 heart-rate readings")
 
             seq = meter.add_glucose_record(mg_dl_value=150)
             assert meter.drop_link()
@@ -246,8 +241,8 @@ async def test_realistic_bluez_quirks(
     meter = next(d for d in fleet if d.kind == "glucose")
     async with fake_bluez(fleet, options=options) as sim:
         use_fake_bluez(monkeypatch, sim.address, tmp_path)
-        registry = FakeRegistry([Binding(strap.address, "heart_rate", "p-hr", bonded=False),
-                                 Binding(meter.address, "glucose", "p-glu")])
+        registry = FakeRegistry([FakeBinding(strap.address, "heart_rate", "p-hr", bonded=False),
+                                 FakeBinding(meter.address, "glucose", "p-glu")])
         sink = FakeSink(registry)
         # reconnects come later than BlueZ's (shortened) temporary-device timeout
         config = CONFIG.model_copy(update={"reconnect_base_s": 1.0, "reconnect_cap_s": 1.0})
@@ -259,11 +254,16 @@ async def test_realistic_bluez_quirks(
         await sink.wait_for(lambda s: len(s.of_kind("glucose")) == len(history))
 
         for round_ in (1, 2):
-            await _until(lambda: strap.notifying(HEART_RATE_MEASUREMENT))
+            await eventually(lambda: strap.notifying(HEART_RATE_MEASUREMENT), within_s=15,
+                             what="strap notifying")
             before = len(sink.of_kind("heart_rate"))
             for _ in range(2):
                 await strap.tick()
-            await sink.wait_for(lambda s, b=before: len(s.of_kind("heart_rate")) >= b + 2)
+
+            def two_more(s: FakeSink, b: int = before) -> bool:
+                return len(s.of_kind("heart_rate")) >= b + 2
+
+            await sink.wait_for(two_more)
             if round_ == 1:
                 # the unbonded strap drops; BlueZ forgets it once nobody scans
                 assert strap.drop_link()

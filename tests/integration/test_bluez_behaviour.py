@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from bleak import BleakClient, BleakScanner
+from bleak.args.bluez import BlueZNotifyArgs
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 from bleak.exc import (
@@ -20,6 +21,7 @@ from bleak.exc import (
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
+from edge.testing import eventually
 from firmware_sim.bluez import APT_HINT, BlueZOptions, BusStartError, PrivateBus
 from firmware_sim.devices.heart_rate import HeartRateStrap
 from firmware_sim.fleet import Fleet, build_fleet
@@ -125,13 +127,6 @@ async def scan(names: set[str], service_uuids: list[str] | None = None) -> dict[
     async with BleakScanner(detected, service_uuids=service_uuids):
         await asyncio.wait_for(done.wait(), WAIT)
     return seen
-
-
-async def wait_until(condition: Callable[[], bool], within: float = WAIT) -> None:
-    """Poll ``condition`` until true (no event exists for it); fail after ``within`` s."""
-    async with asyncio.timeout(within):
-        while not condition():  # noqa: ASYNC110 - a bounded wait on a condition
-            await asyncio.sleep(0.005)
 
 
 @contextlib.asynccontextmanager
@@ -443,7 +438,9 @@ async def test_a_client_leaving_the_bus_ends_its_notify_session(
             reply = await raw.call(char_path, iface, "StartNotify")
             assert reply.message_type is MessageType.METHOD_RETURN
             assert device.notifying(HR_MEASUREMENT)
-        await wait_until(lambda: not device.notifying(HR_MEASUREMENT))
+        await eventually(
+            lambda: not device.notifying(HR_MEASUREMENT), within_s=WAIT, what="notify session ended"
+        )
         assert device.connected  # bluetoothd keeps the link; only the session ends
 
 
@@ -481,9 +478,7 @@ async def test_link_drop_after_n_notifications_delivers_them_then_disconnects(
         if use_start_notify:  # signals on one connection keep their order
             assert got.qsize() == 2
         else:  # the socket may be read after the disconnect; both still arrive
-            async with asyncio.timeout(WAIT):
-                while got.qsize() < 2:  # noqa: ASYNC110 - bounded wait on the fd reader
-                    await asyncio.sleep(0.005)
+            await eventually(lambda: got.qsize() >= 2, within_s=WAIT, what="both notifications")
         await client.disconnect()
 
 
@@ -535,7 +530,7 @@ async def test_acquire_notify_is_for_notify_characteristics_only_as_in_bluetooth
             reply = await raw.call(racp.obj[0], iface, "AcquireNotify", "a{sv}", {})
             assert reply.error_name == "org.bluez.Error.NotSupported"
             # bleak falls back to StartNotify for it even when asked for AcquireNotify
-            how = {"use_start_notify": False}
+            how: BlueZNotifyArgs = {"use_start_notify": False}
             await client.start_notify(racp, lambda _c, _d: None, bluez=how)
             await client.start_notify(measurement, lambda _c, _d: None, bluez=how)
             assert meter.notifying(racp_uuid) and meter.notifying(uuid16(0x2A18))

@@ -71,7 +71,7 @@ async def test_bleak_standard_session_makes_the_recorded_dbus_calls(
         await client.pair()
         assert await client.read_gatt_char(BODY_SENSOR_LOCATION)
         await client.start_notify(HR_MEASUREMENT, lambda _c, d: got.put_nowait(bytes(d)))
-        await strap.tick()  # type: ignore[attr-defined]
+        await strap.tick()
         assert await asyncio.wait_for(got.get(), 10)
         await client.write_gatt_char(HR_CONTROL_POINT, b"\x01", response=True)
         await client.disconnect()

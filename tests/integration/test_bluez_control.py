@@ -12,6 +12,7 @@ from bleak.backends.scanner import AdvertisementData
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
+from edge.testing import eventually
 from firmware_sim.control import ControlClient, ControlError
 from firmware_sim.devices.glucose import GlucoseMeter
 from firmware_sim.fleet import build_fleet
@@ -42,10 +43,12 @@ async def test_devices_added_and_removed_at_run_time_come_and_go_on_the_bus(
                     pass
             await ctl.remove_device("SIM-GLU-1")
             assert [d["name"] for d in await ctl.list_devices()] == ["SIM-HR-1"]
-            async with asyncio.timeout(WAIT):
-                # removal arrives as InterfacesRemoved; bleak has no callback for it
-                while any(d.name == "SIM-GLU-1" for d in scanner.discovered_devices):  # noqa: ASYNC110
-                    await asyncio.sleep(0.005)
+            # removal arrives as InterfacesRemoved; bleak has no callback for it
+            await eventually(
+                lambda: all(d.name != "SIM-GLU-1" for d in scanner.discovered_devices),
+                within_s=WAIT,
+                what="the removed device gone from the scanner",
+            )
 
 
 async def test_control_errors_have_their_own_names(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 from bleak.exc import BleakGATTProtocolError, BleakGATTProtocolErrorCode
 
+from edge.testing import eventually
 from firmware_sim.devices.glucose import GlucoseMeter
 from firmware_sim.devices.heart_rate import HeartRateStrap
 from firmware_sim.fleet import Fleet, build_fleet
@@ -96,13 +97,6 @@ async def device_named(sim: Sim, name: str) -> BLEDevice:
     return (await scan_for(sim, {name}))[name][0]
 
 
-async def wait_until(condition: Callable[[], bool], within: float = WAIT) -> None:
-    """Poll ``condition`` until true (no event exists for it); fail after ``within`` s."""
-    async with asyncio.timeout(within):
-        while not condition():  # noqa: ASYNC110 - a bounded wait on a condition
-            await asyncio.sleep(0.005)
-
-
 def hr_value(data: bytes) -> int:
     flags = data[0]
     return struct.unpack_from("<H", data, 1)[0] if flags & 1 else data[1]
@@ -172,7 +166,9 @@ async def test_heart_rate_notifications(sim: Sim, use_start_notify: bool) -> Non
         assert [hr_value(v) for v in values] == [131, 131]
         await client.stop_notify(HR_MEASUREMENT)
         # with AcquireNotify the client only closes its socket: the CCCD write follows
-        await wait_until(lambda: not strap.notifying(HR_MEASUREMENT))
+        await eventually(
+            lambda: not strap.notifying(HR_MEASUREMENT), within_s=WAIT, what="notify session ended"
+        )
 
 
 async def test_heart_rate_control_point_rejects_unknown_value_with_att_0x80(sim: Sim) -> None:
@@ -220,8 +216,14 @@ async def test_glucose_pair_and_racp_sync_of_all_records(sim: Sim, use_start_not
         final = await asyncio.wait_for(racp.get(), WAIT)
         if not use_start_notify:
             # one socket per characteristic: no order between them, as with real BlueZ
-            await wait_until(lambda: len(measurements) >= len(expected))
-            await wait_until(lambda: len(contexts) >= sum(m[0] >> 4 & 1 for m in measurements))
+            await eventually(
+                lambda: len(measurements) >= len(expected), within_s=WAIT, what="all measurements"
+            )
+            await eventually(
+                lambda: len(contexts) >= sum(m[0] >> 4 & 1 for m in measurements),
+                within_s=WAIT,
+                what="a context for each flagged measurement",
+            )
     assert final == b"\x06\x00\x01\x01"
     assert [struct.unpack_from("<H", m, 1)[0] for m in measurements] == expected
     with_context = [struct.unpack_from("<H", m, 1)[0] for m in measurements if m[0] & 0x10]

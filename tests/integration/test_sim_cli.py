@@ -17,6 +17,7 @@ from bleak import BleakClient, BleakScanner
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 
+from edge.testing import eventually
 from firmware_sim.fleet import build_fleet
 from tests.support.bluez import REPO, pid_alive, serve_process, use_fake_bluez
 
@@ -158,9 +159,9 @@ async def test_serve_killed_outright_still_takes_its_daemon_down() -> None:
         served.proc.kill()  # no chance to clean up: the kernel's parent-death signal must
         served.proc.wait(timeout=WAIT)
         try:
-            async with asyncio.timeout(WAIT):
-                while pid_alive(daemon):  # noqa: ASYNC110 - bounded wait for the kernel
-                    await asyncio.sleep(0.01)
+            await eventually(
+                lambda: not pid_alive(daemon), within_s=WAIT, what="the daemon killed by the kernel"
+            )
         finally:
             # only the directory is left behind after SIGKILL; tidy it for the test run
             for leftover in directory.glob("*"):

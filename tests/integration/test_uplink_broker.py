@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,16 +17,19 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.observation import Observation
 
 from edge.config import UplinkConfig
+from edge.testing import eventually
+from edge.testing.uplink import forwarding
 from edge.uplink.forwarder import FHIR_CONTENT_TYPE, Forwarder
-from edge.uplink.mqtt import PublishRefused, TlsMqttConnector
+from edge.uplink.mqtt import TlsMqttConnector
+from edge.uplink.ports import PublishRefused
+from edge.uplink.stats import ForwarderState
 from tests.support.mosquitto import Broker, TcpProxy, ids_in, start_broker, subscriber
 from tests.support.pki import TestPki, make_pki
 from tests.support.uplink_fakes import (
     FakeOutbox,
     RecordingConnector,
-    forwarding,
     make_readings,
-    until,
+    real_forwarder,
 )
 
 pytestmark = pytest.mark.integration
@@ -52,15 +55,15 @@ def broker(tmp_path: Path, tpki: TestPki) -> Iterator[Broker]:
         b.stop()
 
 
-async def wait_until(pred: Any, limit_s: float = 20.0) -> None:
-    await until(pred, limit_s, 0.01)
+async def wait_until(pred: Callable[[], bool], limit_s: float = 20.0) -> None:
+    await eventually(pred, within_s=limit_s)
 
 
 def make_forwarder(
     cfg: UplinkConfig, outbox: FakeOutbox, tpki: TestPki
 ) -> tuple[Forwarder, RecordingConnector]:
     rec = RecordingConnector(TlsMqttConnector(cfg, tpki.hub_id))
-    return Forwarder(cfg, tpki.hub_id, outbox, link_factory=rec), rec
+    return real_forwarder(cfg, tpki.hub_id, outbox, connector=rec), rec
 
 
 def validate_bundle(payload: bytes) -> dict[str, Any]:
@@ -90,7 +93,7 @@ async def test_happy_path_every_reading_arrives_in_a_valid_bundle(
             outbox.add_readings(late)
             fwd.wake()
             await wait_until(lambda: not outbox.rows)
-            assert fwd.state == "connected"
+            assert fwd.state is ForwarderState.CONNECTED
         msgs = sub.snapshot()
     obs = [m for m in msgs if "/obs/" in m.topic]
     got = ids_in(obs)
@@ -136,7 +139,7 @@ async def test_broker_restart_loses_nothing_and_only_resends_unacknowledged(
             rec.gate = asyncio.Event()
             sub.reset_subscribed()
             broker.stop()
-            await wait_until(lambda: fwd.state != "connected")
+            await wait_until(lambda: fwd.state is not ForwarderState.CONNECTED)
             assert outbox.rows  # the rest is still pending
             second = outbox.add_readings(make_readings(100, PATIENTS, start=400))
             fwd.wake()
@@ -223,17 +226,21 @@ async def _drain_through_proxy(
                     # unanswered message: that is what the test is about.
                     for _ in range(10):
                         proxy.blackhole(True)
-                        await wait_until(lambda: fwd.stats()["in_flight"] > 0)
-                        sessions = fwd.stats()["sessions"]
+                        await wait_until(lambda: fwd.stats().in_flight > 0)
+                        sessions = fwd.stats().sessions
                         proxy.cut()
                         proxy.blackhole(False)
-                        await wait_until(lambda s=sessions: fwd.stats()["sessions"] > s)
+
+                        def reconnected(before: int = sessions) -> bool:
+                            return fwd.stats().sessions > before
+
+                        await wait_until(reconnected)
                         if any(p.acked is False for p in rec.log):
                             break
                 else:
                     proxy.blackhole(True)
                     # PUBACKs stop; the forwarder notices by its ack timeout.
-                    await wait_until(lambda: fwd.stats()["ack_timeouts"] >= 1)
+                    await wait_until(lambda: fwd.stats().ack_timeouts >= 1)
                     proxy.blackhole(False)
                 held = set(outbox.pending_ids())
                 assert held and not held & set(outbox.delivered)
@@ -294,7 +301,7 @@ async def test_last_will_says_offline_when_the_link_dies(broker: Broker, tpki: T
             )
             # The broker sends the will as soon as the socket closes, which can be before the
             # forwarder's loop has read the EOF: wait (bounded) for it to notice.
-            await wait_until(lambda: fwd.state == "backoff", limit_s=10)
+            await wait_until(lambda: fwd.state is ForwarderState.BACKOFF, limit_s=10)
         docs = [json.loads(m.payload) for m in sub.snapshot()]
     offline = docs[1]
     assert offline == {"hub": "hub-1", "state": "offline"}

@@ -7,19 +7,20 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
 from edge.config import UplinkConfig
-from edge.uplink.forwarder import Forwarder
+from edge.testing import eventually
+from edge.testing.uplink import forwarding
 from edge.uplink.mqtt import TlsMqttConnector
 from edge.uplink.probe import probe
+from edge.uplink.stats import ForwarderState
 from tests.support.mosquitto import (
     REPO,
     Broker,
@@ -30,9 +31,8 @@ from tests.support.pki import TestPki, make_pki
 from tests.support.uplink_fakes import (
     FakeOutbox,
     RecordingConnector,
-    forwarding,
     make_readings,
-    until,
+    real_forwarder,
 )
 
 pytestmark = pytest.mark.integration
@@ -46,7 +46,7 @@ def tpki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
 @dataclass
 class Peer:
     port: int
-    log: Any  # () -> str
+    log: Callable[[], str]
 
 
 @contextmanager
@@ -70,8 +70,8 @@ def hostile_peer(kind: str, tmp_path: Path, tpki: TestPki) -> Iterator[Peer]:
         broker.stop()
 
 
-async def wait_until(pred: Any, limit_s: float = 15.0) -> None:
-    await until(pred, limit_s, 0.01)
+async def wait_until(pred: Callable[[], bool], limit_s: float = 15.0) -> None:
+    await eventually(pred, within_s=limit_s)
 
 
 CASES = [
@@ -94,11 +94,11 @@ async def test_hostile_broker_gets_nothing(
     with hostile_peer(kind, tmp_path, tpki) as peer:
         cfg = tpki.uplink_config(peer.port)
         rec = RecordingConnector(TlsMqttConnector(cfg, tpki.hub_id))
-        fwd = Forwarder(cfg, tpki.hub_id, outbox, link_factory=rec)
+        fwd = real_forwarder(cfg, tpki.hub_id, outbox, connector=rec)
         with capture_logs() as logs:
             async with forwarding(fwd):
                 await wait_until(lambda: len(rec.errors) >= 2)
-                assert fwd.state == f"refused:{reason}", rec.errors
+                assert fwd.stats().state_label == f"refused:{reason}", rec.errors
         result = await probe(cfg, tpki.hub_id, step_timeout=5)
         log_text = peer.log()
 
@@ -309,13 +309,13 @@ async def test_connack_refusal_is_not_authorised(
 async def test_probe_leaves_a_running_gateway_alone(broker: Broker, tpki: TestPki) -> None:
     cfg = tpki.uplink_config(broker.port)
     rec = RecordingConnector(TlsMqttConnector(cfg, tpki.hub_id))
-    fwd = Forwarder(cfg, tpki.hub_id, FakeOutbox(), link_factory=rec)
+    fwd = real_forwarder(cfg, tpki.hub_id, FakeOutbox(), connector=rec)
     async with forwarding(fwd):
-        await wait_until(lambda: fwd.state == "connected")
+        await wait_until(lambda: fwd.state is ForwarderState.CONNECTED)
         result = await probe(cfg, tpki.hub_id)
         assert result.ok, result.lines()
-        assert fwd.state == "connected" and not rec.links[0].is_closed
-        assert fwd.stats()["sessions"] == 1
+        assert fwd.state is ForwarderState.CONNECTED and not rec.links[0].is_closed
+        assert fwd.stats().sessions == 1
     log = broker.log_text()
     assert "as hub-1-probe (" in log and "as hub-1 (" in log
     # The probe carries no Last Will (it must never mark the hub offline); the gateway does.

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from edge.config import VaultConfig
-from edge.uplink.forwarder import Forwarder
-from edge.vault.store import Vault
+from edge.testing import eventually
+from edge.testing.uplink import forwarding
+from edge.vault import Vault
 from tests.support.mosquitto import Broker, ids_in, start_broker, subscriber
 from tests.support.pki import TestPki, make_pki
-from tests.support.uplink_fakes import forwarding, make_readings, until
+from tests.support.uplink_fakes import make_readings, real_forwarder
 
 pytestmark = pytest.mark.integration
 
@@ -51,13 +52,13 @@ async def test_drains_the_real_vault(broker: Broker, tpki: TestPki, tmp_path: Pa
     async with open_vault(tmp_path) as vault:
         await vault.append(readings)
         assert (await vault.stats()).pending == 500
-        fwd = Forwarder(tpki.uplink_config(broker.port), tpki.hub_id, vault)
+        fwd = real_forwarder(tpki.uplink_config(broker.port), tpki.hub_id, vault)
         with subscriber(broker, tpki, topic="edge/v1/+/obs/#") as sub:
             async with forwarding(fwd):
                 await asyncio.to_thread(
                     sub.wait_for, lambda m: len(set(ids_in(m))) >= 500, 20.0
                 )
-                await until(lambda: fwd.stats()["readings_delivered"] >= 500, 20.0, 0.01)
+                await eventually(lambda: fwd.stats().readings_delivered >= 500, within_s=20.0)
             got = ids_in(sub.snapshot())
         st = await vault.stats()
         assert st.pending == 0 and st.delivered_retained == 500
@@ -70,17 +71,16 @@ async def test_pin_mismatch_is_in_the_vault_audit_chain(tpki: TestPki, tmp_path:
     try:
         async with open_vault(tmp_path) as vault:
             await vault.append(make_readings(3))
-            fwd = Forwarder(tpki.uplink_config(hostile.port), tpki.hub_id, vault)
+            fwd = real_forwarder(tpki.uplink_config(hostile.port), tpki.hub_id, vault)
             async with forwarding(fwd):
-                await until(lambda: fwd.state == "refused:pin_mismatch", 10.0, 0.01)
+                await eventually(lambda: fwd.stats().state_label == "refused:pin_mismatch",
+                                 within_s=10.0)
 
                 async def audited() -> bool:
                     tail = await vault.audit_tail(5)
                     return any(e.action == "uplink.pin_mismatch" for e in tail)
 
-                async with asyncio.timeout(10):
-                    while not await audited():  # noqa: ASYNC110
-                        await asyncio.sleep(0.01)
+                await eventually(audited, within_s=10.0, what="the pin mismatch audited")
             tail = [e for e in await vault.audit_tail(20) if e.action == "uplink.pin_mismatch"]
             assert tail[0].subject == tpki.hostile["same_ca_other_key"].pin
             assert tail[0].actor == "uplink"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edge.errors import VaultFull
-from edge.vault import Vault
+from edge.vault import PendingReading, Vault
 from tests.support.vault_support import hr, vault_config, write_key
 
 pytestmark = pytest.mark.integration
@@ -75,9 +75,9 @@ async def test_disk_full_refuses_counts_and_recovers(tmp_path: Path, small_disk:
         after = [hr(i) for i in range(20_000_000, 20_000_050)]
         assert (await v.append(after)).stored == 50
         acknowledged += [r.id for r in after]
-        got = []
-        while batch := await v.next_batch(1000, after_seq=got[-1].seq if got else 0):
-            got += batch
+        got: list[PendingReading] = []
+        while page := await v.next_batch(1000, after_seq=got[-1].seq if got else 0):
+            got += page
         assert [p.id for p in got] == acknowledged
         assert await v.integrity_check() == []
     finally:

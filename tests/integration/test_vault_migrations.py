@@ -11,7 +11,7 @@ import sqlcipher3
 from edge.config import VaultConfig
 from edge.errors import VaultError
 from edge.vault import Vault, schema
-from edge.vault.store import identity_time_us
+from edge.vault.models import identity_time_us
 from tests.support.vault_support import BASE_TIME, hr, vault_config, write_key
 
 pytestmark = pytest.mark.integration

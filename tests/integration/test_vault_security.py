@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from edge.errors import KeyUnavailable, VaultError
+from edge.readings import GlucoseReading, HeartRateReading
 from edge.vault import Vault
 from edge.vault.keys import new_key
 from tests.support.vault_proc import REPO, spawn
@@ -94,7 +95,9 @@ def _scan(path: Path, needles: list[bytes]) -> list[str]:
 async def test_no_plaintext_in_db_wal_shm_or_backup(tmp_path: Path) -> None:
     cfg = vault_config(tmp_path)
     key = write_key(cfg)
-    readings = [hr(i, patient=PATIENT, device=DEVICE, bpm=187) for i in range(300)]
+    readings: list[HeartRateReading | GlucoseReading] = [
+        hr(i, patient=PATIENT, device=DEVICE, bpm=187) for i in range(300)
+    ]
     readings += [glucose(i, patient=PATIENT, device=DEVICE, mg_dl="123.4567") for i in range(50)]
     needles = [
         PATIENT.encode(),

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import sqlcipher3
 
-from edge.testing import ManualClock
 from edge.config import VaultConfig
 from edge.errors import AuditChainBroken, ConfigError, VaultError, VaultFull
+from edge.testing import ManualClock
 from edge.vault import Vault
 from tests.support.vault_support import BASE_TIME, glucose, hr, vault_config, write_key
 
@@ -256,6 +256,35 @@ async def test_revoke_consent_purges_and_audits_in_one_step(vault: Vault) -> Non
     assert await vault.purge_patient("pt-beta", actor="admin:t") == 3
     assert (await vault.stats()).pending == 0
     assert (await vault.audit_tail(1))[0].action == "vault.patient_purged"
+
+
+class AllowOnly:
+    """A consent check that allows the named patients only."""
+
+    def __init__(self, *patients: str) -> None:
+        self.patients = set(patients)
+
+    def allows(self, patient: str) -> bool:
+        return patient in self.patients
+
+
+async def test_the_consent_hook_drops_and_persists_no_consent_counts(
+    cfg: VaultConfig, key: bytes
+) -> None:
+    async with await Vault.open(cfg, key) as v:
+        v.use_consent(AllowOnly("pt-alpha"))
+        # Nothing left to store: the count is still written at once.
+        assert (await v.append([hr(0, patient="pt-beta")])).stored == 0
+        res = await v.commit_glucose("aa:bb:cc:dd:ee:02", [glucose(1, patient="pt-beta")],
+                                     last_sequence=1, last_device_time=None, clock_offset_s=0)
+        assert (res.stored, res.duplicates) == (0, 0)
+        assert (await v.append([hr(1), hr(2, patient="pt-beta")])).stored == 1
+    async with await Vault.open(cfg, key) as v:  # no hook after a reopen until one is set
+        assert (await v.stats()).refusals == {"no_consent": 3}
+        cur = await v.cursor("AA:BB:CC:DD:EE:02")
+        assert cur is not None and cur.last_sequence == 1
+        assert [p.id for p in await v.next_batch(10)] == [hr(1).id]
+        assert (await v.append([hr(3, patient="pt-beta")])).stored == 1
 
 
 async def test_retention_purges_delivered_and_gives_pages_back(

@@ -9,18 +9,30 @@ import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta, timezone, tzinfo
-from typing import Any
 
+from bleak.args.bluez import BlueZNotifyArgs
+from bleak.backends.device import BLEDevice
 from bleak.exc import BleakDBusError, BleakGATTProtocolError
 
+from edge.ble.ports import (
+    BleClient,
+    ClientFactory,
+    DisconnectedCallback,
+    GattServices,
+    NotifyCallback,
+    ScannerFactory,
+)
 from edge.ble.profiles import RACP
 from edge.ble.state import DeviceState
 from edge.ble.supervisor import BleManager, DeviceSupervisor
 from edge.config import BleConfig
+from edge.testing import settle
+from edge.testing.ble import FakeBinding, FakeRegistry, FakeSink
+from firmware_sim.devices.base import SimDevice
+from firmware_sim.devices.glucose import GlucoseMeter
 from firmware_sim.fleet import Fleet, build_fleet
 from firmware_sim.inprocess import SimBleak
 from firmware_sim.model.clock import ManualClock
-from tests.support.ble_fakes import Binding, FakeRegistry, FakeSink
 
 #: the simulated meters' clocks run in UTC+1 (their ``utc_offset_minutes`` default)
 SIM_TZ = timezone(timedelta(minutes=60))
@@ -39,14 +51,23 @@ FAST = BleConfig(
 class _CountingClient:
     """Delegates to the double's client; counts connect attempts and their concurrency."""
 
-    def __init__(self, inner: Any, counter: CountingClients) -> None:
+    def __init__(self, inner: BleClient, counter: CountingClients) -> None:
         self._inner = inner
         self._counter = counter
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+    @property
+    def address(self) -> str:
+        return self._inner.address
 
-    async def connect(self, **kw: Any) -> None:
+    @property
+    def is_connected(self) -> bool:
+        return self._inner.is_connected
+
+    @property
+    def services(self) -> GattServices:
+        return self._inner.services
+
+    async def connect(self) -> None:
         c = self._counter
         c.attempts.append((self._inner.address.upper(), c.clock.monotonic()))
         c.active += 1
@@ -55,11 +76,25 @@ class _CountingClient:
             if c.fail_next > 0:
                 c.fail_next -= 1
                 raise BleakDBusError("org.bluez.Error.Failed", ["le-connection-abort-by-local"])
-            await self._inner.connect(**kw)
+            await self._inner.connect()
         finally:
             c.active -= 1
 
-    async def write_gatt_char(self, char: Any, data: bytes, response: bool | None = None) -> None:
+    async def disconnect(self) -> None:
+        await self._inner.disconnect()
+
+    async def pair(self) -> None:
+        await self._inner.pair()
+
+    async def unpair(self) -> None:
+        await self._inner.unpair()
+
+    async def read_gatt_char(self, char: str, /) -> bytearray:
+        return await self._inner.read_gatt_char(char)
+
+    async def write_gatt_char(
+        self, char: str, data: bytes, response: bool | None = None, /
+    ) -> None:
         c = self._counter
         if c.racp_busy > 0 and str(char).lower() == RACP and data[:1] == b"\x01":
             # as a meter answers a report request while its own procedure still runs
@@ -68,6 +103,17 @@ class _CountingClient:
         c.racp_writes.append(bytes(data))
         await self._inner.write_gatt_char(char, data, response)
 
+    async def start_notify(
+        self, char: str, callback: NotifyCallback, /, *, bluez: BlueZNotifyArgs | None = None
+    ) -> None:
+        if bluez is None:
+            await self._inner.start_notify(char, callback)
+        else:
+            await self._inner.start_notify(char, callback, bluez=bluez)
+
+    async def stop_notify(self, char: str, /) -> None:
+        await self._inner.stop_notify(char)
+
 
 @dataclass
 class CountingClients:
@@ -75,7 +121,7 @@ class CountingClients:
     ``fail_next`` makes the next N connects fail as BlueZ does, ``racp_busy`` the next N RACP
     report requests fail with ATT 0x80 (procedure already in progress)."""
 
-    inner: Any
+    inner: ClientFactory
     clock: ManualClock
     attempts: list[tuple[str, float]] = field(default_factory=list)
     active: int = 0
@@ -84,8 +130,16 @@ class CountingClients:
     racp_busy: int = 0
     racp_writes: list[bytes] = field(default_factory=list)
 
-    def __call__(self, device: Any, **kwargs: Any) -> Any:
-        return _CountingClient(self.inner(device, **kwargs), self)
+    def __call__(
+        self,
+        device: BLEDevice | str,
+        /,
+        *,
+        disconnected_callback: DisconnectedCallback | None = None,
+        timeout: float = 20.0,
+    ) -> BleClient:
+        inner = self.inner(device, disconnected_callback=disconnected_callback, timeout=timeout)
+        return _CountingClient(inner, self)
 
     def addresses(self) -> set[str]:
         return {a for a, _ in self.attempts}
@@ -98,7 +152,7 @@ class Rig:
     registry: FakeRegistry
     sink: FakeSink
     clients: CountingClients
-    scanners: Any
+    scanners: ScannerFactory
     config: BleConfig
     local_tz: tzinfo
     manager: BleManager
@@ -125,15 +179,21 @@ class Rig:
         self.manager = self.new_manager()
         await self.start()
 
-    def device(self, kind: str, n: int = 1) -> Any:
-        return [d for d in self.fleet if d.kind == kind][n - 1]
+    def device(self, kind: str, n: int = 1) -> SimDevice:
+        return [d for d in self.fleet.devices if d.kind == kind][n - 1]
 
-    def bind(self, dev: Any, patient: str) -> Binding:
-        b = Binding(dev.address, dev.kind, patient)
+    def meter(self, n: int = 1) -> GlucoseMeter:
+        """The ``n``-th simulated glucose meter (1-based)."""
+        meter = self.device("glucose", n)
+        assert isinstance(meter, GlucoseMeter)
+        return meter
+
+    def bind(self, dev: SimDevice, patient: str) -> FakeBinding:
+        b = FakeBinding(dev.address, dev.kind, patient)
         self.registry.bind(b)
         return b
 
-    def supervisor(self, dev: Any) -> DeviceSupervisor:
+    def supervisor(self, dev: SimDevice) -> DeviceSupervisor:
         sup = self.manager.supervisor(dev.address)
         assert sup is not None
         return sup
@@ -141,11 +201,10 @@ class Rig:
     async def start(self) -> None:
         self.task = asyncio.create_task(self.manager.run())
         # let run() enter its TaskGroup and start the supervisors
-        for _ in range(5):
-            await asyncio.sleep(0)
+        await settle(5)
 
     async def wait_state(
-        self, dev: Any, predicate: Callable[[DeviceState], bool], within_s: float = 10.0
+        self, dev: SimDevice, predicate: Callable[[DeviceState], bool], within_s: float = 10.0
     ) -> DeviceState:
         sup = self.supervisor(dev)
         return await asyncio.wait_for(sup.wait_until(predicate), within_s)

@@ -16,6 +16,7 @@ BlueZ tool. Both need a real ``dbus-daemon``; without one the helpers raise (nev
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import selectors
@@ -27,10 +28,15 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
+from dbus_fast import BusType, DBusError, Message, MessageType
+from dbus_fast.aio import MessageBus
+from dbus_fast.annotations import DBusObjectPath, DBusSignature, DBusUInt32
+from dbus_fast.service import ServiceInterface, dbus_method
 
+from edge.testing import eventually
 from firmware_sim.bluez import BlueZOptions, FakeBlueZ, PrivateBus
 from firmware_sim.control import ControlServer
 from firmware_sim.fleet import Fleet
@@ -248,3 +254,168 @@ def bluez_frontend(
             yield BleakScanner, BleakClient
 
     return frontend
+
+
+# ---------------------------------------------------------------------------- pairing agents
+
+
+#: a D-Bus method's "no return value" that survives this module's deferred annotations
+NoReply = Annotated[None, DBusSignature("")]
+
+
+class RecordingAgent(ServiceInterface):
+    """An ``org.bluez.Agent1`` for tests: answers ``RequestPasskey`` with ``passkey``,
+    confirms unless ``confirm`` is False, replies ``error`` (a D-Bus error name) to every
+    request when set, or never answers (until ``Cancel``) with ``hang``. Records each call."""
+
+    def __init__(
+        self,
+        *,
+        passkey: int = 0,
+        confirm: bool = True,
+        error: str | None = None,
+        hang: bool = False,
+    ) -> None:
+        super().__init__("org.bluez.Agent1")
+        self.passkey = passkey
+        self.confirm = confirm
+        self.error = error
+        self.hang = hang
+        self.calls: list[tuple[Any, ...]] = []
+        self.canceled = asyncio.Event()
+
+    async def _answer(self) -> None:
+        if self.hang:
+            await self.canceled.wait()
+            raise DBusError("org.bluez.Error.Canceled", "Canceled")
+        if self.error is not None:
+            raise DBusError(self.error, "no")
+
+    @dbus_method()
+    async def RequestPasskey(self, device: DBusObjectPath) -> DBusUInt32:
+        self.calls.append(("RequestPasskey", device))
+        await self._answer()
+        return self.passkey
+
+    @dbus_method()
+    async def RequestConfirmation(self, device: DBusObjectPath, passkey: DBusUInt32) -> NoReply:
+        self.calls.append(("RequestConfirmation", device, passkey))
+        await self._answer()
+        if not self.confirm:
+            raise DBusError("org.bluez.Error.Rejected", "no")
+
+    @dbus_method()
+    async def RequestAuthorization(self, device: DBusObjectPath) -> NoReply:
+        self.calls.append(("RequestAuthorization", device))
+        await self._answer()
+
+    @dbus_method()
+    def Cancel(self) -> NoReply:
+        self.calls.append(("Cancel",))
+        self.canceled.set()
+
+    @dbus_method()
+    def Release(self) -> NoReply:
+        self.calls.append(("Release",))
+
+
+class BlueZClient:
+    """A plain D-Bus client of the fake BlueZ (its own connection), for what bleak cannot
+    show: agents, raw replies, properties."""
+
+    def __init__(self, bus: MessageBus) -> None:
+        self.bus = bus
+        self.changes: list[tuple[str, dict[str, Any]]] = []
+        #: Agent1 methods called on this connection, in the order they arrived
+        self.agent_calls: list[str] = []
+        bus.add_message_handler(self._on_message)
+
+    @classmethod
+    async def connect(cls, address: str) -> BlueZClient:
+        bus = await MessageBus(bus_address=address, bus_type=BusType.SYSTEM).connect()
+        client = cls(bus)
+        await client.call(
+            "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "AddMatch",
+            "s", ["type='signal',sender='org.bluez'"],
+        )  # fmt: skip
+        return client
+
+    def _on_message(self, msg: Message) -> None:
+        if msg.message_type is MessageType.METHOD_CALL and msg.interface == "org.bluez.Agent1":
+            self.agent_calls.append(msg.member or "")
+        if msg.message_type is MessageType.SIGNAL and msg.member == "PropertiesChanged":
+            changed = {k: v.value for k, v in msg.body[1].items()}
+            self.changes.append((msg.path or "", changed))
+
+    async def call(
+        self,
+        destination: str,
+        path: str,
+        interface: str,
+        member: str,
+        signature: str = "",
+        body: Sequence[Any] = (),
+    ) -> Message:
+        reply = await self.bus.call(
+            Message(
+                destination=destination,
+                path=path,
+                interface=interface,
+                member=member,
+                signature=signature,
+                body=list(body),
+            )
+        )
+        assert reply is not None
+        return reply
+
+    async def bluez(
+        self, path: str, interface: str, member: str, signature: str = "", *body: Any
+    ) -> Message:
+        """Call ``org.bluez``; returns the reply (an error reply is returned, not raised)."""
+        return await self.call("org.bluez", path, interface, member, signature, body)
+
+    async def register_agent(
+        self, agent: ServiceInterface, capability: str, *, default: bool = True
+    ) -> str:
+        """Export ``agent`` at /test/agent, register it (and make it the default)."""
+        path = "/test/agent"
+        self.bus.export(path, agent)
+        reply = await self.bluez(
+            "/org/bluez", "org.bluez.AgentManager1", "RegisterAgent", "os", path, capability
+        )
+        assert reply.message_type is MessageType.METHOD_RETURN, reply.body
+        if default:
+            reply = await self.bluez(
+                "/org/bluez", "org.bluez.AgentManager1", "RequestDefaultAgent", "o", path
+            )
+            assert reply.message_type is MessageType.METHOD_RETURN, reply.body
+        return path
+
+    async def prop(self, path: str, interface: str, name: str) -> Any:
+        reply = await self.bluez(
+            path, "org.freedesktop.DBus.Properties", "Get", "ss", interface, name
+        )
+        assert reply.message_type is MessageType.METHOD_RETURN, reply.body
+        return reply.body[0].value
+
+    async def discover(self, sim: SimBus, address: str) -> str:
+        """Run a discovery until the device with ``address`` is on the bus; its path."""
+        path = sim.bluez.device_path(address)
+        reply = await self.bluez(sim.bluez.adapter.path, "org.bluez.Adapter1", "StartDiscovery")
+        assert reply.message_type is MessageType.METHOD_RETURN, reply.body
+        await eventually(
+            lambda: sim.bluez.is_exported(path), within_s=10, what="the device discovered"
+        )
+        await self.bluez(sim.bluez.adapter.path, "org.bluez.Adapter1", "StopDiscovery")
+        return path
+
+    def close(self) -> None:
+        self.bus.disconnect()
+
+
+def error_of(reply: Message) -> tuple[str | None, str]:
+    """``(error name, text)`` of a reply (name None for a method return)."""
+    if reply.message_type is not MessageType.ERROR:
+        return None, ""
+    return reply.error_name, str(reply.body[0]) if reply.body else ""

@@ -32,18 +32,19 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
-from edge.uplink.devbroker import (
+from devtools.broker import (
     REPO,
     STARTUP_TIMEOUT_S,
     Broker,
     free_port,
     start_dev_broker,
 )
-
-__all__ = ["REPO", "Broker", "free_port", "start_broker"]
 from edge.uplink.pki import CertFiles
 from tests.support.pki import TestPki
+
+__all__ = ["REPO", "Broker", "free_port", "start_broker"]
 
 
 def start_broker(
@@ -58,7 +59,7 @@ def start_broker(
     client_ca: Path | None = None,
     persistent: bool = False,
 ) -> Broker:
-    """The dev broker (:func:`edge.uplink.devbroker.start_dev_broker`) under ``tmpdir/<name>``
+    """The dev broker (:func:`devtools.broker.start_dev_broker`) under ``tmpdir/<name>``
     for a test PKI. ``server`` picks the broker certificate (default: the good one; hostile
     ones are in ``pki.hostile``); ``client_ca`` replaces the CA client certificates must chain
     to."""
@@ -120,16 +121,21 @@ class Subscriber:
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
 
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+    # paho's callbacks: userdata and flags are untyped there (Any).
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any
+    ) -> None:
         if not rc.is_failure:
             self._subscribed.clear()
             client.subscribe(self.topic, qos=1)
             self._connected.set()
 
-    def _on_subscribe(self, client: Any, userdata: Any, mid: Any, rcs: Any, props: Any) -> None:
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, rcs: Any, props: Any
+    ) -> None:
         self._subscribed.set()
 
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)
         rec = Received(
             topic=msg.topic,
@@ -148,7 +154,7 @@ class Subscriber:
         self._client.reconnect_delay_set(min_delay=1, max_delay=1)
         props = None
         if self.persistent_session:
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = 3600
         self._client.connect(
             self.broker.host, self.broker.port, keepalive=30,

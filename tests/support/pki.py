@@ -4,7 +4,7 @@
     cfg = pki.uplink_config(port=broker.port)
 
 Hostile broker certificates are in ``pki.hostile[kind]`` for kinds in
-``edge.uplink.pki.HOSTILE_KINDS`` (expired, wrong_host, other_ca, same_ca_other_key).
+``devtools.pki.HOSTILE_KINDS`` (expired, wrong_host, other_ca, same_ca_other_key).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from devtools.pki import HOSTILE_KINDS, write_hostile
 from edge.config import UplinkConfig
-from edge.uplink.pki import HOSTILE_KINDS, CertFiles, DevPki, write_dev_pki
+from edge.uplink.pki import CertFiles, DevPki, write_dev_pki
 
 
 @dataclass
@@ -102,6 +103,6 @@ def make_pki(
         hub_id=hub_id,
         clinicians=assignment,
         admin=admin,
-        hostile=hostile,
     )
+    write_hostile(dev, hostile)
     return TestPki(dev=dev, clinicians=assignment, admin_name=admin)

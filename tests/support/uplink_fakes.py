@@ -1,21 +1,18 @@
-"""In-memory stand-ins for the forwarder's collaborators: an outbox, a link, a link factory,
-and a clock that records what it was asked to sleep. Used by the uplink unit tests."""
+"""The uplink tests' rig: an in-memory outbox, readings to fill it, a clock that records what
+it was asked to sleep, and a recording wrapper around the real connector. The fake link and
+connector themselves ship in :mod:`edge.testing.uplink`."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
-import pytest
-
-from edge.testing import ManualClock
-from edge.errors import UplinkUnavailable
+from edge.clock import SystemClock
+from edge.config import UplinkConfig
 from edge.readings import (
     GlucoseReading,
     HeartRateReading,
@@ -23,12 +20,18 @@ from edge.readings import (
     reading_from_json,
     stable_reading_id,
 )
-from edge.uplink.mqtt import LinkInfo, Will
-from edge.uplink.pins import PinCheck
+from edge.testing import ManualClock
+from edge.testing.uplink import AllowAll
+from edge.uplink.forwarder import Forwarder
+from edge.uplink.mqtt import TlsMqttConnector
+from edge.uplink.ports import Connector, LinkInfo, MqttLink, Outbox, Will
+from edge.uplink.tls import client_cert_not_after
 
 
 @dataclass(frozen=True)
 class Row:
+    """One pending row (an :class:`edge.uplink.ports.PendingLike`)."""
+
     seq: int
     id: str
     patient: str
@@ -74,19 +77,18 @@ def make_readings(
     return out
 
 
-def ids_encoder(rows: Sequence[Any]) -> bytes:
-    """A stand-in for the FHIR encoder: the ids, as JSON."""
-    return json.dumps({"ids": [r.id for r in rows]}).encode()
-
-
 @dataclass
 class Stats:
+    """The outbox statistics the status document reads."""
+
     pending: int
     oldest_pending_age_s: float | None
 
 
 @dataclass
 class FakeOutbox:
+    """An in-memory outbox: rows by sequence number; records deliveries, audits and reads."""
+
     rows: dict[int, Row] = field(default_factory=dict)
     delivered: list[str] = field(default_factory=list)
     audits: list[tuple[str, str, str]] = field(default_factory=list)
@@ -94,7 +96,7 @@ class FakeOutbox:
     _seq: int = 0
 
     def add(self, patient: str, n: int = 1, payload_size: int = 200) -> list[str]:
-        ids = []
+        ids: list[str] = []
         for _ in range(n):
             self._seq += 1
             rid = f"r{self._seq:06d}"
@@ -133,142 +135,16 @@ class FakeOutbox:
         self.audits.append((actor, action, subject))
 
 
-@dataclass
-class Sent:
-    topic: str
-    payload: bytes
-    retain: bool
-    content_type: str | None
-    message_expiry_s: int | None
-    future: asyncio.Future[None]
-
-    @property
-    def ids(self) -> list[str]:
-        return list(json.loads(self.payload).get("ids", []))
-
-
-class FakeLink:
-    """A link whose PUBACKs the test gives (``ack``/``fail``) and which the test can drop."""
-
-    def __init__(self, *, auto_ack_retained: bool = True) -> None:
-        #: acknowledge retained (status) messages at once, so tests deal with readings only
-        self.auto_ack_retained = auto_ack_retained
-        self.sent: list[Sent] = []
-        self._closed: asyncio.Future[BaseException | None] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self.sent_event = asyncio.Event()
-        self.closed_cleanly = False
-
-    @property
-    def info(self) -> LinkInfo:
-        return LinkInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", PinCheck("p", "leaf", "p"), "5")
-
-    @property
-    def is_closed(self) -> bool:
-        return self._closed.done()
-
-    def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        *,
-        retain: bool = False,
-        content_type: str | None = None,
-        message_expiry_s: int | None = None,
-    ) -> asyncio.Future[None]:
-        if self.is_closed:
-            raise UplinkUnavailable("closed")
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.sent.append(Sent(topic, payload, retain, content_type, message_expiry_s, fut))
-        self.sent_event.set()
-        if retain and self.auto_ack_retained:
-            fut.set_result(None)
-        return fut
-
-    def obs(self) -> list[Sent]:
-        return [s for s in self.sent if "/obs/" in s.topic]
-
-    def unacked_obs(self) -> list[Sent]:
-        return [s for s in self.obs() if not s.future.done()]
-
-    def ack(self, sent: Sent) -> None:
-        sent.future.set_result(None)
-
-    def ack_status(self) -> None:
-        for s in self.sent:
-            if s.topic.endswith("/status") and not s.future.done():
-                s.future.set_result(None)
-
-    def fail(self, sent: Sent, exc: BaseException) -> None:
-        sent.future.set_exception(exc)
-
-    async def wait_closed(self) -> BaseException | None:
-        return await asyncio.shield(self._closed)
-
-    async def close(self) -> None:
-        self.closed_cleanly = True
-        self.abort()
-
-    def abort(self) -> None:
-        if self.is_closed:
-            return
-        for s in self.sent:
-            if not s.future.done():
-                s.future.set_exception(UplinkUnavailable("lost"))
-        self._closed.set_result(UplinkUnavailable("dropped"))
-
-    def drop(self) -> None:
-        """The connection dies (as seen from the network)."""
-        self.abort()
-
-
-class FakeFactory:
-    """Hands out the outcomes queued in ``outcomes`` (a FakeLink is made for ``"link"``)."""
-
-    def __init__(self, outcomes: Sequence[Any] = ()) -> None:
-        self.outcomes: list[Any] = list(outcomes)
-        self.links: list[FakeLink] = []
-        self.calls = 0
-        self.wills: list[Will | None] = []
-        self.called = asyncio.Event()
-        self.linked = asyncio.Event()
-
-    async def __call__(self, will: Will | None) -> FakeLink:
-        self.calls += 1
-        self.wills.append(will)
-        self.called.set()
-        outcome = self.outcomes.pop(0) if self.outcomes else "link"
-        if isinstance(outcome, BaseException):
-            raise outcome
-        link = FakeLink()
-        self.links.append(link)
-        self.linked.set()
-        return link
-
-
 class RecordingClock(ManualClock):
     """A manual clock that also records every requested sleep."""
 
     def __init__(self) -> None:
         super().__init__()
         self.requested: list[float] = []
-        self.slept = asyncio.Event()
 
     async def sleep(self, seconds: float) -> None:
         self.requested.append(seconds)
-        self.slept.set()
         await super().sleep(seconds)
-
-
-async def until(pred: Any, limit_s: float = 5.0, step_s: float = 0.0) -> None:
-    """Let the event loop run until ``pred()`` is true; fails after ``limit_s``.
-
-    The conditions are plain state of the objects under test (counters, dicts, a state
-    string); polling them on the loop is the bounded wait, not a sleep standing in for one."""
-    async with asyncio.timeout(limit_s):
-        while not pred():  # noqa: ASYNC110
-            await asyncio.sleep(step_s)
 
 
 # --- wrapping the real connector -------------------------------------------------------------
@@ -285,14 +161,14 @@ class Published:
 def bundle_ids(payload: bytes) -> list[str]:
     """Observation ids in a FHIR Bundle payload."""
     doc = json.loads(payload)
-    out = []
+    out: list[str] = []
     for entry in doc.get("entry", []):
         res = entry.get("resource", {})
         if res.get("resourceType") == "Observation":
             out += [
-                i["value"].removeprefix("urn:uuid:")
+                str(i["value"]).removeprefix("urn:uuid:")
                 for i in res.get("identifier", [])
-                if i.get("value", "").startswith("urn:uuid:")
+                if str(i.get("value", "")).startswith("urn:uuid:")
             ]
     return out
 
@@ -300,20 +176,31 @@ def bundle_ids(payload: bytes) -> list[str]:
 class RecordingLink:
     """Wraps a real link: records which readings each message carried and its outcome."""
 
-    def __init__(self, inner: Any, log: list[Published]) -> None:
+    def __init__(self, inner: MqttLink, log: list[Published]) -> None:
         self.inner = inner
         self.log = log
 
     @property
-    def info(self) -> Any:
+    def info(self) -> LinkInfo:
         return self.inner.info
 
     @property
     def is_closed(self) -> bool:
-        return bool(self.inner.is_closed)
+        return self.inner.is_closed
 
-    def publish(self, topic: str, payload: bytes, **kw: Any) -> asyncio.Future[None]:
-        fut: asyncio.Future[None] = self.inner.publish(topic, payload, **kw)
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        content_type: str | None = None,
+        message_expiry_s: int | None = None,
+    ) -> asyncio.Future[None]:
+        fut = self.inner.publish(
+            topic, payload, retain=retain, content_type=content_type,
+            message_expiry_s=message_expiry_s,
+        )
         if "/obs/" in topic:
             rec = Published(bundle_ids(payload))
             self.log.append(rec)
@@ -325,7 +212,7 @@ class RecordingLink:
         return fut
 
     async def wait_closed(self) -> BaseException | None:
-        return await self.inner.wait_closed()  # type: ignore[no-any-return]
+        return await self.inner.wait_closed()
 
     async def close(self) -> None:
         await self.inner.close()
@@ -337,7 +224,7 @@ class RecordingLink:
 class RecordingConnector:
     """Wraps the real connector; ``gate`` (when set) holds connection attempts until it opens."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Connector) -> None:
         self.inner = inner
         self.log: list[Published] = []
         self.links: list[RecordingLink] = []
@@ -345,7 +232,7 @@ class RecordingConnector:
         self.errors: list[BaseException] = []
         self.gate: asyncio.Event | None = None
 
-    async def __call__(self, will: Will | None) -> RecordingLink:
+    async def __call__(self, will: Will) -> RecordingLink:
         if self.gate is not None:
             await self.gate.wait()
         self.attempts += 1
@@ -364,13 +251,21 @@ class RecordingConnector:
         return {i for p in self.log if not p.acked for i in p.ids}
 
 
-@asynccontextmanager
-async def forwarding(fwd: Any) -> AsyncIterator[asyncio.Task[None]]:
-    """Run ``fwd.run()`` for the block; then cancel it and see that it stopped by cancelling."""
-    task = asyncio.create_task(fwd.run())
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+def real_forwarder(
+    cfg: UplinkConfig,
+    hub_id: str,
+    outbox: Outbox,
+    *,
+    connector: Connector | None = None,
+    on_delivered: Callable[[Sequence[str]], None] | None = None,
+) -> Forwarder:
+    """A forwarder wired as the daemon wires it: the TLS connector (unless given), the system
+    clock, the client certificate's expiry; consent for everyone."""
+    return Forwarder(
+        cfg, hub_id, outbox,
+        connector=connector or TlsMqttConnector(cfg, hub_id),
+        clock=SystemClock(),
+        consent=AllowAll(),
+        cert_not_after=client_cert_not_after(cfg),
+        on_delivered=on_delivered,
+    )

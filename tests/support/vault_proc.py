@@ -32,12 +32,13 @@ from tests.support.vault_support import hr, vault_config
 REPO = Path(__file__).resolve().parents[2]
 
 
-def spawn(tmp: Path, *args: str, **kw: object) -> subprocess.Popen[str]:
-    """Start this module in a child process with the repository on its path."""
+def spawn(tmp: Path, *args: str, stdout: int | None = None) -> subprocess.Popen[str]:
+    """Start this module in a child process with the repository on its path; ``stdout`` as
+    for :class:`subprocess.Popen` (``PIPE``, ``DEVNULL``, or None to inherit)."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.Popen(
         [sys.executable, "-m", "tests.support.vault_proc", "--dir", str(tmp), *args],
-        cwd=REPO, env=env, text=True, **kw,  # type: ignore[call-overload]
+        cwd=REPO, env=env, text=True, stdout=stdout,
     )
 
 

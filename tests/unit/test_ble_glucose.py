@@ -8,6 +8,7 @@ import pytest
 
 from edge.gatt.to_reading import glucose_reading_id
 from edge.readings import GlucoseReading, TimeSource
+from firmware_sim.devices.glucose import GlucoseMeter
 from tests.support.ble_rig import Rig, ble_rig
 
 pytestmark = pytest.mark.timeout(60)
@@ -17,23 +18,23 @@ def _glucose(rig: Rig) -> list[GlucoseReading]:
     return [r for r in rig.sink.readings.values() if isinstance(r, GlucoseReading)]
 
 
-def _ids_on_meter(rig: Rig, meter: object) -> set[str]:
+def _ids_on_meter(rig: Rig, meter: GlucoseMeter) -> set[str]:
     """The stable ids of every record the meter holds now (computed from its own store)."""
     from edge.gatt.glucose import decode_glucose_measurement
 
     return {
-        glucose_reading_id(meter.address, decode_glucose_measurement(rec.measurement_bytes()))  # type: ignore[attr-defined]
-        for rec in meter.records  # type: ignore[attr-defined]
+        glucose_reading_id(meter.address, decode_glucose_measurement(rec.measurement_bytes()))
+        for rec in meter.records
     }
 
 
-async def _synced(rig: Rig, meter: object, n: int) -> None:
+async def _synced(rig: Rig, meter: GlucoseMeter, n: int) -> None:
     await rig.wait_state(meter, lambda s: s.state == "connected" and s.connects >= n)
 
 
 async def test_first_sync_gets_all_history_then_only_new_records() -> None:
     async with ble_rig("glucose:1", seed=3) as rig:
-        meter = rig.device("glucose")
+        meter = rig.meter()
         rig.bind(meter, "p-g")
         history = meter.records
         assert len(history) >= 20
@@ -72,7 +73,7 @@ async def test_first_sync_gets_all_history_then_only_new_records() -> None:
 
 async def test_cursor_survives_a_new_session_and_sync_resumes_from_it() -> None:
     async with ble_rig("glucose:1", seed=4) as rig:
-        meter = rig.device("glucose")
+        meter = rig.meter()
         rig.bind(meter, "p-g")
         await rig.start()
         await rig.sink.wait_for(lambda s: len(s.glucose_commits) == 1)
@@ -89,7 +90,7 @@ async def test_meter_that_restarts_numbering_is_resynced_without_loss(
     more_than_cursor: bool,
 ) -> None:
     async with ble_rig("glucose:1", seed=5) as rig:
-        meter = rig.device("glucose")
+        meter = rig.meter()
         rig.bind(meter, "p-g")
         await rig.start()
         await rig.sink.wait_for(lambda s: len(s.glucose_commits) == 1)
@@ -120,7 +121,7 @@ async def test_meter_that_restarts_numbering_is_resynced_without_loss(
 
 async def test_interrupted_transfer_moves_no_cursor_and_loses_nothing() -> None:
     async with ble_rig("glucose:1", seed=6) as rig:
-        meter = rig.device("glucose")
+        meter = rig.meter()
         meter.inject_fault({"racp_interrupt_after_records": 5})
         rig.bind(meter, "p-g")
         await rig.start()
@@ -134,7 +135,7 @@ async def test_interrupted_transfer_moves_no_cursor_and_loses_nothing() -> None:
 
 async def test_silent_meter_times_out_and_is_retried_later() -> None:
     async with ble_rig("glucose:1", seed=7) as rig:
-        meter = rig.device("glucose")
+        meter = rig.meter()
         # slower than the RACP inactivity timeout (5 s)
         meter.inject_fault({"slow_response_seconds": 6.0})
         rig.bind(meter, "p-g")
@@ -149,7 +150,7 @@ async def test_silent_meter_times_out_and_is_retried_later() -> None:
 
 async def test_duplicate_and_out_of_order_records_are_stored_once() -> None:
     async with ble_rig("glucose:1", seed=8) as rig:
-        meter = rig.device("glucose")
+        meter = rig.meter()
         meter.inject_fault({"duplicate_records": True, "out_of_order_records": True})
         rig.bind(meter, "p-g")
         await rig.start()
@@ -161,7 +162,7 @@ async def test_duplicate_and_out_of_order_records_are_stored_once() -> None:
 
 async def test_malformed_glucose_notifications_are_counted() -> None:
     async with ble_rig("glucose:1", seed=9) as rig:
-        meter = rig.device("glucose")
+        meter = rig.meter()
         meter.inject_fault({"malformed": "truncated", "malformed_every": 4})
         rig.bind(meter, "p-g")
         await rig.start()
@@ -172,7 +173,7 @@ async def test_malformed_glucose_notifications_are_counted() -> None:
 
 async def test_procedure_already_in_progress_is_aborted_and_retried() -> None:
     async with ble_rig("glucose:1", seed=10) as rig:
-        meter = rig.device("glucose")
+        meter = rig.meter()
         rig.bind(meter, "p-g")
         rig.clients.racp_busy = 2
         await rig.start()
@@ -186,7 +187,7 @@ async def test_procedure_already_in_progress_is_aborted_and_retried() -> None:
 
 async def test_meter_that_stays_busy_fails_the_sync_boundedly() -> None:
     async with ble_rig("glucose:1", seed=10) as rig:
-        meter = rig.device("glucose")
+        meter = rig.meter()
         rig.bind(meter, "p-g")
         rig.clients.racp_busy = 4  # more than the 3 retries of one sync
         await rig.start()
@@ -199,7 +200,7 @@ async def test_meter_that_stays_busy_fails_the_sync_boundedly() -> None:
 
 async def test_connected_meter_is_polled_for_silently_stored_records() -> None:
     async with ble_rig("glucose:1", seed=11, autojump=False) as rig:
-        meter = rig.device("glucose")
+        meter = rig.meter()
         rig.bind(meter, "p-g")
         await rig.start()
         while not rig.sink.glucose_commits:
@@ -215,7 +216,7 @@ async def test_connected_meter_is_polled_for_silently_stored_records() -> None:
 
 async def test_meter_refusing_to_bond_is_an_error_state_and_counted() -> None:
     async with ble_rig("glucose:1", seed=12) as rig:
-        meter = rig.device("glucose")
+        meter = rig.meter()
         meter.inject_fault({"pairing_refused": "rejected"})
         rig.bind(meter, "p-g")
         await rig.start()

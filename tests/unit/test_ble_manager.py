@@ -14,14 +14,14 @@ import pytest
 from edge.ble.profiles import HEART_RATE_MEASUREMENT
 from edge.log import configure_logging
 from edge.readings import HeartRateReading
+from edge.testing.ble import FakeSink
 from tests.support.ble_rig import FAST, ble_rig
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def _hr(rig_sink: object) -> list[HeartRateReading]:
-    readings = getattr(rig_sink, "readings", {}).values()
-    return [r for r in readings if isinstance(r, HeartRateReading)]
+def _hr(sink: FakeSink) -> list[HeartRateReading]:
+    return [r for r in sink.readings.values() if isinstance(r, HeartRateReading)]
 
 
 async def test_hr_notifications_become_readings_with_rr_intervals() -> None:

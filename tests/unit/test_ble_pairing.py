@@ -8,6 +8,7 @@ from edge.ble.pairing import pair_device, unpair_device
 from edge.ble.profiles import kind_from_services, normalize_address
 from edge.ble.scanner import scan_for, scan_nearby
 from edge.errors import BleError, PairingRefused
+from firmware_sim.devices.base import SimDevice
 from firmware_sim.fleet import build_fleet
 from firmware_sim.inprocess import SimBleak
 from firmware_sim.model.clock import ManualClock
@@ -20,51 +21,51 @@ def _sim(spec: str, seed: int = 2) -> tuple[SimBleak, ManualClock]:
     return SimBleak(build_fleet(devices=spec, seed=seed, clock=clock)), clock
 
 
-def _dev(sim: SimBleak, kind: str) -> object:
-    return next(d for d in sim.fleet if d.kind == kind)
+def _dev(sim: SimBleak, kind: str) -> SimDevice:
+    return next(d for d in sim.fleet.devices if d.kind == kind)
 
 
 async def test_pair_infers_kind_bonds_and_reads_device_information() -> None:
     sim, clock = _sim("hr:1,glucose:1")
     for kind, model in (("heart_rate", "SIM-HRS-200"), ("glucose", "SIM-BGM-30")):
         dev = _dev(sim, kind)
-        paired = await pair_device(sim.Client, dev.address.lower(), clock=clock,  # type: ignore[attr-defined]
+        paired = await pair_device(sim.Client, dev.address.lower(), clock=clock,
                                    scanner_factory=sim.Scanner)
         assert paired.kind == kind
-        assert paired.address == dev.address  # type: ignore[attr-defined]
+        assert paired.address == dev.address
         assert paired.device_info["model"] == model
         assert set(paired.device_info) == {"manufacturer", "model", "serial", "firmware"}
-        assert dev.paired and not dev.connected  # type: ignore[attr-defined]
+        assert dev.paired and not dev.connected
 
 
 async def test_wrong_kind_is_refused_and_leaves_no_bond() -> None:
     sim, clock = _sim("hr:1")
     strap = _dev(sim, "heart_rate")
     with pytest.raises(PairingRefused, match="Glucose service") as err:
-        await pair_device(sim.Client, strap.address, kind="glucose", clock=clock,  # type: ignore[attr-defined]
+        await pair_device(sim.Client, strap.address, kind="glucose", clock=clock,
                           scanner_factory=sim.Scanner)
-    assert strap.address not in str(err.value)  # type: ignore[attr-defined]
-    assert not strap.paired and not strap.connected  # type: ignore[attr-defined]
+    assert strap.address not in str(err.value)
+    assert not strap.paired and not strap.connected
 
 
 @pytest.mark.parametrize("how", ["failed", "rejected"])
 async def test_device_refusing_to_bond_is_a_pairing_refusal(how: str) -> None:
     sim, clock = _sim("glucose:1")
     meter = _dev(sim, "glucose")
-    meter.inject_fault({"pairing_refused": how})  # type: ignore[attr-defined]
+    meter.inject_fault({"pairing_refused": how})
     with pytest.raises(PairingRefused) as err:
-        await pair_device(sim.Client, meter.address, clock=clock,  # type: ignore[attr-defined]
+        await pair_device(sim.Client, meter.address, clock=clock,
                           scanner_factory=sim.Scanner)
-    assert meter.address not in str(err.value)  # type: ignore[attr-defined]
-    assert not meter.paired and not meter.connected  # type: ignore[attr-defined]
+    assert meter.address not in str(err.value)
+    assert not meter.paired and not meter.connected
 
 
 async def test_absent_device_is_a_transient_error_after_the_scan_window() -> None:
     sim, clock = _sim("hr:1")
     strap = _dev(sim, "heart_rate")
-    strap.set_visible(False)  # type: ignore[attr-defined]
+    strap.set_visible(False)
     with pytest.raises(BleError, match="not found nearby"):
-        await pair_device(sim.Client, strap.address, clock=clock,  # type: ignore[attr-defined]
+        await pair_device(sim.Client, strap.address, clock=clock,
                           scanner_factory=sim.Scanner, connect_timeout_s=7)
     assert clock.monotonic() >= 7
 
@@ -72,10 +73,10 @@ async def test_absent_device_is_a_transient_error_after_the_scan_window() -> Non
 async def test_unpair_removes_the_bond() -> None:
     sim, clock = _sim("glucose:1")
     meter = _dev(sim, "glucose")
-    await pair_device(sim.Client, meter.address, clock=clock, scanner_factory=sim.Scanner)  # type: ignore[attr-defined]
-    assert meter.paired  # type: ignore[attr-defined]
-    assert await unpair_device(sim.Client, meter.address)  # type: ignore[attr-defined]
-    assert not meter.paired  # type: ignore[attr-defined]
+    await pair_device(sim.Client, meter.address, clock=clock, scanner_factory=sim.Scanner)
+    assert meter.paired
+    assert await unpair_device(sim.Client, meter.address)
+    assert not meter.paired
 
 
 async def test_scan_lists_every_device_with_its_kind() -> None:
@@ -92,8 +93,8 @@ async def test_scan_lists_every_device_with_its_kind() -> None:
 async def test_scan_for_finds_one_address_or_gives_up() -> None:
     sim, clock = _sim("hr:1")
     strap = _dev(sim, "heart_rate")
-    seen = await scan_for(sim.Scanner, clock, strap.address.lower(), 5)  # type: ignore[attr-defined]
-    assert seen is not None and seen.address == strap.address  # type: ignore[attr-defined]
+    seen = await scan_for(sim.Scanner, clock, strap.address.lower(), 5)
+    assert seen is not None and seen.address == strap.address
     assert await scan_for(sim.Scanner, clock, "00:11:22:33:44:55", 5) is None
 
 

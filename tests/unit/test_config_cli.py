@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -238,19 +235,3 @@ def test_load_checked_raises_config_error_listing_problems(setup: Setup) -> None
         load_checked(path)
     assert len(exc.value.problems) == 2
     assert exc.value.exit_code == 2
-
-
-def test_check_config_as_a_real_process(setup: Setup) -> None:
-    """The installed entry point, as an operator runs it: clean lines on stderr, exit 2."""
-    bad = setup.write(setup.text(pins="[]", uplink_extra="bogus = 1\n"))
-    invalid = setup.write("[uplink\n", "invalid.toml")
-    env = {k: v for k, v in os.environ.items() if k not in ("EDGE_CONFIG", "EDGE_DEBUG")}
-    for path, expected in ((bad, 2), (invalid, 1)):
-        proc = subprocess.run(
-            [sys.executable, "-m", "edge", "check-config", "--config", str(path)],
-            capture_output=True, text=True, timeout=60, env=env, cwd=ROOT,
-        )
-        assert proc.returncode == 2, proc.stderr
-        assert "Traceback" not in proc.stderr
-        assert proc.stdout == ""
-        assert len(proc.stderr.splitlines()) == expected, proc.stderr

@@ -1,182 +1,109 @@
-"""The control socket: protocol, permissions, stale sockets, the blocking client."""
+"""Control requests without a socket: the dispatcher's answers and the daemon's handlers."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import stat
-from pathlib import Path
-from typing import Any
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 
-import pytest
-
-from edge.control import ControlClient, ControlError, ControlServer, DaemonNotRunning
+from edge.daemon.control import ControlHandlers, ControlServer, Handler
+from edge.daemon.status import StatusDocument
 from edge.errors import VaultFull
+from edge.intake import ConsentGate
+from edge.vault import Consent
+
+T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 
 
-async def _echo(request: dict[str, Any], actor: str) -> Any:
+async def _echo(request: Mapping[str, object], actor: str) -> object:
     return {"echo": request.get("x"), "actor": actor}
 
 
-async def _boom(request: dict[str, Any], actor: str) -> Any:
+async def _boom(request: Mapping[str, object], actor: str) -> object:
     raise RuntimeError("secret detail AA:BB:CC:DD:EE:FF")
 
 
-async def _full(request: dict[str, Any], actor: str) -> Any:
+async def _full(request: Mapping[str, object], actor: str) -> object:
     raise VaultFull("vault_full_count", "the vault is full")
 
 
-def _handlers() -> dict[str, Any]:
-    return {"echo": _echo, "boom": _boom, "full": _full}
+def _server(handlers: Mapping[str, Handler]) -> ControlServer:
+    from pathlib import Path
+
+    return ControlServer(Path("/nonexistent/never-bound.sock"), dict(handlers))
 
 
-async def _request(path: Path, payload: bytes) -> list[dict[str, Any]]:
-    import json
-
-    reader, writer = await asyncio.open_unix_connection(str(path))
-    writer.write(payload)
-    await writer.drain()
-    writer.write_eof()
-    out = []
-    while line := await reader.readline():
-        out.append(json.loads(line))
-    writer.close()
-    await writer.wait_closed()
-    return out
+async def test_every_failure_is_an_ok_false_answer() -> None:
+    server = _server({"echo": _echo, "boom": _boom, "full": _full})
+    assert await server.dispatch(b'{"op": "echo", "x": 1}', "uid:7") == {
+        "ok": True, "result": {"echo": 1, "actor": "uid:7"}}
+    assert (await server.dispatch(b"not json", "uid:7"))["code"] == "bad_request"
+    assert (await server.dispatch(b'{"nop": 1}', "uid:7"))["code"] == "bad_request"
+    assert (await server.dispatch(b'{"op": "nope"}', "uid:7"))["code"] == "unknown_op"
+    # an unexpected error shows its type only, never its message
+    assert await server.dispatch(b'{"op": "boom"}', "uid:7") == {
+        "ok": False, "error": "internal error (RuntimeError)", "code": "internal"}
+    assert (await server.dispatch(b'{"op": "full"}', "uid:7"))["code"] == "VaultFull"
 
 
-async def test_protocol_and_permissions(tmp_path: Path) -> None:
-    path = tmp_path / "run" / "edge" / "control.sock"
-    server = ControlServer(path, _handlers())
-    await server.start()
-    task = asyncio.create_task(server.serve_forever())
-    try:
-        # a missing parent is created owner+group only; the socket is 0660
-        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o750
-        assert stat.S_ISSOCK(path.stat().st_mode)
-        assert stat.S_IMODE(path.stat().st_mode) == 0o660
+class Store:
+    """Consent records in memory (the vault's consent calls)."""
 
-        replies = await _request(
-            path,
-            b'{"op": "echo", "x": 1}\n'
-            b"not json\n"
-            b'{"nop": 1}\n'
-            b'{"op": "nope"}\n'
-            b'{"op": "boom"}\n'
-            b'{"op": "full"}\n',
-        )
-        assert replies[0] == {"ok": True, "result": {"echo": 1, "actor": f"uid:{os.getuid()}"}}
-        assert replies[1]["code"] == "bad_request"
-        assert replies[2]["code"] == "bad_request"
-        assert replies[3]["code"] == "unknown_op"
-        # an unexpected error shows its type only, never its message
-        assert replies[4] == {"ok": False, "error": "internal error (RuntimeError)",
-                              "code": "internal"}
-        assert replies[5]["ok"] is False and replies[5]["code"] == "VaultFull"
+    def __init__(self) -> None:
+        self.records: dict[str, Consent] = {}
+        self.revoked_by: list[str] = []
 
-        # the blocking client (in a thread: the server runs on this loop)
-        client = ControlClient(path, timeout_s=5)
-        result = await asyncio.to_thread(client.request, "echo", x="y")
-        assert result["echo"] == "y"
-        with pytest.raises(ControlError) as ei:
-            await asyncio.to_thread(client.request, "nope")
-        assert ei.value.code == "unknown_op"
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-    assert not path.exists(), "the socket is removed on the way out"
+    async def consents(self) -> Sequence[Consent]:
+        return list(self.records.values())
+
+    async def grant_consent(self, patient: str, *, scope: str, actor: str) -> None:
+        self.records[patient] = Consent(patient, scope, T0, actor, None, None)
+
+    async def revoke_consent(self, patient: str, *, actor: str) -> int:
+        old = self.records[patient]
+        self.records[patient] = Consent(patient, old.scope, old.granted_at, old.granted_by,
+                                        T0, actor)
+        self.revoked_by.append(actor)
+        return 3
 
 
-async def test_oversized_request_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "c.sock"
-    server = ControlServer(path, _handlers())
-    await server.start()
-    task = asyncio.create_task(server.serve_forever())
-    try:
-        replies = await _request(path, b"x" * (200 * 1024) + b"\n")
-        assert replies == [{"ok": False, "error": "request too long", "code": "bad_request"}]
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+async def test_handlers_wait_for_set_up_and_go_through_the_gate() -> None:
+    store = Store()
+    gate = ConsentGate(store)
+    ready = asyncio.Event()
+    refreshed: list[bool] = []
 
+    async def status() -> StatusDocument:
+        return {"source": "daemon"}
 
-async def test_stale_socket_is_replaced_but_a_live_one_is_not(tmp_path: Path) -> None:
-    path = tmp_path / "c.sock"
-    # a socket file left behind by a killed daemon: nobody listens
-    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    stale.bind(str(path))
-    stale.close()
-    first = ControlServer(path, _handlers())
-    await first.start()
-    try:
-        second = ControlServer(path, _handlers())
-        with pytest.raises(ControlError) as ei:
-            await second.start()
-        assert ei.value.code == "busy"
-    finally:
-        await first.close()
+    async def refresh() -> bool:
+        refreshed.append(True)
+        return True
 
+    handlers = ControlHandlers(ready=ready, gate=gate, records=store, status=status,
+                               refresh=refresh)
+    server = _server(handlers.table())
+    pending = asyncio.ensure_future(server.dispatch(b'{"op": "status"}', "uid:1"))
+    await asyncio.sleep(0)
+    assert not pending.done(), "requests wait until the daemon is set up"
+    ready.set()
+    assert await pending == {"ok": True, "result": {"source": "daemon"}}
 
-async def test_a_non_socket_path_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "c.sock"
-    path.write_text("not a socket")
-    with pytest.raises(ControlError):
-        await ControlServer(path, _handlers()).start()
-    assert path.read_text() == "not a socket"
+    granted = await server.dispatch(b'{"op": "consent.grant", "patient": "pt-one"}', "uid:1")
+    assert granted["result"] == {"patient": "pt-one", "consent": "granted", "scope": "vitals"}
+    assert gate.allows("pt-one")
+    listed = await server.dispatch(b'{"op": "consent.list"}', "uid:1")
+    assert listed["result"] == [{"patient": "pt-one", "scope": "vitals",
+                                 "granted_at": T0.isoformat(), "granted_by": "control:uid:1",
+                                 "revoked_at": None, "revoked_by": None}]
+    revoked = await server.dispatch(b'{"op": "consent.revoke", "patient": "pt-one"}', "uid:1")
+    assert revoked["result"] == {"patient": "pt-one", "consent": "revoked", "purged": 3}
+    assert not gate.allows("pt-one") and store.revoked_by == ["control:uid:1"]
 
-
-def test_client_reports_a_daemon_that_is_not_running(tmp_path: Path) -> None:
-    with pytest.raises(DaemonNotRunning):
-        ControlClient(tmp_path / "absent.sock").request("status")
-    dead = tmp_path / "dead.sock"
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.bind(str(dead))
-    s.close()
-    with pytest.raises(DaemonNotRunning):
-        ControlClient(dead).request("status")
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user")
-async def test_only_owner_and_group_reach_the_socket() -> None:
-    import shutil
-    import tempfile
-
-    base = Path(tempfile.mkdtemp(prefix="edge-ctl-"))
-    try:
-        os.chmod(base, 0o711)  # others may pass through, as through /run
-        path = base / "edge" / "control.sock"
-        server = ControlServer(path, _handlers())
-        await server.start()
-        task = asyncio.create_task(server.serve_forever())
-        def run_as(gid: int) -> str:
-            """Connect from a forked child running as uid nobody with primary group ``gid``."""
-            pid = os.fork()
-            if pid == 0:  # the child: only system calls, then _exit
-                code = 2
-                try:
-                    os.setgroups([])
-                    os.setgid(gid)
-                    os.setuid(65534)
-                    s = socket.socket(socket.AF_UNIX)
-                    try:
-                        s.connect(str(path))
-                        code = 0
-                    except PermissionError:
-                        code = 13
-                finally:
-                    os._exit(code)
-            _, status = os.waitpid(pid, 0)
-            return {0: "connected", 13: "denied"}.get(os.waitstatus_to_exitcode(status), "?")
-
-        try:
-            assert await asyncio.to_thread(run_as, 65534) == "denied"  # someone else
-            assert await asyncio.to_thread(run_as, os.getgid()) == "connected"  # the group
-        finally:
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    bad = await server.dispatch(b'{"op": "consent.grant", "patient": "Jane Doe"}', "uid:1")
+    assert bad["ok"] is False and bad["code"] == "bad_request" and "Jane" not in str(bad)
+    missing = await server.dispatch(b'{"op": "consent.revoke"}', "uid:1")
+    assert missing["code"] == "bad_request"
+    assert (await server.dispatch(b'{"op": "devices.refresh"}', "uid:1"))["result"] == {
+        "refreshed": True}
+    assert refreshed == [True]

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -187,23 +184,6 @@ def test_fhir_refuses_what_intake_would_refuse(
     assert rc == 2 and out == ""
     assert err.count("\n") == 1 and reason in err
     assert decoded(capsys, *argv)[0]  # without --fhir it still decodes
-
-
-def test_installed_console_script() -> None:
-    exe = Path(sys.executable).with_name("edge")
-    proc = subprocess.run(
-        [str(exe), "decode", "0x2A18", GLUCOSE_MOL], capture_output=True, text=True, timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout, parse_float=Decimal)["mmol_l"] == Decimal("5.50")
-    bad = subprocess.run(
-        [str(exe), "decode", "glucose_measurement", "0E34"], capture_output=True, text=True,
-        timeout=60, check=False,
-    )
-    assert bad.returncode == 2 and bad.stdout == ""
-    assert bad.stderr.strip().startswith("edge: malformed glucose_measurement: truncated")
-    assert bad.stderr.count("\n") == 1
 
 
 def test_fhir_never_carries_a_bluetooth_address(capsys: pytest.CaptureFixture[str]) -> None:

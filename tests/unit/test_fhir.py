@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge import fhir
+from edge.fhir import Resource
 from edge.readings import (
     PSEUDONYM_PATTERN,
     GlucoseReading,
@@ -83,16 +84,16 @@ def glucose(
     return GlucoseReading(**fields)
 
 
-def validate_observation(obs: dict[str, Any]) -> None:
+def validate_observation(obs: Resource) -> None:
     Observation.model_validate(obs)
     # obs-6: a value and a dataAbsentReason never together, and one of them always
     has_value = "valueQuantity" in obs
     assert has_value != ("dataAbsentReason" in obs)
 
 
-def parse_bundle(data: bytes) -> dict[str, Any]:
+def parse_bundle(data: bytes) -> Resource:
     """Parse as JSON (Decimal numbers) and validate every resource as R4."""
-    doc: dict[str, Any] = json.loads(data, parse_float=Decimal)
+    doc: Resource = json.loads(data, parse_float=Decimal)
     Bundle.model_validate(doc)
     for entry in doc["entry"]:
         res = entry["resource"]
@@ -103,11 +104,11 @@ def parse_bundle(data: bytes) -> dict[str, Any]:
     return doc
 
 
-def codings(obs: dict[str, Any]) -> dict[str, str]:
+def codings(obs: Resource) -> dict[str, str]:
     return {c["system"]: c["code"] for c in obs["code"]["coding"]}
 
 
-def observations(doc: dict[str, Any]) -> list[dict[str, Any]]:
+def observations(doc: Resource) -> list[Resource]:
     return [e["resource"] for e in doc["entry"] if e["resource"]["resourceType"] == "Observation"]
 
 

@@ -11,34 +11,34 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edge.errors import MalformedPayload
-from edge.gatt import glucose
+from edge.gatt import glucose_context
+from edge.gatt.battery import decode_battery_level
+from edge.gatt.current_time import AdjustReason, decode_current_time, encode_current_time
+from edge.gatt.device_information import decode_utf8_string
 from edge.gatt.glucose import (
-    Carbohydrate,
-    GlucoseContext,
-    GlucoseFeatureBit,
     GlucoseMeasurement,
     GlucoseStatus,
     GlucoseUnit,
+    SampleLocation,
+    SampleType,
+    decode_glucose_measurement,
+    encode_glucose_measurement,
+    status_to_bits,
+)
+from edge.gatt.glucose_context import (
+    Carbohydrate,
+    GlucoseContext,
     Health,
     Meal,
     Medication,
     MedicationUnit,
-    SampleLocation,
-    SampleType,
     decode_glucose_context,
-    decode_glucose_feature,
-    decode_glucose_measurement,
     encode_glucose_context,
-    encode_glucose_feature,
-    encode_glucose_measurement,
-    status_to_bits,
 )
-from edge.gatt.misc import (
-    AdjustReason,
-    decode_battery_level,
-    decode_current_time,
-    decode_utf8_string,
-    encode_current_time,
+from edge.gatt.glucose_feature import (
+    GlucoseFeatureBit,
+    decode_glucose_feature,
+    encode_glucose_feature,
 )
 from edge.gatt.sfloat import SfloatSpecial
 
@@ -220,7 +220,8 @@ def test_measurement_round_trip(m: GlucoseMeasurement) -> None:
     decoded = decode_glucose_measurement(encode_glucose_measurement(m))
     assert decoded == m
     if m.concentration is not None:
-        assert decoded.concentration.as_tuple() == m.concentration.as_tuple()  # type: ignore[union-attr]
+        assert decoded.concentration is not None
+        assert decoded.concentration.as_tuple() == m.concentration.as_tuple()
 
 
 @given(glucose_measurements(), st.binary(min_size=1, max_size=4))
@@ -261,7 +262,7 @@ def test_context_full_vector() -> None:
         carbohydrate_id=Carbohydrate.BREAKFAST,
         carbohydrate_kg=Decimal("0.050"),
         meal=Meal.FASTING,
-        tester=glucose.Tester.SELF,
+        tester=glucose_context.Tester.SELF,
         health=Health.NO_HEALTH_ISSUES,
         exercise_duration_s=1800,
         exercise_intensity_percent=50,
@@ -335,7 +336,7 @@ def contexts(draw: st.DrawFn) -> GlucoseContext:
         carbohydrate_id=draw(st.sampled_from(Carbohydrate)) if carb else None,
         carbohydrate_kg=draw(decimals_in_sfloat) if carb else None,
         meal=draw(st.none() | st.sampled_from(Meal)),
-        tester=draw(st.sampled_from(glucose.Tester)) if th else None,
+        tester=draw(st.sampled_from(glucose_context.Tester)) if th else None,
         health=draw(st.sampled_from(Health)) if th else None,
         exercise_duration_s=draw(st.integers(0, 0xFFFF)) if ex else None,
         exercise_intensity_percent=draw(st.integers(0, 100)) if ex else None,

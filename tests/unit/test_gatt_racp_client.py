@@ -17,13 +17,8 @@ from hypothesis import strategies as st
 
 from edge.errors import RacpError
 from edge.gatt import racp
-from edge.gatt.glucose import (
-    GlucoseContext,
-    GlucoseMeasurement,
-    Meal,
-    encode_glucose_context,
-    encode_glucose_measurement,
-)
+from edge.gatt.glucose import GlucoseMeasurement, encode_glucose_measurement
+from edge.gatt.glucose_context import GlucoseContext, Meal, encode_glucose_context
 from edge.gatt.racp import RacpOpcode, RacpOperator, RacpRequest, RacpResponse, decode_racp
 from edge.gatt.racp_client import (
     Action,

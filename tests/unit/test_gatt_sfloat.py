@@ -52,7 +52,8 @@ def test_known_words(word: int, text: str) -> None:
 
 def test_precision_is_kept_digit_for_digit() -> None:
     assert str(decode_sfloat(0xE226)) == "5.50"
-    assert decode_sfloat(0xE226).as_tuple() == Decimal("5.50").as_tuple()  # type: ignore[union-attr]
+    value = decode_sfloat(0xE226)
+    assert isinstance(value, Decimal) and value.as_tuple() == Decimal("5.50").as_tuple()
 
 
 def test_encoder_uses_the_values_own_exponent() -> None:

@@ -8,11 +8,8 @@ from decimal import Decimal
 import pytest
 
 from edge.errors import MalformedPayload
-from edge.gatt.glucose import (
-    GlucoseContext,
-    Meal,
-    decode_glucose_measurement,
-)
+from edge.gatt.glucose import decode_glucose_measurement
+from edge.gatt.glucose_context import GlucoseContext, Meal
 from edge.gatt.heart_rate import decode_heart_rate_measurement
 from edge.gatt.to_reading import (
     clock_offset_seconds,
@@ -127,7 +124,8 @@ def test_renumbered_record_keeps_its_id_but_another_measurement_does_not() -> No
     assert glucose_reading_id(DEVICE, renumbered) == glucose_reading_id(DEVICE, a)
     later = dataclasses.replace(a, base_time=a.base_time + timedelta(minutes=1))
     assert glucose_reading_id(DEVICE, later) != glucose_reading_id(DEVICE, a)
-    other_value = dataclasses.replace(a, concentration=(a.concentration or 0) + 1)
+    assert a.concentration is not None
+    other_value = dataclasses.replace(a, concentration=a.concentration + 1)
     assert glucose_reading_id(DEVICE, other_value) != glucose_reading_id(DEVICE, a)
 
 

@@ -1,4 +1,5 @@
-"""edge.intake.plausibility: stable reasons, HI/LO exemption, control solution, value-free messages."""
+"""edge.intake.plausibility: stable reasons, HI/LO exemption, control solution, value-free
+messages."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge.intake import plausibility
 from edge.errors import Implausible, Rejected
+from edge.intake import plausibility
 from tests.unit.test_fhir import glucose, hr
 
 

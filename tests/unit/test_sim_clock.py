@@ -3,7 +3,8 @@
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from firmware_sim.model.clock import ManualClock, RealClock
+from edge.clock import SystemClock
+from firmware_sim.model.clock import ManualClock
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -64,7 +65,7 @@ async def test_autojump_delay_paces_the_jumps() -> None:
 
 
 async def test_real_clock_is_utc_and_monotonic() -> None:
-    clock = RealClock()
+    clock = SystemClock()
     assert clock.now().tzinfo is UTC
     a = clock.monotonic()
     await clock.sleep(0)

@@ -21,7 +21,7 @@ from firmware_sim.devices.heart_rate import (
     HeartRateStrap,
 )
 from firmware_sim.model.clock import ManualClock
-from firmware_sim.model.contract import Security, SimError, SimErrorCode, uuid16
+from firmware_sim.model.contract import PeripheralError, Security, SimErrorCode, uuid16
 from firmware_sim.model.recorder import RecordingEvents
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -173,7 +173,7 @@ async def test_hr_control_point_resets_energy_and_rejects_others() -> None:
     after = [parse_hr(v).energy for v in await run_strap(d, clock, 10)]
     assert [e for e in after if e is not None] == [0]
     for bad in (b"\x00", b"\x02", b"\x01\x01", b""):
-        with pytest.raises(SimError) as err:
+        with pytest.raises(PeripheralError) as err:
             await d.write(cp, bad, with_response=True)
         assert err.value.code is SimErrorCode.ATT_ERROR
         assert err.value.att_code == 0x80
@@ -183,17 +183,17 @@ async def test_hr_control_point_resets_energy_and_rejects_others() -> None:
 async def test_operations_need_a_connection_and_proper_flags() -> None:
     clock = ManualClock(START)
     d = strap(clock)
-    with pytest.raises(SimError) as err:
+    with pytest.raises(PeripheralError) as err:
         await d.read(d.char(BODY_SENSOR_LOCATION).handle)
     assert err.value.code is SimErrorCode.FAILED
     await d.connect()
-    with pytest.raises(SimError) as err:
+    with pytest.raises(PeripheralError) as err:
         await d.read(d.measurement.handle)  # notify only
     assert err.value.code is SimErrorCode.NOT_PERMITTED
-    with pytest.raises(SimError) as err:
+    with pytest.raises(PeripheralError) as err:
         await d.start_notify(d.char(BODY_SENSOR_LOCATION).handle)
     assert err.value.code is SimErrorCode.NOT_SUPPORTED
-    with pytest.raises(SimError) as err:
+    with pytest.raises(PeripheralError) as err:
         await d.write(d.char(HEART_RATE_CONTROL_POINT).handle, b"\x01", with_response=False)
     assert err.value.code is SimErrorCode.NOT_PERMITTED
 
@@ -233,15 +233,15 @@ async def test_glucose_characteristics_refuse_an_unencrypted_link() -> None:
     glucose = next(s for s in m.services() if s.uuid == uuid16(0x1808))
     assert {c.security for c in glucose.characteristics} == {Security.ENCRYPTED}
     await m.connect()
-    with pytest.raises(SimError) as err:
+    with pytest.raises(PeripheralError) as err:
         await m.read(m.char(GLUCOSE_FEATURE).handle)
     assert err.value.code is SimErrorCode.NOT_AUTHORIZED
     assert err.value.dbus_error_name == "org.bluez.Error.NotAuthorized"
-    with pytest.raises(SimError) as err:
+    with pytest.raises(PeripheralError) as err:
         await m.write(m.racp.handle, b"\x01\x01", with_response=True)
     assert err.value.code is SimErrorCode.NOT_PERMITTED
     for ch in (m.measurement, m.context_char, m.racp):
-        with pytest.raises(SimError) as err:
+        with pytest.raises(PeripheralError) as err:
             await m.start_notify(ch.handle)
         assert err.value.code is SimErrorCode.NOT_PERMITTED
     # the unencrypted services still answer
@@ -252,7 +252,7 @@ async def test_glucose_characteristics_refuse_an_unencrypted_link() -> None:
     await m.disconnect()
     await m.connect()
     assert m.paired
-    with pytest.raises(SimError) as err:
+    with pytest.raises(PeripheralError) as err:
         await m.pair()
     assert err.value.code is SimErrorCode.ALREADY_EXISTS
     await m.unpair()

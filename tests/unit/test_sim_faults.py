@@ -11,7 +11,7 @@ from firmware_sim.devices.glucose import GlucoseMeter
 from firmware_sim.devices.heart_rate import BODY_SENSOR_LOCATION, HeartRateStrap
 from firmware_sim.faults import FaultPlan, FaultSpecError
 from firmware_sim.model.clock import ManualClock
-from firmware_sim.model.contract import SimError, SimErrorCode
+from firmware_sim.model.contract import PeripheralError, SimErrorCode
 from firmware_sim.model.recorder import RecordingEvents
 
 
@@ -84,7 +84,7 @@ def test_plan_validation_names_the_key() -> None:
 async def test_connect_failures_first_n() -> None:
     d = strap(ManualClock(), connect_failures=2)
     for _ in range(2):
-        with pytest.raises(SimError) as err:
+        with pytest.raises(PeripheralError) as err:
             await d.connect()
         assert err.value.code is SimErrorCode.FAILED
         assert err.value.message == "le-connection-abort-by-local"
@@ -102,7 +102,7 @@ async def test_connect_failure_probability_extremes(p: float, failures: int) -> 
         try:
             await d.connect()
             await d.disconnect()
-        except SimError:
+        except PeripheralError:
             failed += 1
     assert failed == failures
 
@@ -116,7 +116,7 @@ async def test_connect_failure_probability_is_seeded() -> None:
                 await d.connect()
                 await d.disconnect()
                 out.append(True)
-            except SimError:
+            except PeripheralError:
                 out.append(False)
         return out
 
@@ -153,7 +153,7 @@ async def test_in_progress_on_the_nth_operation() -> None:
     d.inject_fault({"in_progress_on_operation": 2})
     handle = d.char(BODY_SENSOR_LOCATION).handle
     assert await d.read(handle) == b"\x01"
-    with pytest.raises(SimError) as err:
+    with pytest.raises(PeripheralError) as err:
         await d.read(handle)
     assert err.value.code is SimErrorCode.IN_PROGRESS
     assert err.value.dbus_error_name == "org.bluez.Error.InProgress"
@@ -289,7 +289,7 @@ async def test_invisible_device_cannot_be_reached() -> None:
     assert not d.connected
     assert events.disconnects == ["device-gone"]
     assert events.advertisement_changes == 1
-    with pytest.raises(SimError) as err:
+    with pytest.raises(PeripheralError) as err:
         await d.connect()
     assert err.value.code is SimErrorCode.UNKNOWN_OBJECT
     d.clear_faults()
@@ -301,7 +301,7 @@ async def test_set_visible_false_acts_like_invisible() -> None:
     d = strap(ManualClock())
     d.set_visible(False)
     assert not d.visible
-    with pytest.raises(SimError):
+    with pytest.raises(PeripheralError):
         await d.connect()
     d.set_visible(True)
     await d.connect()
@@ -317,7 +317,7 @@ async def test_set_visible_false_acts_like_invisible() -> None:
 async def test_pairing_refused(refusal: str, code: SimErrorCode) -> None:
     m = meter(ManualClock(), pairing_refused=refusal)
     await m.connect()
-    with pytest.raises(SimError) as err:
+    with pytest.raises(PeripheralError) as err:
         await m.pair()
     assert err.value.code is code
     assert err.value.dbus_error_name == f"org.bluez.Error.{code.value}"

@@ -16,12 +16,58 @@ START = datetime(2026, 2, 1, 9, 0, tzinfo=UTC)
 
 
 def test_devices_spec() -> None:
-    assert parse_devices_spec("hr:2,glucose:1") == [("heart_rate", 2), ("glucose", 1)]
-    assert parse_devices_spec(" hr , glu:3 ") == [("heart_rate", 1), ("glucose", 3)]
+    assert parse_devices_spec("hr:2,glucose:1") == [("heart_rate", 2, {}), ("glucose", 1, {})]
+    assert parse_devices_spec(" hr , glu:3 ") == [("heart_rate", 1, {}), ("glucose", 3, {})]
     with pytest.raises(ValueError, match="unknown device kind"):
         parse_devices_spec("thermometer:1")
     with pytest.raises(ValueError, match="bad device count"):
         parse_devices_spec("hr:two")
+
+
+def test_devices_spec_carries_pairing_and_passkey() -> None:
+    assert parse_devices_spec("glucose:2:pairing=passkey:passkey=012345,hr:pairing=just_works") == [
+        ("glucose", 2, {"pairing": "passkey", "passkey": "012345"}),
+        ("heart_rate", 1, {"pairing": "just_works"}),
+    ]
+    with pytest.raises(ValueError, match="KEY one of pairing, passkey"):
+        parse_devices_spec("glucose:1:colour=red")
+    fleet = build_fleet(devices="glucose:1:passkey=012345,hr:1:pairing=numeric_comparison")
+    meter, strap = fleet.devices
+    assert (meter.pairing.method.value, meter.pairing.passkey) == ("passkey", 12345)
+    assert meter.describe()["passkey"] == "012345"
+    assert (strap.pairing.method.value, strap.pairing.passkey) == ("numeric_comparison", None)
+    with pytest.raises(ValueError, match="pairing: expected one of just_works, passkey"):
+        build_fleet(devices="hr:1:pairing=pin")
+    with pytest.raises(ValueError, match="passkey: expected up to 6 digits"):
+        build_fleet(devices="glucose:1:passkey=1234567")
+
+
+def test_a_passkey_device_without_a_passkey_gets_a_seed_stable_one() -> None:
+    first = build_fleet(devices="glucose:2:pairing=passkey", seed=4)
+    again = build_fleet(devices="glucose:2:pairing=passkey", seed=4)
+    keys = [d.pairing.passkey for d in first.devices]
+    assert keys == [d.pairing.passkey for d in again.devices]
+    assert all(k is not None and 0 <= k <= 999_999 for k in keys)
+    assert keys[0] != keys[1]
+
+
+def test_scenario_pairing_keys_are_checked() -> None:
+    ok = parse_scenario(
+        '[[devices]]\nkind = "glucose"\npairing = "passkey"\npasskey = 123456\n'
+        '[[devices]]\nkind = "hr"\npairing = "numeric_comparison"\n'
+    )
+    fleet = Fleet()
+    ok.populate(fleet)
+    assert [(d.pairing.method.value, d.pairing.passkey) for d in fleet.devices] == [
+        ("passkey", 123456),
+        ("numeric_comparison", None),
+    ]
+    with pytest.raises(ScenarioError, match="passkey: only with pairing"):
+        parse_scenario('[[devices]]\nkind = "hr"\npairing = "just_works"\npasskey = 1\n')
+    with pytest.raises(ScenarioError, match="pairing: expected one of"):
+        parse_scenario('[[devices]]\nkind = "hr"\npairing = "pin"\n')
+    with pytest.raises(ScenarioError, match="passkey: expected up to 6 digits"):
+        parse_scenario('[[devices]]\nkind = "hr"\npasskey = true\n')
 
 
 def test_names_and_address_kinds() -> None:

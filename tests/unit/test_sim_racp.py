@@ -11,7 +11,7 @@ from firmware_sim.devices.glucose import GlucoseMeter
 from firmware_sim.devices.racp import Action, decide
 from firmware_sim.faults import FaultPlan
 from firmware_sim.model.clock import ManualClock
-from firmware_sim.model.contract import SimError, SimErrorCode
+from firmware_sim.model.contract import PeripheralError, SimErrorCode
 from firmware_sim.model.recorder import RecordingEvents
 
 SEQS = [10, 11, 12, 13, 14]
@@ -190,7 +190,7 @@ async def test_racp_write_without_indications_is_att_0x81() -> None:
     clock = ManualClock()
     meter, _ = await paired_meter(clock)
     await meter.start_notify(meter.measurement.handle)
-    with pytest.raises(SimError) as err:
+    with pytest.raises(PeripheralError) as err:
         await meter.write(meter.racp.handle, h("01 01"), with_response=True)
     assert err.value.code is SimErrorCode.ATT_ERROR
     assert err.value.att_code == 0x81
@@ -205,7 +205,7 @@ async def test_write_while_running_is_att_0x80_but_abort_is_accepted() -> None:
     await meter.write(meter.racp.handle, h("01 01"), with_response=True)
     await clock.advance(3)
     for request in ("01 01", "04 01", "02 01"):
-        with pytest.raises(SimError) as err:
+        with pytest.raises(PeripheralError) as err:
             await meter.write(meter.racp.handle, h(request), with_response=True)
         assert err.value.att_code == 0x80
     await meter.write(meter.racp.handle, h("03 00"), with_response=True)

@@ -12,6 +12,7 @@ import pytest
 from edge.config import VaultConfig
 from edge.errors import ConfigError, KeyUnavailable
 from edge.vault import key_provider, schema
+from edge.vault.audit import GENESIS_HASH, audit_hash
 from edge.vault.keys import (
     EnvKeyProvider,
     FileKeyProvider,
@@ -20,7 +21,7 @@ from edge.vault.keys import (
     encode_key,
     new_key,
 )
-from edge.vault.store import GENESIS_HASH, audit_hash, identity_time_us
+from edge.vault.models import identity_time_us
 from tests.support.vault_support import glucose, hr, vault_config, write_key
 
 
@@ -143,14 +144,16 @@ def test_identity_time_is_what_the_id_is_made_of() -> None:
 
 
 def test_audit_hash_covers_every_field() -> None:
-    base = (1, "2026-03-01T08:00:00+00:00", "admin:t", "device.bound", "dev-12345678",
-            GENESIS_HASH)
-    digest = audit_hash(*base)
-    assert digest == audit_hash(*base) and len(digest) == 64
-    for i in range(len(base)):
-        changed = list(base)
-        changed[i] = changed[i] + 1 if isinstance(changed[i], int) else str(changed[i]) + "x"
-        assert audit_hash(*changed) != digest
+    entry_id = 1
+    texts = ["2026-03-01T08:00:00+00:00", "admin:t", "device.bound", "dev-12345678",
+             GENESIS_HASH]
+    digest = audit_hash(entry_id, *texts)
+    assert digest == audit_hash(entry_id, *texts) and len(digest) == 64
+    assert audit_hash(entry_id + 1, *texts) != digest
+    for i in range(len(texts)):
+        changed = list(texts)
+        changed[i] += "x"
+        assert audit_hash(entry_id, *changed) != digest
 
 
 def test_schema_scripts_split_into_whole_statements() -> None:

@@ -1,9 +1,9 @@
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from devtools.viewer import VitalsBoard
 from edge.fhir import bundle_bytes
 from edge.readings import GlucoseReading, HeartRateReading, TimeSource, stable_reading_id
-from edge.viewer import VitalsBoard
 
 T0 = datetime(2026, 3, 15, 8, 30, tzinfo=UTC)
 HR_DEV, GLU_DEV = "AA:BB:CC:DD:EE:01", "AA:BB:CC:DD:EE:02"

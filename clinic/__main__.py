@@ -1,0 +1,5 @@
+"""``python -m clinic``."""
+
+from clinic.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""PostgreSQL: connections, the versioned schema, and the stores built on it."""

@@ -1,0 +1,1 @@
+"""Ingest: shared-subscription MQTT → open and verify envelopes → PostgreSQL → PUBACK."""

@@ -1,0 +1,312 @@
+"""``make demo`` (``python -m devtools.demo``): simulated devices -> gateway -> local TLS
+broker -> clinician view, live.
+
+Everything runs on this machine, on loopback, from a fresh directory (``demo-run/``): a
+development PKI, mosquitto with the shipped TLS + ACL configuration on a free port, the firmware
+simulator behind a fake BlueZ on a private D-Bus, the gateway (``edge run``) exactly as a hub
+runs it, and a clinician subscriber whose view is redrawn in the terminal. It runs until Ctrl-C
+or ``DEMO_SECONDS`` elapse, then stops every process it started and says where its files are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+import paho.mqtt.client as paho
+from paho.mqtt.client import ConnectFlags
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from devtools.broker import Broker, start_dev_broker
+from devtools.viewer import VitalsBoard
+from edge.uplink.pki import DevPki, write_dev_pki
+
+HUB_ID = "demo-hub"
+CLINICIAN = "clinician-1"
+# Which simulated device goes to which demo patient (pseudonyms, never names).
+ASSIGNMENT = {"SIM-HR-1": "patient-a", "SIM-GLU-1": "patient-a", "SIM-HR-2": "patient-b"}
+PATIENTS = sorted(set(ASSIGNMENT.values()))
+STARTUP_TIMEOUT_S = 30.0
+
+
+def _say(text: str) -> None:
+    print(f"demo: {text}", flush=True)
+
+
+class Demo:
+    """The processes of one demo run and how to stop them."""
+
+    def __init__(self, workdir: Path, seconds: float | None) -> None:
+        self.workdir = workdir
+        self.seconds = seconds
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.broker: Broker | None = None
+        self.env = dict(os.environ)
+        self.env["EDGE_VAULT_KEY"] = secrets.token_hex(32)
+        self.env["EDGE_CONFIG"] = str(workdir / "gateway.toml")
+        self.env.pop("EDGE_DEBUG", None)
+
+    # --- set-up ---------------------------------------------------------------------------
+
+    def make_pki(self) -> DevPki:
+        _say("creating a development PKI (ECDSA P-256)")
+        return write_dev_pki(
+            self.workdir / "pki", hub_id=HUB_ID, clinicians={CLINICIAN: PATIENTS}, admin="admin"
+        )
+
+    def start_broker(self, pki: DevPki) -> Broker:
+        _say("starting mosquitto (mutual TLS, ACL) on a free port of 127.0.0.1")
+        self.broker = start_dev_broker(
+            self.workdir / "broker",
+            cafile=pki.ca.cert,
+            certfile=pki.broker.cert,
+            keyfile=pki.broker.key,
+            clinicians={CLINICIAN: PATIENTS},
+            debug=False,
+        )
+        return self.broker
+
+    def write_config(self, pki: DevPki, broker: Broker) -> Path:
+        vault_dir = self.workdir / "vault"
+        vault_dir.mkdir(mode=0o700, exist_ok=True)
+        run_dir = self.workdir / "run"
+        run_dir.mkdir(mode=0o700, exist_ok=True)
+        config = self.workdir / "gateway.toml"
+        config.write_text(
+            f"""# written by `make demo`
+[hub]
+id = "{HUB_ID}"
+
+[ble]
+scan_seconds = 3
+reconnect_base_s = 0.5
+reconnect_cap_s = 5
+
+[vault]
+path = "{vault_dir / 'vault.db'}"
+key_provider = "env"
+key_env = "EDGE_VAULT_KEY"
+allow_env_key = true
+
+[uplink]
+host = "127.0.0.1"
+port = {broker.port}
+ca_file = "{pki.ca.cert}"
+client_cert = "{pki.hub.cert}"
+client_key = "{pki.hub.key}"
+pins = ["{pki.broker.pin}", "{pki.ca.pin}"]
+tls_min_version = "1.3"
+status_interval_s = 5
+
+[log]
+level = "info"
+format = "json"
+
+[daemon]
+control_socket = "{run_dir / 'control.sock'}"
+"""
+        )
+        config.chmod(0o600)
+        return config
+
+    def spawn(
+        self, name: str, argv: list[str], *, stdout: int | IO[bytes] | None = None
+    ) -> subprocess.Popen[bytes]:
+        log = (self.workdir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            argv,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout if stdout is not None else log,
+            stderr=log,
+            cwd=self.workdir,
+        )
+        self.procs.append((name, proc))
+        return proc
+
+    def start_simulator(self) -> str:
+        _say("starting the firmware simulator: 2 heart-rate straps, 1 glucose meter with history")
+        proc = self.spawn(
+            "simulator",
+            [sys.executable, "-m", "firmware_sim", "serve", "--devices", "hr:2,glucose:1",
+             "--seed", "7"],
+            stdout=subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        line = b""
+        while time.monotonic() < deadline and proc.poll() is None:
+            line = proc.stdout.readline()
+            if line.startswith(b"DBUS_SYSTEM_BUS_ADDRESS="):
+                break
+        if not line.startswith(b"DBUS_SYSTEM_BUS_ADDRESS="):
+            raise RuntimeError("the simulator did not start; see simulator.log")
+        address = line.decode().strip().split("=", 1)[1]
+        self.env["DBUS_SYSTEM_BUS_ADDRESS"] = address
+        return address
+
+    def edge(self, *args: str) -> str:
+        """Run one ``edge`` command; its output, or an error naming the command."""
+        argv = [sys.executable, "-m", "edge", *args]
+        done = subprocess.run(
+            argv, env=self.env, capture_output=True, timeout=120, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"`edge {args[0]}` failed ({done.returncode}): {done.stderr.decode().strip()}"
+            )
+        return done.stdout.decode()
+
+    def pair_devices(self) -> None:
+        _say("scanning for the simulated devices")
+        found = json.loads(self.edge("scan", "--seconds", "3", "--json"))
+        by_name = {d["name"]: d["address"] for d in found}
+        for patient in PATIENTS:
+            self.edge("consent", "grant", patient)
+        for name, patient in ASSIGNMENT.items():
+            if name not in by_name:
+                raise RuntimeError(f"{name} was not found by the scan")
+            _say(f"pairing {name} to {patient}")
+            self.edge("pair", by_name[name], "--patient", patient)
+
+    def start_gateway(self) -> subprocess.Popen[bytes]:
+        _say("starting the gateway (edge run)")
+        return self.spawn("gateway", [sys.executable, "-m", "edge", "run"])
+
+    # --- the clinician's view ---------------------------------------------------------------
+
+    def clinician_view(self, pki: DevPki, broker: Broker, stop: threading.Event) -> None:
+        board = VitalsBoard()
+        lock = threading.Lock()
+        creds = pki.clinicians[CLINICIAN]
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki.ca.cert))
+        ctx.load_cert_chain(str(creds.cert), str(creds.key))
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=CLINICIAN, protocol=MQTTProtocolVersion.MQTTv5
+        )
+        client.tls_set_context(ctx)
+
+        def on_connect(
+            c: paho.Client,
+            _u: object,
+            _f: ConnectFlags,
+            rc: ReasonCode,
+            _p: Properties | None = None,
+        ) -> None:
+            for patient in PATIENTS:
+                c.subscribe(f"edge/v1/{HUB_ID}/obs/{patient}", qos=1)
+
+        def on_message(_c: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
+            with lock, contextlib.suppress(ValueError):
+                board.ingest(bytes(msg.payload))
+
+        client.on_connect = on_connect
+        client.on_message = on_message
+        client.connect(broker.host, broker.port, keepalive=30)
+        client.loop_start()
+        tty = sys.stdout.isatty()
+        started = time.monotonic()
+        try:
+            while not stop.is_set():
+                with lock:
+                    table = board.render()
+                elapsed = time.monotonic() - started
+                head = (
+                    f"clinician view ({CLINICIAN}) — {elapsed:4.0f} s — "
+                    f"Ctrl-C to stop — files in {self.workdir}"
+                )
+                if tty:
+                    sys.stdout.write("\x1b[H\x1b[2J" + head + "\n\n" + table + "\n")
+                    sys.stdout.flush()
+                elif int(elapsed) % 5 == 0:
+                    print(head + "\n" + table + "\n", flush=True)
+                if self.seconds is not None and elapsed >= self.seconds:
+                    break
+                if any(p.poll() is not None for n, p in self.procs if n == "gateway"):
+                    _say("the gateway stopped unexpectedly; see gateway.log")
+                    break
+                stop.wait(1.0)
+        finally:
+            client.loop_stop()
+            client.disconnect()
+            print(board.render(), flush=True)
+
+    # --- tear-down --------------------------------------------------------------------------
+
+    def stop_all(self) -> None:
+        for name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    _say(f"{name} did not stop in time; killing it")
+                    proc.kill()
+                    proc.wait(5)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        if self.broker is not None:
+            self.broker.stop()
+
+
+@contextlib.contextmanager
+def _interrupts(stop: threading.Event) -> Iterator[None]:
+    def handler(_sig: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    old: dict[signal.Signals, Callable[[int, FrameType | None], object] | int | None] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        old[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def main() -> int:
+    """Run the demo; returns the process exit code."""
+    seconds_env = os.environ.get("DEMO_SECONDS")
+    seconds = float(seconds_env) if seconds_env else None
+    workdir = Path(os.environ.get("DEMO_DIR", "demo-run")).resolve()
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(mode=0o700, parents=True)
+    demo = Demo(workdir, seconds)
+    stop = threading.Event()
+    rc = 0
+    with _interrupts(stop):
+        try:
+            pki = demo.make_pki()
+            broker = demo.start_broker(pki)
+            demo.write_config(pki, broker)
+            demo.start_simulator()
+            demo.pair_devices()
+            demo.start_gateway()
+            demo.clinician_view(pki, broker, stop)
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+            _say(f"failed: {exc}")
+            rc = 1
+        finally:
+            demo.stop_all()
+    _say(f"stopped every process it started. Files (PKI, config, vault, logs): {workdir}")
+    return rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

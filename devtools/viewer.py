@@ -1,0 +1,121 @@
+"""The clinician's view used by the demo: FHIR Bundles in, a readable table out (pure)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+HEART_RATE_LOINC = "8867-4"
+GLUCOSE_LOINC = {"41653-7", "14743-9"}
+
+
+@dataclass
+class PatientVitals:
+    heart_rate: str = "-"
+    heart_rate_at: str = "-"
+    glucose: str = "-"
+    glucose_at: str = "-"
+    #: effective time of the glucose shown; meters send history, so keep the newest
+    glucose_iso: str = ""
+    observations: int = 0
+    ids: set[str] = field(default_factory=set)
+
+
+def _local_time(iso: str) -> str:
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone().strftime(
+            "%H:%M:%S"
+        )
+    except ValueError:
+        return iso
+
+
+def _date_time(iso: str) -> str:
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone().strftime(
+            "%d %b %H:%M"
+        )
+    except ValueError:
+        return iso
+
+
+def _obj(value: object) -> Mapping[str, object]:
+    """A JSON object, or an empty one for anything else."""
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: object) -> Sequence[object]:
+    """A JSON array, or an empty one for anything else."""
+    return value if isinstance(value, list) else []
+
+
+def _value(obs: Mapping[str, object]) -> str:
+    q = obs.get("valueQuantity")
+    if isinstance(q, dict) and "value" in q:
+        unit = "bpm" if q.get("code") == "/min" else q.get("unit", q.get("code", ""))
+        text = f"{q['value']} {unit}".strip()
+        for interp in _list(obs.get("interpretation")):
+            for coding in _list(_obj(interp).get("coding")):
+                code = _obj(coding).get("code")
+                if code in ("H", "L"):
+                    text += f" ({code})"
+        return text
+    codings = _list(_obj(obs.get("dataAbsentReason")).get("coding")) or [{}]
+    absent = _obj(codings[0]).get("code", "n/a")
+    return f"no value ({absent})"
+
+
+class VitalsBoard:
+    """Latest heart rate and glucose per patient, from the Bundles a clinician receives."""
+
+    def __init__(self) -> None:
+        self.patients: dict[str, PatientVitals] = {}
+        self.messages = 0
+        self.duplicates = 0
+
+    def ingest(self, payload: bytes) -> int:
+        """Take one MQTT payload (a FHIR transaction Bundle); returns new observations."""
+        bundle = _obj(json.loads(payload))
+        self.messages += 1
+        new = 0
+        for entry in _list(bundle.get("entry")):
+            obs = _obj(_obj(entry).get("resource"))
+            if obs.get("resourceType") != "Observation":
+                continue
+            patient = str(_obj(obs.get("subject")).get("reference", "?")).removeprefix("Patient/")
+            vitals = self.patients.setdefault(patient, PatientVitals())
+            oid = next((str(_obj(i).get("value", "")) for i in _list(obs.get("identifier"))), "")
+            if oid in vitals.ids:
+                self.duplicates += 1
+                continue
+            vitals.ids.add(oid)
+            vitals.observations += 1
+            new += 1
+            codes = {_obj(c).get("code") for c in _list(_obj(obs.get("code")).get("coding"))}
+            when = str(obs.get("effectiveDateTime", ""))
+            if HEART_RATE_LOINC in codes:
+                vitals.heart_rate, vitals.heart_rate_at = _value(obs), _local_time(when)
+            elif codes & GLUCOSE_LOINC and when >= vitals.glucose_iso:
+                vitals.glucose, vitals.glucose_at = _value(obs), _date_time(when)
+                vitals.glucose_iso = when
+        return new
+
+    def render(self) -> str:
+        """A fixed-width table, one row per patient."""
+        head = (
+            f"{'patient':<22} {'heart rate':<14} {'at':<9} "
+            f"{'glucose':<20} {'measured':<13} {'obs':>5}"
+        )
+        lines = [head, "-" * len(head)]
+        for patient in sorted(self.patients):
+            v = self.patients[patient]
+            lines.append(
+                f"{patient:<22} {v.heart_rate:<14} {v.heart_rate_at:<9} "
+                f"{v.glucose:<20} {v.glucose_at:<13} {v.observations:>5}"
+            )
+        if not self.patients:
+            lines.append("(waiting for the first observations)")
+        lines.append(f"messages {self.messages}, duplicates absorbed {self.duplicates}")
+        return "\n".join(lines)

@@ -1,0 +1,47 @@
+"""Topic names and the hub's status documents (pure)."""
+
+from __future__ import annotations
+
+import json
+
+#: the router forgets its cache past this many patients (a bound, not a policy)
+_ROUTE_CACHE_MAX = 10_000
+
+
+def obs_topic(prefix: str, hub_id: str, patient: str) -> str:
+    """Topic of a patient's Bundles."""
+    return f"{prefix}/{hub_id}/obs/{patient}"
+
+
+def status_topic(prefix: str, hub_id: str) -> str:
+    """Topic of the hub's retained status document and Last Will."""
+    return f"{prefix}/{hub_id}/status"
+
+
+def offline_document(hub_id: str) -> bytes:
+    """The Last Will / clean-shutdown status."""
+    return json.dumps({"hub": hub_id, "state": "offline"}, separators=(",", ":")).encode()
+
+
+def topic_safe(patient: str) -> bool:
+    """Whether a pseudonym can be one topic level (no separators, wildcards or NUL)."""
+    return bool(patient) and not any(c in patient for c in "/+#\0")
+
+
+class TopicRouter:
+    """Patient -> observation topic, or None when the pseudonym cannot be routed."""
+
+    def __init__(self, prefix: str, hub_id: str) -> None:
+        self._prefix = prefix
+        self._hub = hub_id
+        self._cache: dict[str, str | None] = {}
+
+    def topic(self, patient: str) -> str | None:
+        """The patient's topic; None for a pseudonym that is not :func:`topic_safe`."""
+        if patient in self._cache:
+            return self._cache[patient]
+        topic = obs_topic(self._prefix, self._hub, patient) if topic_safe(patient) else None
+        if len(self._cache) > _ROUTE_CACHE_MAX:
+            self._cache.clear()
+        self._cache[patient] = topic
+        return topic

@@ -1,0 +1,258 @@
+"""The vault's async face: a thin :class:`Vault` over the engine's writer thread.
+
+One SQLCipher database (SQLCipher 4 defaults, raw 256-bit key, WAL, synchronous=FULL,
+incremental auto-vacuum). All database work runs on ONE dedicated writer thread that owns the
+connection; the async methods hand work to it and await the result, so the event loop never
+blocks on disk and there is exactly one writer.
+
+A reading is durable when :meth:`Vault.append` returns. Undelivered readings are never
+evicted: when a bound is reached new readings are refused with a counted reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import (
+    TYPE_CHECKING,
+    ClassVar,
+    Concatenate,
+    Generic,
+    ParamSpec,
+    Self,
+    TypeVar,
+    overload,
+)
+
+import sqlcipher3
+
+from edge.clock import Clock, SystemClock
+from edge.config import VaultConfig
+from edge.errors import KeyUnavailable, VaultError
+from edge.log import get_logger
+from edge.readings import GlucoseReading
+from edge.vault import audit as audit_log
+from edge.vault import maintenance, outbox, registry
+from edge.vault.cipher import Driver
+from edge.vault.engine import Engine
+from edge.vault.models import AnyReading, AppendResult, CursorRow, cursor_row
+
+if TYPE_CHECKING:
+    from edge.intake.consent import ConsentCheck
+
+log = get_logger("edge.vault")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class _OnWriter(Generic[P, T]):
+    """A Vault method that runs ``fn(engine, ...)`` on the writer thread and awaits it.
+
+    ``fn``'s own signature (minus the engine) and docstring are the method's, so each
+    operation is written once, where its SQL is."""
+
+    def __init__(self, fn: Callable[Concatenate[Engine, P], T]) -> None:
+        self._fn = fn
+        self.__doc__ = fn.__doc__
+
+    @overload
+    def __get__(self, vault: None, owner: type[Vault]) -> Self: ...
+
+    @overload
+    def __get__(
+        self, vault: Vault, owner: type[Vault]
+    ) -> Callable[P, Coroutine[object, None, T]]: ...
+
+    def __get__(
+        self, vault: Vault | None, owner: type[Vault]
+    ) -> Self | Callable[P, Coroutine[object, None, T]]:
+        if vault is None:
+            return self
+        fn = self._fn
+
+        async def method(*args: P.args, **kwargs: P.kwargs) -> T:
+            return await vault._run(fn, *args, **kwargs)
+
+        method.__doc__ = fn.__doc__
+        method.__name__ = method.__qualname__ = fn.__name__
+        return method
+
+
+class Vault:
+    """The gateway's encrypted store. Open with :meth:`open`; every method is a coroutine
+    that runs on the vault's single writer thread."""
+
+    #: the DB-API module; a benchmark subclass may substitute plain ``sqlite3`` to compare
+    _driver: ClassVar[Driver] = sqlcipher3
+
+    def __init__(
+        self, engine: Engine, executor: ThreadPoolExecutor, config: VaultConfig, key: bytes
+    ) -> None:
+        self._engine = engine
+        self._key = key
+        self._executor = executor
+        self._config = config
+        self._closed = False
+        self._consent: ConsentCheck | None = None
+
+    @classmethod
+    async def open(
+        cls, config: VaultConfig, key: bytes, *, clock: Clock | None = None
+    ) -> Vault:
+        """Open (creating if absent) the vault at ``config.path`` with a raw 32-byte key.
+
+        A wrong key raises KeyUnavailable and leaves the files untouched."""
+        encrypted = cls._driver is sqlcipher3
+        if encrypted and len(key) != 32:
+            raise KeyUnavailable(f"{config.key_provider} provider: a vault key is 32 bytes")
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vault-writer")
+        loop = asyncio.get_running_loop()
+        try:
+            engine = await loop.run_in_executor(
+                executor,
+                functools.partial(
+                    Engine.open, config, key if encrypted else None, clock or SystemClock(),
+                    cls._driver, config.key_provider,
+                ),
+            )
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        log.info("vault.opened", schema_version=engine.schema_version, pending=engine.pending)
+        return cls(engine, executor, config, key)
+
+    async def _run(self, fn: Callable[Concatenate[Engine, P], T], /,
+                   *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn(engine, *args, **kwargs)`` on the writer thread."""
+        if self._closed:
+            raise VaultError("the vault is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, functools.partial(fn, self._engine, *args, **kwargs)
+        )
+
+    async def close(self) -> None:
+        """Close the connection (the WAL is checkpointed) and stop the writer thread."""
+        if self._closed:
+            return
+        try:
+            await self._run(Engine.close)
+        finally:
+            self._closed = True
+            self._executor.shutdown(wait=False)
+
+    async def __aenter__(self) -> Vault:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def config(self) -> VaultConfig:
+        return self._config
+
+    @property
+    def schema_version(self) -> int:
+        return self._engine.schema_version
+
+    @property
+    def log_hash_key(self) -> bytes:
+        """A stable key for device hashes in logs and audit (``REDACTOR.set_hash_key``)."""
+        return self._engine.hash_key
+
+    def device_hash(self, address: str) -> str:
+        """How the audit log names a device (``dev-1a2b3c4d``)."""
+        return self._engine.hasher.device_hash(address)
+
+    def use_consent(self, check: ConsentCheck) -> None:
+        """Consult ``check`` (the one consent gate) on every append, as defence in depth:
+        readings of a patient it refuses are dropped and counted as ``no_consent``."""
+        self._consent = check
+
+    # -- readings ------------------------------------------------------------------------------
+
+    async def append(self, readings: Sequence[AnyReading]) -> AppendResult:
+        """Store readings in one transaction; same id again is a no-op. Raises VaultFull
+        (reason ``vault_full_count`` | ``vault_full_bytes`` | ``disk_full``) after counting
+        the refusal; then nothing of the batch was stored. Readings the consent gate refuses
+        (see :meth:`use_consent`) are dropped and counted, never stored."""
+        kept, refused = self._consented(readings)
+        return await self._run(outbox.append, kept, no_consent=refused)
+
+    async def commit_glucose(
+        self,
+        address: str,
+        readings: Sequence[GlucoseReading],
+        *,
+        last_sequence: int,
+        last_device_time: datetime | None,
+        clock_offset_s: int,
+    ) -> AppendResult:
+        """Glucose records and the meter's cursor in ONE transaction: after a crash the meter
+        is re-read from the cursor, never skipped. VaultFull commits neither. Records the
+        consent gate refuses are dropped and counted; the cursor still moves past them."""
+        cursor: CursorRow = cursor_row(address, last_sequence, last_device_time, clock_offset_s)
+        kept, refused = self._consented(readings)
+        return await self._run(outbox.append, kept, cursor, no_consent=refused)
+
+    def _consented(self, readings: Sequence[AnyReading]) -> tuple[list[AnyReading], int]:
+        """A snapshot of ``readings`` without those the consent gate refuses, and how many
+        it refused (on the event loop: the gate is not thread-safe)."""
+        check = self._consent
+        if check is None:
+            return list(readings), 0
+        kept = [r for r in readings if check.allows(r.patient)]
+        return kept, len(readings) - len(kept)
+
+    async def mark_delivered(self, ids: Sequence[str]) -> int:
+        """Mark readings acknowledged by the backend; returns how many were pending."""
+        return await self._run(outbox.mark_delivered, list(ids))
+
+    next_batch = _OnWriter(outbox.next_batch)
+    purge_patient = _OnWriter(outbox.purge_patient)
+    purge_delivered = _OnWriter(outbox.purge_delivered)
+    count_refusal = _OnWriter(outbox.count_refusal)
+    stats = _OnWriter(outbox.stats)
+
+    # -- bindings, consent, cursors --------------------------------------------------------------
+
+    bind_device = _OnWriter(registry.bind_device)
+    unbind_device = _OnWriter(registry.unbind_device)
+    bindings = _OnWriter(registry.bindings)
+    touch_device = _OnWriter(registry.touch_device)
+    grant_consent = _OnWriter(registry.grant_consent)
+    revoke_consent = _OnWriter(registry.revoke_consent)
+    consents = _OnWriter(registry.consents)
+    has_consent = _OnWriter(registry.has_consent)
+    cursor = _OnWriter(registry.cursor)
+    reset_cursor = _OnWriter(registry.reset_cursor)
+
+    # -- audit -----------------------------------------------------------------------------------
+
+    audit = _OnWriter(audit_log.audit)
+    audit_tail = _OnWriter(audit_log.audit_tail)
+    verify_audit = _OnWriter(audit_log.verify_audit)
+
+    # -- maintenance -----------------------------------------------------------------------------
+
+    integrity_check = _OnWriter(maintenance.integrity_check)
+    reclaim = _OnWriter(maintenance.reclaim)
+    lock_exclusive = _OnWriter(maintenance.lock_exclusive)
+
+    async def backup(self, dest: Path) -> None:
+        """An encrypted, consistent copy at ``dest`` (0600, same key); refuses to overwrite."""
+        key = self._key if self._driver is sqlcipher3 else None
+        await self._run(maintenance.backup, dest, key)
+
+    async def rekey(self, new_key: bytes, *, hook: maintenance.RekeyHook | None = None) -> None:
+        """Re-encrypt the database with ``new_key`` (PRAGMA rekey); atomic. Use
+        :func:`edge.vault.rotation.rotate_key`, which also keeps the key files safe."""
+        if len(new_key) != 32:
+            raise KeyUnavailable("a vault key is 32 bytes")
+        await self._run(maintenance.rekey, new_key, hook)
+        self._key = new_key

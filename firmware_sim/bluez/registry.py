@@ -1,0 +1,153 @@
+"""Which adapters exist and which peripherals each one can see.
+
+Every adapter has its own ``Device1`` object for each peripheral (``/org/bluez/hciN/dev_…``),
+as bluetoothd does: discovery, connections and bonds are per adapter. A peripheral has one
+event sink, a :class:`Fanout` that passes its events on to its nodes on every adapter.
+Adapters come and go at run time like USB dongles: ``InterfacesAdded`` / ``InterfacesRemoved``
+of ``org.bluez.Adapter1`` under ``/org/bluez/hciN``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from firmware_sim.bluez.adapter import AdapterNode
+from firmware_sim.bluez.device import DeviceNode
+from firmware_sim.model.contract import Peripheral
+
+if TYPE_CHECKING:
+    from firmware_sim.bluez.server import FakeBlueZ
+
+ADAPTER_NAME = re.compile(r"hci\d{1,3}")
+
+
+class Fanout:
+    """The peripheral's event sink: its device nodes on every adapter."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, DeviceNode] = {}
+
+    def notify(self, handle: int, value: bytes) -> None:
+        for node in list(self.nodes.values()):
+            node.notify(handle, value)
+
+    def disconnected(self, reason: str) -> None:
+        for node in list(self.nodes.values()):
+            node.disconnected(reason)
+
+    def advertisement_changed(self) -> None:
+        for node in list(self.nodes.values()):
+            node.advertisement_changed()
+
+
+class Registry:
+    """Adapters (in the order they were added) and the peripherals they serve."""
+
+    def __init__(self, server: FakeBlueZ) -> None:
+        self.server = server
+        self.adapters: dict[str, AdapterNode] = {}
+        self._fanouts: dict[str, tuple[Peripheral, Fanout]] = {}
+
+    # adapters ------------------------------------------------------------------------------
+
+    def add_adapter(self, name: str, address: str) -> AdapterNode:
+        """A new adapter (a dongle plugged in); on the bus at once if the fake runs."""
+        if not ADAPTER_NAME.fullmatch(name):
+            raise ValueError(f"adapter name must look like hci0, got {name!r}")
+        if name in self.adapters:
+            raise ValueError(f"adapter {name} already exists")
+        address = address.upper()
+        if any(a.address == address for a in self.adapters.values()):
+            raise ValueError(f"adapter address {address} already in use")
+        adapter = AdapterNode(self.server, name, address)
+        self.adapters[name] = adapter
+        for peripheral, fanout in self._fanouts.values():
+            fanout.nodes[name] = DeviceNode(self.server, adapter, peripheral)
+        if self.server.running:
+            adapter.export()
+        return adapter
+
+    def remove_adapter(self, name: str) -> None:
+        """Take an adapter away (a dongle unplugged): its links drop, its objects go."""
+        adapter = self.adapters.pop(name, None)
+        if adapter is None:
+            raise KeyError(f"no adapter {name}")
+        for _peripheral, fanout in self._fanouts.values():
+            node = fanout.nodes.pop(name, None)
+            if node is not None:
+                node.shutdown()
+                node.drop_link(hardware=True)
+                node.unexport()
+        adapter.shutdown()
+        self.server.unexport_object(adapter.path)
+
+    def adapter(self, name: str) -> AdapterNode:
+        """The adapter called ``name``; KeyError if there is none."""
+        try:
+            return self.adapters[name]
+        except KeyError:
+            raise KeyError(f"no adapter {name}") from None
+
+    @property
+    def primary(self) -> AdapterNode:
+        """The first adapter still present."""
+        for adapter in self.adapters.values():
+            return adapter
+        raise LookupError("no adapter")
+
+    # peripherals ---------------------------------------------------------------------------
+
+    def add_peripheral(self, peripheral: Peripheral) -> None:
+        """Serve ``peripheral`` on every adapter."""
+        key = peripheral.address.upper()
+        if key in self._fanouts:
+            raise ValueError("a device with this address is already served")
+        fanout = Fanout()
+        for name, adapter in self.adapters.items():
+            fanout.nodes[name] = DeviceNode(self.server, adapter, peripheral)
+        self._fanouts[key] = (peripheral, fanout)
+        peripheral.set_events(fanout)
+        if self.server.running:
+            for node in fanout.nodes.values():
+                if node.adapter.discovering:
+                    node.adapter.announce(node)
+
+    def remove_peripheral(self, address: str) -> None:
+        """Stop serving a peripheral: its links drop and its objects disappear."""
+        entry = self._fanouts.pop(address.upper(), None)
+        if entry is None:
+            return
+        peripheral, fanout = entry
+        peripheral.set_events(None)
+        for node in fanout.nodes.values():
+            node.shutdown()
+            node.drop_link()  # as bluetoothd: the link goes before the object
+            node.unexport()
+
+    def has_peripheral(self, address: str) -> bool:
+        """Whether a peripheral with ``address`` is served."""
+        return address.upper() in self._fanouts
+
+    def nodes_on(self, adapter: AdapterNode) -> list[DeviceNode]:
+        """The device nodes of ``adapter``, in the order the peripherals were added."""
+        out = []
+        for _peripheral, fanout in self._fanouts.values():
+            node = fanout.nodes.get(adapter.name)
+            if node is not None:
+                out.append(node)
+        return out
+
+    def nodes_of(self, address: str) -> list[DeviceNode]:
+        """The device nodes of the peripheral with ``address``, one per adapter."""
+        entry = self._fanouts.get(address.upper())
+        return list(entry[1].nodes.values()) if entry is not None else []
+
+    def all_nodes(self) -> list[DeviceNode]:
+        """Every device node on every adapter."""
+        return [n for _p, f in self._fanouts.values() for n in f.nodes.values()]
+
+    def detach(self) -> None:
+        """The fake stops: peripherals lose their sink."""
+        for peripheral, _fanout in self._fanouts.values():
+            peripheral.set_events(None)
