@@ -1,11 +1,16 @@
 """Uplink benchmark: one mosquitto (TLS, mTLS, the shipped config), one run, JSON lines.
 
 - ``uplink.drain_per_s``: 200,000 pending readings in the SQLCipher vault -> FHIR Bundles ->
-  QoS 1 PUBLISH -> PUBACK -> marked delivered, by the real Forwarder.
+  QoS 1 PUBLISH -> PUBACK -> marked delivered, by the real Forwarder ([e2e] mode = "off").
+  ``uplink.drain_e2e_per_s``: the same with each Bundle sealed ([e2e] sign+encrypt, the
+  recommended setting).
 - ``uplink.raw_pipeline_per_s``: the same readings with their FHIR entries already encoded,
   in a SQLCipher table with the same settings; plain paho (its own network thread) publishes
   the same batch size with the same window and deletes the rows on PUBACK. The ceiling.
-- ``uplink.drain_over_raw``: the ratio.
+- ``uplink.drain_over_raw``: drain with e2e on / the raw ceiling (which seals nothing);
+  ``uplink.drain_plain_over_raw``: the same with e2e off.
+- ``uplink.e2e_us_per_bundle``: the cost of sealing one 50-reading Bundle (JWS ES256 inside
+  JWE ECDH-ES+A256KW / A256GCM), single-threaded, keys loaded once as the daemon does.
 - ``uplink.latency_p50_ms`` / ``uplink.latency_p99_ms``: ``vault.append`` of one reading ->
   its PUBACK, one reading every 20 ms for 20 s.
 
@@ -32,19 +37,24 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import sqlcipher3
+from cryptography.hazmat.primitives.asymmetric import ec
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 import bench
 from edge import fhir
+from edge.clock import SystemClock
 from edge.config import UplinkConfig, VaultConfig
 from edge.log import configure_logging
 from edge.readings import GlucoseReading, HeartRateReading
-from edge.uplink.forwarder import FHIR_CONTENT_TYPE
+from edge.testing.uplink import AllowAll
+from edge.uplink.envelope import CONTENT_TYPE
+from edge.uplink.forwarder import FHIR_CONTENT_TYPE, Forwarder
 from edge.uplink.mqtt import TlsMqttConnector
 from edge.uplink.ports import LinkInfo, MqttLink, Will
-from edge.uplink.tls import build_context
+from edge.uplink.sealing import SealingEncoder, load_signer
+from edge.uplink.tls import build_context, client_cert_not_after
 from edge.vault import Vault
 from tests.support.mosquitto import start_broker
 from tests.support.pki import TestPki, make_pki
@@ -55,6 +65,8 @@ PATIENTS = ("patient-a", "patient-b", "patient-c", "patient-d")
 TARGETS = {
     "uplink.drain_per_s": (">=", 50_000),
     "uplink.drain_over_raw": (">=", 0.5),
+    # a 50-reading Bundle sealed in well under a millisecond keeps sealing off the drain's path
+    "uplink.e2e_us_per_bundle": ("<=", 1000.0),
     "uplink.latency_p99_ms": ("<=", 10.0),
 }
 
@@ -90,7 +102,8 @@ async def fill_vault(vault: Vault, n: int) -> None:
 # --- the gateway's drain ------------------------------------------------------------------
 
 
-async def drain(cfg: UplinkConfig, hub: str, db: Path, key: bytes, n: int) -> float:
+async def drain(cfg: UplinkConfig, hub: str, db: Path, key: bytes, n: int,
+                sealer: SealingEncoder | None = None) -> float:
     async with await Vault.open(vault_config(db), key) as vault:
         await fill_vault(vault, n)
         gc.collect()
@@ -103,7 +116,15 @@ async def drain(cfg: UplinkConfig, hub: str, db: Path, key: bytes, n: int) -> fl
             if delivered >= n:
                 done.set()
 
-        fwd = real_forwarder(cfg, hub, vault, on_delivered=on_delivered)
+        if sealer is None:
+            fwd = real_forwarder(cfg, hub, vault, on_delivered=on_delivered)
+        else:
+            # as the daemon wires it with [e2e] sign+encrypt
+            fwd = Forwarder(
+                cfg, hub, vault, connector=TlsMqttConnector(cfg, hub), clock=SystemClock(),
+                consent=AllowAll(), cert_not_after=client_cert_not_after(cfg),
+                on_delivered=on_delivered, encoder=sealer, content_type=CONTENT_TYPE,
+            )
         t0 = time.perf_counter()
         task = asyncio.create_task(fwd.run())
         await asyncio.wait_for(done.wait(), 600)
@@ -115,6 +136,23 @@ async def drain(cfg: UplinkConfig, hub: str, db: Path, key: bytes, n: int) -> fl
         if st.pending:
             raise RuntimeError(f"drain left {st.pending} readings pending")
     return n / elapsed
+
+
+# --- the cost of sealing -------------------------------------------------------------------
+
+
+def seal_cost(sealer: SealingEncoder, hub: str, batch: int, bundles: int) -> tuple[float, int,
+                                                                                    int]:
+    """(microseconds per sealed Bundle, its plain size, its sealed size)."""
+    readings = make_readings(batch * bundles, PATIENTS[:1], start=10_000_000)
+    plain = [fhir.bundle_bytes(readings[i:i + batch], hub_id=hub)
+             for i in range(0, len(readings), batch)]
+    sealer.seal(plain[0])  # warm up (imports, key objects)
+    gc.collect()
+    t0 = time.perf_counter()
+    sealed = [sealer.seal(b) for b in plain]
+    elapsed = time.perf_counter() - t0
+    return elapsed / len(plain) * 1e6, len(plain[0]), len(sealed[0])
 
 
 # --- the raw ceiling: plain paho + SQLCipher -----------------------------------------------
@@ -333,26 +371,39 @@ def run(n: int, latency_s: float, repeat: int = 3) -> None:
             cfg = tpki.uplink_config(broker.port)
             key = os.urandom(32)
             hub = tpki.hub_id
+            clinic = ec.generate_private_key(ec.SECP256R1())
+            sealer = SealingEncoder(hub, load_signer(cfg), clinic.public_key())
+            us, plain_size, sealed_size = seal_cost(sealer, hub, cfg.batch_max_readings, 400)
+            emit("uplink.e2e_us_per_bundle", us, "us", readings_per_bundle=cfg.batch_max_readings,
+                 bundle_bytes=plain_size, sealed_bytes=sealed_size)
             drains: list[float] = []
+            plains: list[float] = []
             raws: list[float] = []
             # Interleaved repetitions; the median is reported, every run is listed.
             for i in range(repeat):
-                drains.append(
-                    asyncio.run(drain(cfg, hub, tmpdir / f"drain{i}" / "vault.db", key, n))
+                drains.append(asyncio.run(
+                    drain(cfg, hub, tmpdir / f"drain{i}" / "vault.db", key, n, sealer)))
+                plains.append(
+                    asyncio.run(drain(cfg, hub, tmpdir / f"plain{i}" / "vault.db", key, n))
                 )
                 (tmpdir / f"raw{i}").mkdir()
                 raws.append(raw_pipeline(cfg, hub, tmpdir / f"raw{i}" / "raw.db", key, n))
             drain_rate, raw_rate = statistics.median(drains), statistics.median(raws)
+            plain_rate = statistics.median(plains)
             common = {
                 "readings": n, "batch_max_readings": cfg.batch_max_readings,
                 "inflight_window": cfg.inflight_window, "runs": len(drains),
             }
-            emit("uplink.drain_per_s", drain_rate, "readings/s", **common,
-                 each=[round(x) for x in drains])
+            emit("uplink.drain_per_s", plain_rate, "readings/s", e2e="off", **common,
+                 each=[round(x) for x in plains])
+            emit("uplink.drain_e2e_per_s", drain_rate, "readings/s", e2e="sign+encrypt",
+                 **common, each=[round(x) for x in drains])
             emit("uplink.raw_pipeline_per_s", raw_rate, "readings/s", **common,
                  each=[round(x) for x in raws])
-            emit("uplink.drain_over_raw", drain_rate / raw_rate, "ratio",
+            emit("uplink.drain_over_raw", drain_rate / raw_rate, "ratio", e2e="sign+encrypt",
                  each=[round(d / r, 3) for d, r in zip(drains, raws, strict=True)])
+            emit("uplink.drain_plain_over_raw", plain_rate / raw_rate, "ratio", e2e="off",
+                 each=[round(d / r, 3) for d, r in zip(plains, raws, strict=True)])
 
             lat_readings = make_readings(int(50 * latency_s) + 1, PATIENTS, start=n)
             from_append, from_commit = asyncio.run(

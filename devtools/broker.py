@@ -1,8 +1,9 @@
 """A development mosquitto for the demo and the tests: TLS only, on a free 127.0.0.1 port.
 
-Renders ``config/mosquitto/mosquitto.conf.template`` and an ACL (hubs write only under their own
-id, admins read everything, clinicians read their patients), starts mosquitto and waits until
-it accepts connections. Never uses port 1883 and never the machine's own broker.
+Renders ``config/mosquitto/mosquitto.conf.template`` and an ACL generated from the enrolment
+(:func:`render_acl`: each enrolled hub writes only its own status and observation topics, the
+clinic's ingest identities are the only readers, people get nothing), starts mosquitto and waits
+until it accepts connections. Never uses port 1883 and never the machine's own broker.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import string
 import subprocess
@@ -43,25 +45,140 @@ def free_port() -> int:
             return port
 
 
+#: the identities a certificate CN may name: what mosquitto's ACL and a topic level can hold
+_IDENTITY_FORBIDDEN = frozenset("/+#\0")
+
+
+def ingest_identity(clinic_id: str, worker: str) -> str:
+    """The CN of one ``clinic ingest --worker NAME`` certificate, which is also its MQTT client
+    id (the broker sets client id = CN): ``<clinic.id>-ingest-<NAME>``."""
+    return f"{clinic_id}-ingest-{worker}"
+
+
+def _check_identity(name: str, role: str) -> str:
+    if (
+        not name
+        or name != name.strip()
+        or any(c.isspace() or not c.isprintable() or c in _IDENTITY_FORBIDDEN for c in name)
+        or name.startswith("$")
+    ):
+        raise ValueError(
+            f"{role} identity {name!r} cannot be a certificate CN in the ACL "
+            "(empty, whitespace, control characters, '/', '+', '#' or a leading '$')"
+        )
+    return name
+
+
+def _check_prefix(prefix: str) -> str:
+    levels = prefix.split("/")
+    if not prefix or prefix.startswith("$") or any(
+        not lvl or any(c in "+#\0" or c.isspace() for c in lvl) for lvl in levels
+    ):
+        raise ValueError(f"topic prefix {prefix!r} must be plain topic levels (no wildcards)")
+    return prefix
+
+
 def render_acl(
-    prefix: str,
-    clinicians: Mapping[str, Iterable[str]],
+    prefix: str = "edge/v1",
+    clinicians: Mapping[str, Iterable[str]] | Iterable[str] = (),
     admins: Iterable[str] = ("admin",),
+    *,
+    hubs: Iterable[str] = (),
+    clinic_ids: Iterable[str] = (),
+    observers: Iterable[str] = (),
 ) -> str:
-    """The broker ACL: hubs write their own prefix, admins read all, clinicians read their
-    patients' observations (from any hub) and hub status documents."""
+    """The broker ACL, generated from the enrolment: one block per identity, no ``pattern``.
+
+    - ``hubs``: enrolled hub ids (= their certificate CNs). Each may write only
+      ``<prefix>/<id>/status`` and ``<prefix>/<id>/obs/+``; nothing else, and read nothing.
+    - ``clinic_ids``: the clinic service's identities, one per ingest worker
+      (:func:`ingest_identity`). The only readers of ``<prefix>/+/obs/+`` and
+      ``<prefix>/+/status``; they write nothing.
+    - ``clinicians``: accepted for old callers (a name -> patients mapping or names); they get
+      an explicit ``deny`` on everything: clinicians use the clinic's web application.
+    - ``admins``: the broker's own metrics (``$SYS/#``), nothing under the prefix.
+    - ``observers``: **development only** — read every topic (what the broker operator sees:
+      sealed envelopes with e2e on). Never in a production ACL.
+
+    An identity without a block is denied everything (mosquitto's default with no ``pattern``
+    lines), so a certificate the CA issued to anyone else can neither publish nor read.
+    """
+    prefix = _check_prefix(prefix)
+    roles: dict[str, str] = {}
+
+    def claim(names: Iterable[str], role: str) -> list[str]:
+        out = []
+        for raw in names:
+            name = _check_identity(raw, role)
+            if name in roles and {roles[name], role} != {"admin", "observer"}:
+                raise ValueError(
+                    f"identity {name!r} is both {roles[name]} and {role}: one certificate CN, "
+                    "one role (the broker knows a client only by its CN)"
+                )
+            roles.setdefault(name, role)
+            if name not in out:
+                out.append(name)
+        return out
+
+    hub_ids = claim(hubs, "hub")
+    clinic = claim(clinic_ids, "clinic")
+    people = claim(clinicians.keys() if isinstance(clinicians, Mapping) else clinicians,
+                   "clinician")
+    admin_ids = claim(admins, "admin")
+    observer_ids = claim(observers, "observer")
+
     lines = [
-        "# rendered by devtools/broker.py; see config/mosquitto/README.md",
-        f"pattern write {prefix}/%u/#",
+        "# rendered by devtools/broker.py (render_acl); see config/mosquitto/README.md",
+        "# No `pattern` lines: they would apply to every certificate the CA issues. An identity",
+        "# (certificate CN) without a block below may neither publish nor receive anything.",
         "",
     ]
-    for admin in admins:
-        lines += [f"user {admin}", "topic read #", ""]
-    for name, patients in clinicians.items():
-        lines.append(f"user {name}")
-        lines += [f"topic read {prefix}/+/obs/{p}" for p in patients]
-        lines += [f"topic read {prefix}/+/status", ""]
-    return "\n".join(lines) + "\n"
+    for hub in hub_ids:
+        lines += [
+            f"# hub {hub}: its own status document (retained, Last Will) and its Bundles",
+            f"user {hub}",
+            f"topic write {prefix}/{hub}/status",
+            f"topic write {prefix}/{hub}/obs/+",
+            "",
+        ]
+    for name in clinic:
+        lines += [
+            "# the clinic service (one identity per ingest worker): the only reader",
+            f"user {name}",
+            f"topic read {prefix}/+/obs/+",
+            f"topic read {prefix}/+/status",
+            "",
+        ]
+    for name in admin_ids:
+        lines += [f"# admin {name}: broker metrics only", f"user {name}", "topic read $SYS/#"]
+        if name in observer_ids:
+            lines += ["# development observer: reads every topic (never in production)",
+                      "topic read #"]
+        lines.append("")
+    for name in observer_ids:
+        if name not in admin_ids:
+            lines += ["# development observer: reads every topic (never in production)",
+                      f"user {name}", "topic read #", ""]
+    for name in people:
+        lines += [
+            f"# clinician {name}: no broker access (the clinic's web application serves them)",
+            f"user {name}",
+            "topic deny #",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` with mode 0600, atomically (a SIGHUP reload never sees half
+    a file; an existing file's looser mode is not kept)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def render_config(
@@ -103,6 +220,8 @@ class Broker:
     conf_path: Path
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    #: the rendered ACL (0600); rewrite it with :func:`write_private`, then :meth:`reload`
+    acl_path: Path | None = None
 
     def start(self) -> None:
         """Start (or restart) and wait until it accepts TCP connections."""
@@ -150,6 +269,15 @@ class Broker:
 
     close = stop
 
+    def reload(self) -> int:
+        """SIGHUP: mosquitto re-reads its configuration and ACL (an enrolment changed). Returns
+        the log offset to wait from for ``"Reloading config."``."""
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError("mosquitto is not running")
+        mark = self._log_size()
+        self.proc.send_signal(signal.SIGHUP)
+        return mark
+
     def _log_size(self) -> int:
         return len(self.log_text())
 
@@ -183,8 +311,11 @@ def start_dev_broker(
     cafile: Path,
     certfile: Path,
     keyfile: Path,
-    clinicians: Mapping[str, Iterable[str]],
+    clinicians: Mapping[str, Iterable[str]] | Iterable[str] = (),
     admins: Iterable[str] = ("admin",),
+    hubs: Iterable[str] | None = None,
+    clinic_ids: Iterable[str] = (),
+    observers: Iterable[str] = (),
     prefix: str = "edge/v1",
     port: int | None = None,
     debug: bool = True,
@@ -192,17 +323,29 @@ def start_dev_broker(
 ) -> Broker:
     """Render config + ACL into ``workdir`` and start mosquitto on ``port`` (default: free).
 
-    ``debug`` logs every packet (what a client sent can then be proven from the log);
-    ``persistent`` keeps sessions and queued messages across a restart."""
+    ``hubs`` (required) are the enrolled hub ids and ``clinic_ids`` the clinic's ingest
+    identities (see :func:`render_acl` for what each role may do; ``clinicians`` are accepted
+    and get nothing). ``debug`` logs every packet (what a client sent can then be proven from
+    the log); ``persistent`` keeps sessions and queued messages across a restart."""
+    if hubs is None:
+        raise ValueError(
+            "start_dev_broker needs hubs=[...]: the ACL is generated from the enrolled hub ids "
+            "(no certificate may write under its own CN any more; see config/mosquitto/README.md)"
+        )
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     if port == 1883:
         raise ValueError("port 1883 belongs to the machine's own broker")
     acl = workdir / "acl"
-    acl.write_text(render_acl(prefix, clinicians, admins))
+    write_private(
+        acl,
+        render_acl(prefix, clinicians, admins, hubs=hubs, clinic_ids=clinic_ids,
+                   observers=observers),
+    )
     log_file = workdir / "mosquitto.log"
     conf = workdir / "mosquitto.conf"
-    conf.write_text(
+    write_private(
+        conf,
         render_config(
             port=port,
             cafile=cafile,
@@ -212,8 +355,10 @@ def start_dev_broker(
             log_file=log_file,
             debug=debug,
             persistence_dir=workdir if persistent else None,
-        )
+        ),
     )
-    broker = Broker(host="127.0.0.1", port=port, conf_path=conf, log_path=log_file)
+    broker = Broker(
+        host="127.0.0.1", port=port, conf_path=conf, log_path=log_file, acl_path=acl
+    )
     broker.start()
     return broker

@@ -1,11 +1,14 @@
 """``make demo`` (``python -m devtools.demo``): simulated devices -> gateway -> local TLS
-broker -> clinician view, live.
+broker -> clinic ingest -> PostgreSQL -> clinician view, live.
 
 Everything runs on this machine, on loopback, from a fresh directory (``demo-run/``): a
-development PKI, mosquitto with the shipped TLS + ACL configuration on a free port, the firmware
-simulator behind a fake BlueZ on a private D-Bus, the gateway (``edge run``) exactly as a hub
-runs it, and a clinician subscriber whose view is redrawn in the terminal. It runs until Ctrl-C
-or ``DEMO_SECONDS`` elapse, then stops every process it started and says where its files are.
+development PKI, mosquitto with the shipped TLS + ACL configuration on a free port, a throwaway
+PostgreSQL (``clinic.devdb``) set up with the ``clinic`` command (``db migrate``, ``keys init``,
+the hub and patients enrolled), one ``clinic ingest`` worker, the firmware simulator behind a
+fake BlueZ on a private D-Bus, and the gateway (``edge run``) exactly as a hub runs it, with
+``[e2e] mode = "sign+encrypt"``: the broker carries only sealed envelopes. The terminal view
+shows what the clinic *stored*, read back with the clinic's keys. It runs until Ctrl-C or
+``DEMO_SECONDS`` elapse, then stops every process it started and says where its files are.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import os
 import secrets
 import shutil
 import signal
-import ssl
 import subprocess
 import sys
 import threading
@@ -26,18 +28,19 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-import paho.mqtt.client as paho
-from paho.mqtt.client import ConnectFlags
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-
-from devtools.broker import Broker, start_dev_broker
-from devtools.viewer import VitalsBoard
+from clinic import keys as clinic_keys
+from clinic.config import KeysSection
+from clinic.devdb import DevPostgres
+from devtools.broker import Broker, ingest_identity, start_dev_broker
+from devtools.viewer import StoredReader, VitalsBoard
 from edge.uplink.pki import DevPki, write_dev_pki
 
 HUB_ID = "demo-hub"
-CLINICIAN = "clinician-1"
+#: the clinic's [clinic] id
+CLINIC_ID = "clinic-1"
+#: the one ingest worker's broker identity (certificate CN = MQTT client id): the only reader
+#: of observations in the ACL
+INGEST = ingest_identity(CLINIC_ID, "1")
 # Which simulated device goes to which demo patient (pseudonyms, never names).
 ASSIGNMENT = {"SIM-HR-1": "patient-a", "SIM-GLU-1": "patient-a", "SIM-HR-2": "patient-b"}
 PATIENTS = sorted(set(ASSIGNMENT.values()))
@@ -56,6 +59,10 @@ class Demo:
         self.seconds = seconds
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.broker: Broker | None = None
+        self.pg: DevPostgres | None = None
+        self.clinic_dir = workdir / "the-clinic"  # not "clinic": python -m puts cwd on sys.path
+        self.clinic_config = self.clinic_dir / "clinic.toml"
+        self.recipient_key = self.clinic_dir / "clinic-e2e.pem"
         self.env = dict(os.environ)
         self.env["EDGE_VAULT_KEY"] = secrets.token_hex(32)
         self.env["EDGE_CONFIG"] = str(workdir / "gateway.toml")
@@ -66,7 +73,7 @@ class Demo:
     def make_pki(self) -> DevPki:
         _say("creating a development PKI (ECDSA P-256)")
         return write_dev_pki(
-            self.workdir / "pki", hub_id=HUB_ID, clinicians={CLINICIAN: PATIENTS}, admin="admin"
+            self.workdir / "pki", hub_id=HUB_ID, clinicians={INGEST: ()}, admin="admin"
         )
 
     def start_broker(self, pki: DevPki) -> Broker:
@@ -76,10 +83,79 @@ class Demo:
             cafile=pki.ca.cert,
             certfile=pki.broker.cert,
             keyfile=pki.broker.key,
-            clinicians={CLINICIAN: PATIENTS},
+            hubs=[HUB_ID],
+            clinic_ids=[INGEST],
             debug=False,
         )
         return self.broker
+
+    # --- the clinic -------------------------------------------------------------------------
+
+    def start_clinic(self, pki: DevPki, broker: Broker) -> None:
+        """A throwaway PostgreSQL, then the clinic set up with its own command, as an
+        administrator would: schema, keys, the hub and its patients."""
+        _say("starting a throwaway PostgreSQL for the clinic on a free port of 127.0.0.1")
+        self.clinic_dir.mkdir(mode=0o700)
+        self.pg = DevPostgres.start(self.clinic_dir / "pg")
+        keys_dir = self.clinic_dir / "keys"
+        ident = pki.clinicians[INGEST]
+        self.clinic_config.write_text(f"""# written by `make demo`
+[clinic]
+id = "{CLINIC_ID}"
+[db]
+dsn = "{self.pg.dsn}"
+[keys]
+provider = "file"
+dir = "{keys_dir}"
+[hubs]
+ca_file = "{pki.ca.cert}"
+[broker]
+host = "127.0.0.1"
+port = {broker.port}
+ca_file = "{pki.ca.cert}"
+client_cert = "{ident.cert}"
+client_key = "{ident.key}"
+pins = ["{pki.broker.pin}", "{pki.ca.pin}"]
+tls_min_version = "1.3"
+topic_prefix = "edge/v1"
+share_group = "clinic"
+[web]
+listen = "127.0.0.1:8443"
+tls_cert = "{self.clinic_dir / 'web.pem'}"
+tls_key = "{self.clinic_dir / 'web.key'}"
+idle_timeout_s = 900
+time_zone = "UTC"
+[log]
+level = "info"
+""")
+        self.clinic_config.chmod(0o600)
+        _say("clinic db migrate; clinic keys init")
+        self.clinic("db", "migrate")
+        self.clinic("keys", "init")
+        self.recipient_key.write_text(self.clinic("keys", "public"))
+        self.clinic("hubs", "enroll", HUB_ID)
+        for patient in PATIENTS:
+            self.clinic("patients", "add", patient, "--hub", HUB_ID)
+        _say(f"enrolled {HUB_ID} and {len(PATIENTS)} patients; starting clinic ingest")
+        self.spawn("clinic-ingest", [sys.executable, "-m", "clinic", "--config",
+                                     str(self.clinic_config), "ingest", "--worker", "1"])
+
+    def clinic(self, *args: str) -> str:
+        """Run one ``clinic`` command; its output, or an error naming the command."""
+        done = subprocess.run(
+            [sys.executable, "-m", "clinic", "--config", str(self.clinic_config), *args],
+            env=self.env, capture_output=True, timeout=120, check=False, cwd=self.workdir,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"`clinic {' '.join(args[:2])}` failed ({done.returncode}): "
+                               f"{done.stderr.decode().strip()}")
+        return done.stdout.decode()
+
+    def clinic_reader(self) -> StoredReader:
+        """Reads what the clinic stored, with the clinic's own keys."""
+        assert self.pg is not None
+        ring = clinic_keys.load(KeysSection(provider="file", dir=self.clinic_dir / "keys"))
+        return StoredReader(self.pg.dsn, ring)
 
     def write_config(self, pki: DevPki, broker: Broker) -> Path:
         vault_dir = self.workdir / "vault"
@@ -112,6 +188,10 @@ client_key = "{pki.hub.key}"
 pins = ["{pki.broker.pin}", "{pki.ca.pin}"]
 tls_min_version = "1.3"
 status_interval_s = 5
+
+[e2e]
+mode = "sign+encrypt"
+recipient_key = "{self.recipient_key}"
 
 [log]
 level = "info"
@@ -190,44 +270,21 @@ control_socket = "{run_dir / 'control.sock'}"
 
     # --- the clinician's view ---------------------------------------------------------------
 
-    def clinician_view(self, pki: DevPki, broker: Broker, stop: threading.Event) -> None:
+    def clinician_view(self, stop: threading.Event) -> None:
+        """Redraw what the clinic stored (not what the broker carried: that is sealed)."""
         board = VitalsBoard()
-        lock = threading.Lock()
-        creds = pki.clinicians[CLINICIAN]
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki.ca.cert))
-        ctx.load_cert_chain(str(creds.cert), str(creds.key))
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=CLINICIAN, protocol=MQTTProtocolVersion.MQTTv5
-        )
-        client.tls_set_context(ctx)
-
-        def on_connect(
-            c: paho.Client,
-            _u: object,
-            _f: ConnectFlags,
-            rc: ReasonCode,
-            _p: Properties | None = None,
-        ) -> None:
-            for patient in PATIENTS:
-                c.subscribe(f"edge/v1/{HUB_ID}/obs/{patient}", qos=1)
-
-        def on_message(_c: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
-            with lock, contextlib.suppress(ValueError):
-                board.ingest(bytes(msg.payload))
-
-        client.on_connect = on_connect
-        client.on_message = on_message
-        client.connect(broker.host, broker.port, keepalive=30)
-        client.loop_start()
+        reader = self.clinic_reader()
+        footer = "clinic stored nothing yet"
         tty = sys.stdout.isatty()
         started = time.monotonic()
         try:
             while not stop.is_set():
-                with lock:
-                    table = board.render()
+                with contextlib.suppress(Exception):  # the database mid-restart: redraw later
+                    footer = reader.poll(board)
+                table = board.render(footer)
                 elapsed = time.monotonic() - started
                 head = (
-                    f"clinician view ({CLINICIAN}) — {elapsed:4.0f} s — "
+                    f"what the clinic stored (e2e sign+encrypt) — {elapsed:4.0f} s — "
                     f"Ctrl-C to stop — files in {self.workdir}"
                 )
                 if tty:
@@ -237,14 +294,16 @@ control_socket = "{run_dir / 'control.sock'}"
                     print(head + "\n" + table + "\n", flush=True)
                 if self.seconds is not None and elapsed >= self.seconds:
                     break
-                if any(p.poll() is not None for n, p in self.procs if n == "gateway"):
-                    _say("the gateway stopped unexpectedly; see gateway.log")
+                gone = [n for n, p in self.procs
+                        if n in ("gateway", "clinic-ingest") and p.poll() is not None]
+                if gone:
+                    _say(f"{gone[0]} stopped unexpectedly; see {gone[0]}.log")
                     break
                 stop.wait(1.0)
         finally:
-            client.loop_stop()
-            client.disconnect()
-            print(board.render(), flush=True)
+            with contextlib.suppress(Exception):
+                footer = reader.poll(board)
+            print(board.render(footer), flush=True)
 
     # --- tear-down --------------------------------------------------------------------------
 
@@ -262,6 +321,8 @@ control_socket = "{run_dir / 'control.sock'}"
                 proc.stdout.close()
         if self.broker is not None:
             self.broker.stop()
+        if self.pg is not None:
+            self.pg.stop()
 
 
 @contextlib.contextmanager
@@ -294,11 +355,12 @@ def main() -> int:
         try:
             pki = demo.make_pki()
             broker = demo.start_broker(pki)
+            demo.start_clinic(pki, broker)
             demo.write_config(pki, broker)
             demo.start_simulator()
             demo.pair_devices()
             demo.start_gateway()
-            demo.clinician_view(pki, broker, stop)
+            demo.clinician_view(stop)
         except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
             _say(f"failed: {exc}")
             rc = 1

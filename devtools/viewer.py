@@ -1,4 +1,9 @@
-"""The clinician's view used by the demo: FHIR Bundles in, a readable table out (pure)."""
+"""The demo's clinician view: Observations in, a readable table out.
+
+:class:`VitalsBoard` is pure (FHIR resources or Bundles in, a table out). :class:`StoredReader`
+is its source in the demo: what the clinic *stored* in PostgreSQL, read with the clinic's own
+key ring (the broker only carries sealed envelopes, which a subscriber cannot read).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,11 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+
+import psycopg
+
+from clinic import status
+from clinic.keys import KeyRing, decrypt
 
 HEART_RATE_LOINC = "8867-4"
 GLUCOSE_LOINC = {"41653-7", "14743-9"}
@@ -76,34 +86,37 @@ class VitalsBoard:
         self.duplicates = 0
 
     def ingest(self, payload: bytes) -> int:
-        """Take one MQTT payload (a FHIR transaction Bundle); returns new observations."""
+        """Take one plain FHIR transaction Bundle; returns new observations."""
         bundle = _obj(json.loads(payload))
         self.messages += 1
         new = 0
         for entry in _list(bundle.get("entry")):
-            obs = _obj(_obj(entry).get("resource"))
-            if obs.get("resourceType") != "Observation":
-                continue
-            patient = str(_obj(obs.get("subject")).get("reference", "?")).removeprefix("Patient/")
-            vitals = self.patients.setdefault(patient, PatientVitals())
-            oid = next((str(_obj(i).get("value", "")) for i in _list(obs.get("identifier"))), "")
-            if oid in vitals.ids:
-                self.duplicates += 1
-                continue
-            vitals.ids.add(oid)
-            vitals.observations += 1
-            new += 1
-            codes = {_obj(c).get("code") for c in _list(_obj(obs.get("code")).get("coding"))}
-            when = str(obs.get("effectiveDateTime", ""))
-            if HEART_RATE_LOINC in codes:
-                vitals.heart_rate, vitals.heart_rate_at = _value(obs), _local_time(when)
-            elif codes & GLUCOSE_LOINC and when >= vitals.glucose_iso:
-                vitals.glucose, vitals.glucose_at = _value(obs), _date_time(when)
-                vitals.glucose_iso = when
+            new += self.add_observation(_obj(_obj(entry).get("resource")))
         return new
 
-    def render(self) -> str:
-        """A fixed-width table, one row per patient."""
+    def add_observation(self, obs: Mapping[str, object]) -> int:
+        """Take one Observation resource; 1 if it was new, 0 for a repeat or another type."""
+        if obs.get("resourceType") != "Observation":
+            return 0
+        patient = str(_obj(obs.get("subject")).get("reference", "?")).removeprefix("Patient/")
+        vitals = self.patients.setdefault(patient, PatientVitals())
+        oid = next((str(_obj(i).get("value", "")) for i in _list(obs.get("identifier"))), "")
+        if oid in vitals.ids:
+            self.duplicates += 1
+            return 0
+        vitals.ids.add(oid)
+        vitals.observations += 1
+        codes = {_obj(c).get("code") for c in _list(_obj(obs.get("code")).get("coding"))}
+        when = str(obs.get("effectiveDateTime", ""))
+        if HEART_RATE_LOINC in codes:
+            vitals.heart_rate, vitals.heart_rate_at = _value(obs), _local_time(when)
+        elif codes & GLUCOSE_LOINC and when >= vitals.glucose_iso:
+            vitals.glucose, vitals.glucose_at = _value(obs), _date_time(when)
+            vitals.glucose_iso = when
+        return 1
+
+    def render(self, footer: str | None = None) -> str:
+        """A fixed-width table, one row per patient; ``footer`` replaces the message count."""
         head = (
             f"{'patient':<22} {'heart rate':<14} {'at':<9} "
             f"{'glucose':<20} {'measured':<13} {'obs':>5}"
@@ -117,5 +130,31 @@ class VitalsBoard:
             )
         if not self.patients:
             lines.append("(waiting for the first observations)")
-        lines.append(f"messages {self.messages}, duplicates absorbed {self.duplicates}")
+        lines.append(footer or f"messages {self.messages}, duplicates absorbed {self.duplicates}")
         return "\n".join(lines)
+
+
+class StoredReader:
+    """New rows of the clinic's ``observations`` table, opened with the clinic's key ring
+    (AES-256-GCM per row, the identifier as associated data, as ingest sealed them)."""
+
+    def __init__(self, dsn: str, ring: KeyRing) -> None:
+        self._dsn = dsn
+        self._ring = ring
+        self._last = 0
+
+    def poll(self, board: VitalsBoard) -> str:
+        """Feed rows stored since the last poll to ``board``; the clinic's counters as a
+        footer line (stored, duplicates absorbed, rejected)."""
+        with psycopg.connect(self._dsn, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT id, identifier, key_id, resource_enc FROM observations "
+                "WHERE id > %s ORDER BY id", (self._last,)).fetchall()
+            for row_id, identifier, key_id, blob in rows:
+                text = decrypt(self._ring, str(key_id), bytes(blob), str(identifier).encode())
+                board.add_observation(_obj(json.loads(text)))
+                self._last = max(self._last, int(row_id))
+            doc = status.collect(conn)
+        rejected = sum(int(n) for n in doc["rejected"].values())
+        return (f"clinic stored {doc['observations']} observations in PostgreSQL, "
+                f"duplicates absorbed {doc['duplicates']}, rejected {rejected}")

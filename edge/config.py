@@ -14,6 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edge.errors import ConfigError
@@ -57,6 +60,19 @@ class BleConfig(_Section):
     stall_timeout_s: PositiveFloat = 15.0
     #: a glucose record transfer (RACP) with no progress for this long is aborted
     racp_timeout_s: PositiveFloat = 30.0
+    #: heart-rate notifications beyond this sustained rate per strap are refused
+    #: (``rate_limited``), not stored; real straps notify at about 1 Hz
+    heart_rate_max_hz: PositiveFloat = 4.0
+    #: how many notifications a strap may send at once above that rate (token bucket)
+    heart_rate_burst: Annotated[int, Field(ge=1, le=1000)] = 8
+
+
+class IntakeConfig(_Section):
+    #: device-timed measurements before 1 January of this year (UTC) are refused
+    #: (``implausible_time``), counted and audited
+    earliest_measurement_year: Annotated[int, Field(ge=1583, le=9999)] = 2000
+    #: ... and so are those more than this many seconds after the hub's own clock
+    max_future_s: Annotated[float, Field(ge=0)] = 86400.0
 
 
 class VaultConfig(_Section):
@@ -73,6 +89,14 @@ class VaultConfig(_Section):
     max_pending: Annotated[int, Field(ge=1)] = 1_000_000
     max_pending_bytes: Annotated[int, Field(ge=4096)] = 1 << 30
     retention_days: Annotated[float, Field(ge=0)] = 7.0
+    #: a power cut loses at most this many seconds of streamed readings (never a glucose
+    #: record): accepted readings go to an encrypted side log, fsynced this often. 0: every
+    #: append, delivered mark and last-seen time is its own durable transaction (SD wear!)
+    flush_interval_s: Annotated[float, Field(ge=0, le=60)] = 1.0
+    #: how often the side log is merged into the database (fewer, larger merges write less)
+    merge_interval_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    #: merge earlier once this many readings and delivered marks wait in memory
+    merge_max_readings: Annotated[int, Field(ge=1, le=1_000_000)] = 2000
 
 
 class UplinkConfig(_Section):
@@ -144,11 +168,36 @@ class DaemonConfig(_Section):
     shutdown_timeout_s: PositiveFloat = 8.0
 
 
+E2E_MODES = ("sign+encrypt", "off")
+#: the one-line fix for a missing or unknown e2e mode: every deployment decides
+E2E_FIX = (
+    'add [e2e] mode = "sign+encrypt" (recommended, with recipient_key = the clinic\'s public '
+    'key PEM from `clinic keys public`) or mode = "off" (plaintext FHIR inside TLS)'
+)
+
+
+class E2eConfig(_Section):
+    """End-to-end protection of each Bundle, beyond the TLS hop to the broker."""
+
+    #: "sign+encrypt": JWE(JWS(Bundle)) to the clinic; "off": the Bundle as plain FHIR JSON.
+    #: No default: a deployment must choose.
+    mode: Literal["sign+encrypt", "off"]
+    #: with sign+encrypt: the clinic's P-256 public key (PEM)
+    recipient_key: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Bundles are signed and encrypted."""
+        return self.mode == "sign+encrypt"
+
+
 class GatewayConfig(_Section):
     hub: HubConfig
     ble: BleConfig = BleConfig()
+    intake: IntakeConfig = IntakeConfig()
     vault: VaultConfig = VaultConfig()
     uplink: UplinkConfig
+    e2e: E2eConfig
     log: LogConfig = LogConfig()
     daemon: DaemonConfig = DaemonConfig()
 
@@ -192,7 +241,9 @@ def describe_validation_error(exc: ValidationError) -> list[str]:
         if kind == "extra_forbidden":
             msg = "unknown key"
         elif kind == "missing":
-            msg = "required key is missing"
+            msg = "missing" if path == "e2e" else "required key is missing"
+        if path in ("e2e", "e2e.mode") and kind in ("missing", "literal_error", "model_type"):
+            fix = E2E_FIX
         lines.append(f"{path}: {msg} — fix: {fix}")
     return lines
 
@@ -314,7 +365,51 @@ def check_environment(cfg: GatewayConfig) -> list[str]:
         )
         if p:
             problems.append(p)
+    problems.extend(_e2e_problems(cfg.e2e))
     return problems
+
+
+def read_recipient_key(path: Path) -> ec.EllipticCurvePublicKey:
+    """The clinic's P-256 public key from a PEM file; ConfigError (one line) otherwise."""
+    key = "e2e.recipient_key"
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ConfigError("recipient key missing", [
+            f"{key}: file {path} does not exist — fix: save the output of "
+            "`clinic keys public` there"]) from exc
+    except OSError as exc:
+        raise ConfigError("recipient key unreadable", [
+            f"{key}: file {path} cannot be read ({exc.strerror}) — fix: check its "
+            "permissions"]) from exc
+    try:
+        pub = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ConfigError("recipient key invalid", [
+            f"{key}: {path} is not a PEM public key — fix: save the output of "
+            "`clinic keys public` there"]) from exc
+    if not isinstance(pub, ec.EllipticCurvePublicKey) or not isinstance(
+        pub.curve, ec.SECP256R1
+    ):
+        raise ConfigError("recipient key invalid", [
+            f"{key}: {path} is not a P-256 (EC) public key — fix: use the clinic's key "
+            "from `clinic keys public`"])
+    return pub
+
+
+def _e2e_problems(e2e: E2eConfig) -> list[str]:
+    if not e2e.enabled:
+        return []
+    if e2e.recipient_key is None:
+        return [
+            'e2e.recipient_key: required with mode = "sign+encrypt" — fix: set it to the '
+            "clinic's public key PEM (from `clinic keys public`), or choose mode = \"off\""
+        ]
+    try:
+        read_recipient_key(e2e.recipient_key)
+    except ConfigError as exc:
+        return exc.problems
+    return []
 
 
 _KEY_FILE_KEYS = (

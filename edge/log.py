@@ -4,10 +4,16 @@ At INFO and above no reading value, patient pseudonym, device address, key or to
 PHI-bearing keys are removed or replaced, a device address becomes a short keyed hash
 (``dev-1a2b3c4d``), and free text (exception messages included) is scrubbed of addresses, BlueZ
 object paths, long hex strings and any registered sensitive string (e.g. bound pseudonyms).
+
+Registered strings are pseudonym-shaped (letters, digits, '.', '-'). They are kept in a set
+looked up per word of the text, not compiled into one ever-growing pattern: pinned strings
+(the bound patients) stay; the others are the most recently registered
+:data:`REMEMBERED`, so a flood of consent requests cannot grow the process.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import hmac
@@ -17,6 +23,7 @@ import re
 import secrets
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import TextIO
 
@@ -54,6 +61,13 @@ _LONG_HEX_RE = re.compile(r"(?i)(?<![0-9a-f])[0-9a-f]{32,}(?![0-9a-f])")
 _DEVICE_HASH_RE = re.compile(r"dev-[0-9a-f]{8}")
 # pydantic's error text repeats the rejected input (input_value=72): a reading value.
 _INPUT_VALUE_RE = re.compile(r"input_value=(?:'[^']*'|\"[^\"]*\"|[^,\]\n]*)")
+#: a word of free text, as far as registered strings are concerned
+_WORD_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-]*")
+#: what may be registered: a pseudonym of 3 characters or more
+_REGISTRABLE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-]{2,63}")
+_MAX_REGISTERED_LEN = 64
+#: registered (not pinned) strings remembered, the most recently registered first
+REMEMBERED = 1024
 
 
 @functools.lru_cache(maxsize=1024)
@@ -76,22 +90,69 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 class Redactor:
     """Holds the device-hash key and the registered sensitive strings."""
 
-    def __init__(self, hash_key: bytes | None = None) -> None:
+    def __init__(self, hash_key: bytes | None = None, *, capacity: int = REMEMBERED) -> None:
         self._key = hash_key or secrets.token_bytes(32)
-        self._sensitive: set[str] = set()
+        self._pinned: set[str] = set()
+        self._recent: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
-        self._pattern: re.Pattern[str] | None = None
+        #: how many registered, unpinned strings are remembered
+        self.capacity = capacity
 
     def set_hash_key(self, key: bytes) -> None:
         """Use a stable key (derived from the vault key) so device hashes survive restarts."""
         self._key = key
 
     def register(self, values: Iterable[str]) -> None:
-        """Strings (pseudonyms, device names) to scrub from any free text."""
+        """Pseudonyms to scrub from any free text, remembered while among the ``capacity``
+        most recently registered (others — shorter than 3 characters, or not
+        pseudonym-shaped — are ignored)."""
         with self._lock:
-            self._sensitive.update(v for v in values if len(v) >= 3)
-            alts = sorted(self._sensitive, key=len, reverse=True)
-            self._pattern = re.compile("|".join(re.escape(a) for a in alts)) if alts else None
+            for v in values:
+                if v in self._pinned or not _REGISTRABLE_RE.fullmatch(v):
+                    continue
+                self._recent[v] = None
+                self._recent.move_to_end(v)
+            while len(self._recent) > self.capacity:
+                self._recent.popitem(last=False)
+
+    def pin(self, values: Iterable[str]) -> None:
+        """Pseudonyms to scrub for as long as the process runs (the bound patients)."""
+        with self._lock:
+            for v in values:
+                if _REGISTRABLE_RE.fullmatch(v):
+                    self._pinned.add(v)
+                    self._recent.pop(v, None)
+
+    def __len__(self) -> int:
+        """How many strings are registered (pinned and remembered)."""
+        return len(self._pinned) + len(self._recent)
+
+    def _known(self, word: str) -> bool:
+        return word in self._pinned or word in self._recent
+
+    def _scrub_word(self, match: re.Match[str]) -> str:
+        word = match.group(0)
+        if self._known(word):
+            return REDACTED
+        seps = [i for i, c in enumerate(word) if c in ".-"]
+        if not seps:
+            return word
+        # A registered string may be part of a word, between separators: "pt-one.json".
+        starts = [0, *(i + 1 for i in seps)]
+        ends = sorted({len(word), *seps, *(i + 1 for i in seps)})
+        out: list[str] = []
+        done = 0
+        for start in starts:
+            if start < done:
+                continue
+            lo = bisect.bisect_left(ends, start + 3)
+            hi = bisect.bisect_right(ends, start + _MAX_REGISTERED_LEN)
+            for end in reversed(ends[lo:hi]):  # the longest match first
+                if self._known(word[start:end]):
+                    out += [word[done:start], REDACTED]
+                    done = end
+                    break
+        return "".join(out) + word[done:] if out else word
 
     def device_hash(self, address: str) -> str:
         """A short keyed hash naming a device in logs without revealing its address."""
@@ -103,9 +164,8 @@ class Redactor:
         text = _MAC_RE.sub(lambda m: self.device_hash(m.group(0)), text)
         text = _LONG_HEX_RE.sub(REDACTED, text)
         text = _INPUT_VALUE_RE.sub("input_value=" + REDACTED, text)
-        pattern = self._pattern
-        if pattern is not None:
-            text = pattern.sub(REDACTED, text)
+        if self._pinned or self._recent:
+            text = _WORD_RE.sub(self._scrub_word, text)
         return text
 
     def _clean(self, key: str, value: object) -> object:

@@ -15,6 +15,12 @@ Typical use::
     python -m firmware_sim ctl glucose SIM-GLU-1 concentration=5.5 unit=mmol/L
     python -m firmware_sim ctl drop SIM-HR-1
     python -m firmware_sim ctl add hr resting_bpm=70 ; python -m firmware_sim ctl list
+    python -m firmware_sim ctl forget-bond SIM-GLU-1      # battery change: bond lost
+    python -m firmware_sim ctl wedge hci0 in_progress     # until Powered off -> on
+    python -m firmware_sim ctl add-adapter hci1 ; python -m firmware_sim ctl remove-adapter hci1
+
+``--devices`` takes ``KIND[:COUNT][:pairing=passkey|numeric_comparison|just_works]
+[:passkey=NNNNNN]`` entries, e.g. ``hr:2,glucose:1:pairing=passkey:passkey=123456``.
 
 Real-BlueZ quirks are off unless asked for: ``--keep-gatt``, ``--remove-temporary-after 30``,
 ``--read-emits-value``. The control interface is described in :mod:`firmware_sim.control`.
@@ -111,7 +117,7 @@ async def serve(args: argparse.Namespace) -> int:
         bluez = FakeBlueZ(bus.address, options=options)
         bluez.follow(fleet)
         await bluez.start()
-        control = ControlServer(bus.address, fleet)
+        control = ControlServer(bus.address, fleet, bluez)
         await control.start()
         await fleet.start()
         log.info("sim.serving devices=%d", len(fleet.devices))
@@ -159,83 +165,6 @@ def list_devices(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------- ctl
-
-
-def _value(text: str) -> Any:
-    """A ``key=value`` value: JSON when it parses (numbers, true, null …), else the string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _pairs(items: Sequence[str]) -> dict[str, Any]:
-    if len(items) == 1 and items[0].lstrip().startswith("{"):
-        try:
-            value = json.loads(items[0])
-        except json.JSONDecodeError as err:
-            raise UsageError(f"not a JSON object: {err.msg}") from err
-        if not isinstance(value, dict):
-            raise UsageError("expected a JSON object")
-        return value
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"expected key=value, got {item!r}")
-        out[key.replace("-", "_")] = _value(raw)
-    return out
-
-
-async def ctl(args: argparse.Namespace) -> int:
-    """Drive a running simulator through its control object."""
-    from firmware_sim.control import ControlClient, ControlError
-
-    address = args.bus or os.environ.get(ENV_BUS)
-    if not address:
-        raise UsageError(f"no bus address: pass --bus or set {ENV_BUS}")
-    try:
-        async with ControlClient(address) as client:
-            result: Any = None
-            cmd = args.ctl_command
-            if cmd == "list":
-                result = await client.list_devices()
-            elif cmd == "add":
-                options = _pairs(args.options)
-                if args.name:
-                    options["name"] = args.name
-                if args.address:
-                    options["address"] = args.address
-                result = await client.add_device(args.kind, **options)
-            elif cmd == "remove":
-                await client.remove_device(args.device)
-            elif cmd == "drop":
-                result = {"dropped": await client.drop_link(args.device)}
-            elif cmd == "fault":
-                result = await client.inject_fault(args.device, _pairs(args.spec))
-            elif cmd == "clear-faults":
-                await client.clear_faults(args.device)
-            elif cmd == "glucose":
-                result = {
-                    "sequence": await client.add_glucose_record(args.device, **_pairs(args.fields))
-                }
-            elif cmd == "hr":
-                bpm = None if args.bpm == "auto" else int(args.bpm)
-                await client.set_heart_rate(args.device, bpm)
-            elif cmd == "visible":
-                await client.set_visible(args.device, args.state in ("yes", "on", "true", "1"))
-    except ControlError as err:
-        print(f"error: {err.name}: {err.text}", file=sys.stderr)
-        return 1
-    except (OSError, ValueError) as err:
-        print(f"error: cannot reach the simulator: {err}", file=sys.stderr)
-        return 1
-    if result is not None:
-        print(json.dumps(result, indent=2, default=str))
-    return 0
-
-
 # ---------------------------------------------------------------------------- parser
 
 
@@ -280,33 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fleet_args(p)
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
 
-    p = sub.add_parser("ctl", help="drive a running simulator")
-    p.add_argument("--bus", metavar="ADDRESS", help=f"bus address (default: ${ENV_BUS})")
-    csub = p.add_subparsers(dest="ctl_command", required=True)
-    csub.add_parser("list", help="list devices (JSON)")
-    c = csub.add_parser("add", help="add a device: add hr|glucose [key=value …]")
-    c.add_argument("kind")
-    c.add_argument("--name")
-    c.add_argument("--address")
-    c.add_argument("options", nargs="*", metavar="key=value")
-    for name, text in (
-        ("remove", "remove a device"),
-        ("drop", "drop a device's link"),
-        ("clear-faults", "remove every fault"),
-    ):
-        csub.add_parser(name, help=text).add_argument("device", help="address or name")
-    c = csub.add_parser("fault", help="inject faults: fault DEVICE key=value … | '{json}'")
-    c.add_argument("device")
-    c.add_argument("spec", nargs="+")
-    c = csub.add_parser("glucose", help="add a glucose record: glucose DEVICE [key=value …]")
-    c.add_argument("device")
-    c.add_argument("fields", nargs="*")
-    c = csub.add_parser("hr", help="set a heart rate: hr DEVICE BPM|auto")
-    c.add_argument("device")
-    c.add_argument("bpm")
-    c = csub.add_parser("visible", help="visible DEVICE yes|no")
-    c.add_argument("device")
-    c.add_argument("state", choices=["yes", "no", "on", "off", "true", "false", "1", "0"])
+    from firmware_sim.ctl import add_ctl_parser
+
+    add_ctl_parser(sub)
     return parser
 
 
@@ -323,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(serve(args))
         if args.command == "list":
             return list_devices(args)
+        from firmware_sim.ctl import ctl
+
         return asyncio.run(ctl(args))
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -16,16 +16,16 @@ that fault plans and glucose records keep their shape without a D-Bus type per f
 ``SetVisible(s device, b visible)``                 appear in / vanish from scans
 ``ForgetBond(s device) -> b``                       the device loses its bond (reset, battery
                                                     change); False when it had none
-=================================================== ===========================================
-
 ``ListAdapters() -> s``                             JSON list of adapter summaries
 ``AddAdapter(s name, s address) -> s``              plugs in ``hciN`` ("" address: derived)
 ``RemoveAdapter(s name)``                           unplugs it: links drop, objects go
 ``WedgeAdapter(s name, s mode) -> s``               ``in_progress`` | ``silent`` until the
                                                     adapter is power-cycled (Powered off, on)
+=================================================== ===========================================
 
-Errors: ``com.edge.Sim.Error.NoSuchDevice``, ``com.edge.Sim.Error.NoSuchAdapter``, ``com.edge.Sim.Error.InvalidArguments``,
-``com.edge.Sim.Error.NotSupported`` (e.g. a heart rate for a glucose meter).
+Errors: ``com.edge.Sim.Error.NoSuchDevice``, ``com.edge.Sim.Error.NoSuchAdapter``,
+``com.edge.Sim.Error.InvalidArguments``, ``com.edge.Sim.Error.NotSupported`` (e.g. a heart rate
+for a glucose meter). Each error's text is one line meant for a person.
 
 :class:`ControlClient` is the matching client (used by ``python -m firmware_sim ctl``).
 """
@@ -42,6 +42,7 @@ from dbus_fast.annotations import DBusBool, DBusInt32, DBusStr, DBusUInt16
 from dbus_fast.constants import NameFlag, RequestNameReply
 from dbus_fast.service import ServiceInterface, dbus_method
 
+from firmware_sim.bluez.registry import default_address
 from firmware_sim.control_args import check_bpm, check_glucose_fields
 from firmware_sim.errors import BusNameTakenError, SimError
 
@@ -206,7 +207,7 @@ class ControlInterface(ServiceInterface):
     def AddAdapter(self, name: DBusStr, address: DBusStr) -> DBusStr:
         """Plug in an adapter (InterfacesAdded); returns its summary (JSON)."""
         server = self._server()
-        adapter = self._call(lambda: server.add_adapter(name, address or _address_for(name)))
+        adapter = self._call(lambda: server.add_adapter(name, address or default_address(name)))
         log.info("sim.control_adapter_added")
         return json.dumps(adapter.summary())
 
@@ -224,12 +225,6 @@ class ControlInterface(ServiceInterface):
         self._call(lambda: adapter.wedge(mode or "in_progress"))
         log.info("sim.control_adapter_wedged")
         return json.dumps(adapter.summary())
-
-
-def _address_for(name: str) -> str:
-    """A stable public-looking address for adapter ``name`` (hciN)."""
-    digits = "".join(c for c in name if c.isdigit()) or "0"
-    return f"00:1A:7D:DA:7{int(digits) % 10}:{int(digits) % 256:02X}"
 
 
 class ControlServer:

@@ -115,6 +115,8 @@ class Fleet:
         self.devices: list[SimDevice] = []
         self.on_added: list[DeviceCallback] = []
         self.on_removed: list[DeviceCallback] = []
+        #: adapters a scenario asks of the fake BlueZ: dicts with name, address, wedged
+        self.adapters: list[dict[str, Any]] = []
         self._counters: dict[str, int] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._running = False

@@ -16,6 +16,11 @@ Schema (every key is checked; an unknown key is an error naming where it is)::
     [devices.faults]              # optional fault plan, keys as in firmware_sim.faults
     connect_failures = 2
 
+    [[adapters]]                  # optional: the fake BlueZ's adapters (default: hci0 only)
+    name = "hci1"                 # required: hciN; hci0 always exists, list it to change it
+    address = "00:1A:7D:DA:71:14" # optional (only for adapters not yet on the bus)
+    wedged = "in_progress"        # optional: "in_progress" | "silent" until power-cycled
+
 Heart-rate strap options: ``resting_bpm`` (int), ``hr_format`` ("uint8" | "uint16" |
 "varying"), ``energy`` (bool), ``contact`` ("comes_and_goes" | "always" | "unsupported"),
 ``body_location`` (int 0-6), ``battery`` (int %), ``mtu`` (int >= 23), ``rssi`` (int dBm),
@@ -39,6 +44,7 @@ zone), ``time_offset`` (int minutes written in each record, or omit), ``new_reco
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -111,7 +117,18 @@ _RANGES: dict[str, tuple[float, float]] = {
     "features": (0, 0xFFFF),
 }
 _ENTRY_KEYS = {"kind", "count", "name", "address", "faults"}
-_TOP_KEYS = {"seed", "description", "devices"}
+_TOP_KEYS = {"seed", "description", "devices", "adapters"}
+_ADAPTER_KEYS = {"name", "address", "wedged"}
+
+
+@dataclass(frozen=True)
+class AdapterEntry:
+    """An adapter of the fake BlueZ: ``hciN``, its address (derived when omitted) and
+    whether its discovery starts wedged (``in_progress`` | ``silent``)."""
+
+    name: str
+    address: str | None = None
+    wedged: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,9 +147,13 @@ class Scenario:
     description: str = ""
     devices: tuple[DeviceEntry, ...] = ()
     source: str = ""
+    adapters: tuple[AdapterEntry, ...] = ()
 
     def populate(self, fleet: Fleet) -> None:
-        """Add this scenario's devices to ``fleet``."""
+        """Add this scenario's devices (and adapters, for the fake BlueZ) to ``fleet``."""
+        fleet.adapters.extend(
+            {"name": a.name, "address": a.address, "wedged": a.wedged} for a in self.adapters
+        )
         for i, entry in enumerate(self.devices):
             for _ in range(entry.count):
                 try:
@@ -198,7 +219,37 @@ def parse_scenario(text: str, *, source: str = "<scenario>") -> Scenario:
     if not isinstance(raw_devices, list):
         raise ScenarioError(f"{source}: devices must be an array of tables ([[devices]])")
     entries = tuple(_entry(raw, f"{source}: devices[{i}]") for i, raw in enumerate(raw_devices))
-    return Scenario(seed=seed, description=description, devices=entries, source=source)
+    raw_adapters = data.get("adapters", [])
+    if not isinstance(raw_adapters, list):
+        raise ScenarioError(f"{source}: adapters must be an array of tables ([[adapters]])")
+    adapters = tuple(
+        _adapter(raw, f"{source}: adapters[{i}]") for i, raw in enumerate(raw_adapters)
+    )
+    if len({a.name for a in adapters}) != len(adapters):
+        raise ScenarioError(f"{source}: adapters: each name only once")
+    return Scenario(
+        seed=seed, description=description, devices=entries, source=source, adapters=adapters
+    )
+
+
+def _adapter(raw: Any, where: str) -> AdapterEntry:
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"{where}: must be a table")
+    unknown = set(raw) - _ADAPTER_KEYS
+    if unknown:
+        raise ScenarioError(
+            f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_ADAPTER_KEYS)}"
+        )
+    name = raw.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"hci\d{1,3}", name):
+        raise ScenarioError(f"{where}.name: expected hciN, got {name!r}")
+    address = raw.get("address")
+    if address is not None and (not isinstance(address, str) or not _is_address(address)):
+        raise ScenarioError(f"{where}.address: expected XX:XX:XX:XX:XX:XX, got {address!r}")
+    wedged = raw.get("wedged")
+    if wedged is not None and wedged not in ("in_progress", "silent"):
+        raise ScenarioError(f"{where}.wedged: expected in_progress or silent, got {wedged!r}")
+    return AdapterEntry(name, address, wedged)
 
 
 def check_options(

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from enum import StrEnum
@@ -160,9 +160,13 @@ def hr_kind(alarm: Side | None) -> Kind | None:
     return {"low": Kind.HEART_RATE_LOW, "high": Kind.HEART_RATE_HIGH}.get(alarm or "")
 
 
-def hr_alarm_of(kind: Kind | None) -> Side | None:
-    return "low" if kind == Kind.HEART_RATE_LOW else "high" if kind == Kind.HEART_RATE_HIGH \
-        else None
+def hr_alarm_of(open_kinds: Collection[Kind]) -> Side | None:
+    """The raised heart-rate alarm, read from the patient's unresolved alerts."""
+    if Kind.HEART_RATE_LOW in open_kinds:
+        return "low"
+    if Kind.HEART_RATE_HIGH in open_kinds:
+        return "high"
+    return None
 
 
 # --- time-based ---------------------------------------------------------------------------------

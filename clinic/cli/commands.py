@@ -15,6 +15,7 @@ import pyotp
 from argon2 import PasswordHasher
 
 from clinic import audit, keys, status
+from clinic.cli import alerts_cmd
 from clinic.config import ClinicConfig
 from clinic.db import registry
 from clinic.db.connect import Conn, connect
@@ -176,6 +177,22 @@ def ingest_cmd(cfg: ClinicConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def alerts(cfg: ClinicConfig, args: argparse.Namespace) -> int:
+    return alerts_cmd.alerts_cmd(cfg, args, _actor())
+
+
+def serve_cmd(cfg: ClinicConfig, args: argparse.Namespace) -> int:
+    from clinic.web.serve import serve_cmd as run_serve  # starlette/uvicorn only for this
+
+    return run_serve(cfg, args)
+
+
+def tokens_cmd(cfg: ClinicConfig, args: argparse.Namespace) -> int:
+    from clinic.web.serve import tokens_cmd as run_tokens
+
+    return run_tokens(cfg, args)
+
+
 Handler = Callable[[ClinicConfig, argparse.Namespace], int]
 _HANDLERS: dict[tuple[str, str | None], Handler] = {
     ("db", "migrate"): db_migrate,
@@ -185,8 +202,11 @@ _HANDLERS: dict[tuple[str, str | None], Handler] = {
     **{("hubs", s): hubs_cmd for s in ("enroll", "revoke", "list")},
     **{("patients", s): patients_cmd for s in ("add", "assign", "unassign", "list")},
     **{("users", s): users_cmd for s in ("add", "disable", "reset-mfa")},
+    **{("alerts", s): alerts for s in ("list", "ack", "thresholds", "evaluate")},
     ("status", None): status_cmd,
     ("audit", "verify"): audit_cmd,
     ("audit", "tail"): audit_cmd,
     ("ingest", None): ingest_cmd,
+    ("serve", None): serve_cmd,
+    **{("tokens", s): tokens_cmd for s in ("create", "revoke", "list")},
 }

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from clinic import config as config_mod
-from clinic.cli import commands
+from clinic.cli import alerts_cmd, commands
 from clinic.errors import ClinicError, ConfigError
 
 
@@ -47,12 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
         users.add_parser(name).add_argument("username")
     ing = sub.add_parser("ingest", help="run one ingest worker")
     ing.add_argument("--worker", default="1")
+    alerts_cmd.add_parser(sub)
     st = sub.add_parser("status")
     st.add_argument("--json", action="store_true")
     au = sub.add_parser("audit").add_subparsers(dest="sub", required=True)
     au.add_parser("verify")
     tail = au.add_parser("tail")
     tail.add_argument("-n", type=int, default=20)
+    from clinic.web.cli_args import add_parsers as add_web_parsers
+
+    add_web_parsers(sub)
     return p
 
 

@@ -93,6 +93,55 @@ CREATE TABLE alerts (
     resolved_at     timestamptz
 );
 """),
+    # 2: alerts (acknowledgement, rule state, per-patient thresholds), hub offline spells,
+    # heart-rate rollups (clinic.alerts, clinic.db.rollups)
+    (2, """
+-- alerts: acknowledgement (the note is free text, so sealed like observations), the hub of a
+-- hub_offline alert, and at most one open (or acknowledged) alert per patient and kind
+ALTER TABLE alerts
+    ADD COLUMN hub_id           text,
+    ADD COLUMN acknowledged_at  timestamptz,
+    ADD COLUMN acknowledged_by  text,
+    ADD COLUMN note_key_id      text,
+    ADD COLUMN note_enc         bytea;
+CREATE UNIQUE INDEX alerts_one_open ON alerts (patient, kind) WHERE state <> 'resolved';
+CREATE INDEX alerts_state ON alerts (state, opened_at);
+-- what the rules remember per patient; the row is also the lock that serialises alert
+-- decisions about one patient across workers and the evaluator
+CREATE TABLE alert_state (
+    patient         text PRIMARY KEY,
+    last_reading_at timestamptz,
+    glucose_at      timestamptz,
+    hr_at           timestamptz,
+    hr_side         text CHECK (hr_side IN ('low', 'high')),
+    hr_run          integer NOT NULL DEFAULT 0,
+    hr_ok_run       integer NOT NULL DEFAULT 0
+);
+-- per-patient thresholds; NULL = the [alerts] default from the config
+CREATE TABLE alert_thresholds (
+    patient                     text PRIMARY KEY REFERENCES patients ON DELETE CASCADE,
+    glucose_urgent_low_mg_dl    numeric,
+    glucose_low_mg_dl           numeric,
+    glucose_high_mg_dl          numeric,
+    heart_rate_low_bpm          numeric,
+    heart_rate_high_bpm         numeric,
+    heart_rate_sustain_samples  integer,
+    stale_after_s               double precision,
+    updated_at                  timestamptz NOT NULL
+);
+-- when a hub's current offline spell began (a re-delivered retained Last Will keeps it)
+ALTER TABLE hubs ADD COLUMN offline_since timestamptz;
+-- per-minute heart-rate rollups beside the raw rows (which retention purges); the figures
+-- are sealed with the data key like the observations they summarise
+CREATE TABLE hr_rollups (
+    patient         text NOT NULL,
+    minute          timestamptz NOT NULL,
+    key_id          text NOT NULL,
+    stats_enc       bytea NOT NULL,
+    PRIMARY KEY (patient, minute)
+);
+CREATE INDEX observations_code_received ON observations (code, received_at);
+"""),
     # 3: the web application (clinic.web): server-side sessions (the cookie's SHA-256 only),
     # sign-in failures for throttling and lockout, hashed API tokens, per-user preferences.
     (3, """
@@ -146,9 +195,11 @@ def migrate(conn: Conn) -> list[int]:
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        have = current_version(conn)
-        for version, sql in MIGRATIONS:
-            if version <= have:
+        # Each version by itself (not "everything above the highest"): a database that got a
+        # later version first still gets an earlier one added afterwards.
+        have = {int(r[0]) for r in conn.execute("SELECT version FROM schema_migrations")}
+        for version, sql in sorted(MIGRATIONS):
+            if version in have:
                 continue
             conn.execute(sql.encode())  # a constant from this module, not input
             conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))

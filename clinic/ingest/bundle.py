@@ -33,6 +33,8 @@ class Obs:
     value: Decimal | None
     unit: str | None
     resource: bytes
+    #: the dataAbsentReason code when there is no value (``positive-infinity`` for a meter's HI)
+    absent: str | None = None
 
 
 def _invalid(why: str) -> Rejected:
@@ -77,9 +79,14 @@ def _observation(res: dict[str, Any], patient: str) -> Obs:
         value, unit = Decimal(v), vq.get("code") if isinstance(vq.get("code"), str) else None
     elif not isinstance(res.get("dataAbsentReason"), dict):
         raise _invalid("Observation has neither a value nor a dataAbsentReason")
+    absent: str | None = None
+    if value is None:
+        dar = [c.get("code") for c in res["dataAbsentReason"].get("coding") or []
+               if isinstance(c, dict) and isinstance(c.get("code"), str)]
+        absent = dar[0] if dar else None
     blob = to_json(res)  # keeps every digit the device sent ("5.50")
     return Obs(idents[0]["value"].removeprefix("urn:uuid:"), patient, code, KNOWN_CODES[code],
-               _parse_time(res.get("effectiveDateTime")), value, unit, blob)
+               _parse_time(res.get("effectiveDateTime")), value, unit, blob, absent)
 
 
 def check_bundle(payload: bytes, patient: str) -> list[Obs]:

@@ -1,7 +1,9 @@
 """Writing one batch of judged messages to PostgreSQL in one transaction: Observations (sealed
 with the data key, unique on identifier: the database is the arbiter of duplicates), the
 quarantine (the message sealed as received, with its reason), hub status, counters and the
-audit of every rejection. The caller acknowledges the batch only after this returns."""
+audit of every rejection — and, in the same transaction, the heart-rate rollups and the
+alerts the new rows call for (only rows the INSERT added count: duplicates change nothing).
+The caller acknowledges the batch only after this returns."""
 
 from __future__ import annotations
 
@@ -15,8 +17,12 @@ from typing import Any
 import psycopg
 
 from clinic import audit
+from clinic.alerts import on_ingest as alerts_on_ingest
+from clinic.alerts.rules import Thresholds
+from clinic.db import rollups
 from clinic.db.connect import Conn
 from clinic.errors import Rejected, StoreUnavailable
+from clinic.ingest.bundle import Obs
 from clinic.ingest.verify import Accepted, HubStatus
 from clinic.keys import KeyRing, encrypt
 
@@ -37,6 +43,7 @@ class BatchResult:
     stored: int = 0
     duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    alert_changes: int = 0
 
 
 class Lookups:
@@ -70,15 +77,21 @@ _INSERT_OBS = (
     "INSERT INTO observations (identifier, patient, hub_id, code, effective_at, received_at,"
     " key_id, resource_enc) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[],"
     " %s::text[], %s::timestamptz[], %s::timestamptz[], %s::text[], %s::bytea[])"
-    " ON CONFLICT (identifier) DO NOTHING"
+    " ON CONFLICT (identifier) DO NOTHING RETURNING identifier"
 )
 
 
 def commit_batch(conn: Conn, ring: KeyRing, worker: str, batch: Sequence[Judged],
-                 now: dt.datetime, *, max_quarantine_bytes: int) -> BatchResult:
-    """Write ``batch`` in one transaction; StoreUnavailable (nothing written) on DB failure."""
+                 now: dt.datetime, *, max_quarantine_bytes: int,
+                 thresholds: Thresholds) -> BatchResult:
+    """Write ``batch`` in one transaction; StoreUnavailable (nothing written) on DB failure.
+
+    Locks are taken in one global order (observations, rollups, hubs, alert_state, the audit
+    lock), so two workers committing overlapping batches wait for each other, never deadlock.
+    """
     result = BatchResult()
     rows: dict[str, tuple[Any, ...]] = {}
+    obs: dict[str, Obs] = {}
     attempted = 0
     for j in batch:
         if isinstance(j.outcome, Accepted):
@@ -90,19 +103,29 @@ def commit_batch(conn: Conn, ring: KeyRing, worker: str, batch: Sequence[Judged]
                 kid, blob = encrypt(ring, o.resource, o.identifier.encode())
                 rows[o.identifier] = (o.identifier, o.patient, hub, o.code, o.effective_at,
                                       now, kid, blob)
+                obs[o.identifier] = o
     # A fixed order: two workers inserting overlapping identifiers cannot deadlock.
     ordered = [rows[k] for k in sorted(rows)]
+    statuses = sorted((j.outcome for j in batch if isinstance(j.outcome, HubStatus)),
+                      key=lambda s: (s.hub, s.at))
     try:
         with conn.transaction():
+            inserted: list[Obs] = []
             if ordered:
                 cols = [list(c) for c in zip(*ordered, strict=True)]
-                cur = conn.execute(_INSERT_OBS, cols)
-                result.stored = max(cur.rowcount, 0)
+                inserted = [obs[str(r[0])] for r in conn.execute(_INSERT_OBS, cols)]
+            result.stored = len(inserted)
             result.duplicates = attempted - result.stored
+            # only rows this INSERT added count: a duplicate is never rolled up twice
+            rollups.add(conn, ring, rollups.aggregate(
+                (o.patient, o.effective_at, o.value) for o in inserted
+                if o.kind == "heart_rate" and o.value is not None))
+            for s in statuses:
+                _status(conn, s, now)
+            online = sorted(_online(conn, {s.hub for s in statuses if s.online}))
+            result.alert_changes = alerts_on_ingest.apply(conn, inserted, online, thresholds, now)
             for j in batch:
-                if isinstance(j.outcome, HubStatus):
-                    _status(conn, j.outcome, now)
-                elif isinstance(j.outcome, Rejected):
+                if isinstance(j.outcome, Rejected):
                     _quarantine(conn, ring, j, now, max_quarantine_bytes)
                     result.rejected[j.outcome.reason] += 1
             _count(conn, worker, "duplicates", result.duplicates)
@@ -112,14 +135,25 @@ def commit_batch(conn: Conn, ring: KeyRing, worker: str, batch: Sequence[Judged]
     return result
 
 
+def _online(conn: Conn, hubs: set[str]) -> list[str]:
+    """Those of ``hubs`` online after this batch's status updates (an old retained "online"
+    re-delivered after a Last Will changes nothing)."""
+    if not hubs:
+        return []
+    return [str(r[0]) for r in conn.execute(
+        "SELECT hub_id FROM hubs WHERE hub_id = ANY(%s) AND online", (sorted(hubs),))]
+
+
 def _status(conn: Conn, s: HubStatus, now: dt.datetime) -> None:
     # A retained document may be older than what we know: only newer news counts.
     conn.execute(
         "UPDATE hubs SET online = %s, last_seen = CASE WHEN %s THEN %s ELSE last_seen END,"
         " queue_depth = coalesce(%s, queue_depth), cert_days_left = coalesce(%s,"
-        " cert_days_left), status_at = %s WHERE hub_id = %s"
+        " cert_days_left), status_at = %s, offline_since = CASE WHEN %s THEN NULL"
+        " ELSE coalesce(offline_since, %s) END WHERE hub_id = %s"
         " AND (status_at IS NULL OR status_at <= %s)",
-        (s.online, s.online, s.at, s.queue_depth, s.cert_days_left, s.at, s.hub, s.at),
+        (s.online, s.online, s.at, s.queue_depth, s.cert_days_left, s.at, s.online, s.at,
+         s.hub, s.at),
     )
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from cryptography import x509
 
+from clinic.alerts.evaluator import run_periodically
+from clinic.alerts.rules import Thresholds
 from clinic.config import ClinicConfig
 from clinic.db.connect import Conn, connect
 from clinic.errors import ClinicError, Rejected, StoreUnavailable
@@ -87,11 +89,25 @@ class Worker:
         self._stop = threading.Event()
         self._inbox: queue.Queue[Message] = queue.Queue(maxsize=2 * cfg.broker.receive_maximum)
         self._conn: Conn | None = None
+        self._thresholds = Thresholds.from_config(cfg.alerts)
 
     def stop(self) -> None:
         self._stop.set()
 
     def run(self) -> None:
+        # The periodic evaluator: every worker runs one; an advisory lock lets one at a time
+        # evaluate, so the work is done once whichever workers are alive.
+        evaluator = threading.Thread(target=run_periodically,
+                                     args=(self.cfg, self._stop, self._clock),
+                                     name="alerts-evaluator", daemon=True)
+        evaluator.start()
+        try:
+            self._run()
+        finally:
+            self._stop.set()
+            evaluator.join(30)
+
+    def _run(self) -> None:
         b = self.cfg.broker
         backoff = Backoff(BackoffPolicy(base=b.reconnect_base_s,
                                         cap=max(b.reconnect_cap_s, b.reconnect_base_s)))
@@ -150,7 +166,8 @@ class Worker:
                 judged = [Judged(m.topic, m.payload, judge(self._verifier, lookups, m, now))
                           for m in batch]
                 result = commit_batch(conn, self.ring, self.name, judged, now,
-                                      max_quarantine_bytes=self.cfg.ingest.max_message_bytes)
+                                      max_quarantine_bytes=self.cfg.ingest.max_message_bytes,
+                                      thresholds=self._thresholds)
                 break
             except StoreUnavailable as exc:
                 log.warning("ingest.store_unavailable", error=str(exc),
@@ -167,3 +184,5 @@ class Worker:
             log.warning("ingest.rejected", reason=reason, count=n)
         if result.stored or result.duplicates:
             log.debug("ingest.committed", stored=result.stored, duplicates=result.duplicates)
+        if result.alert_changes:
+            log.info("ingest.alerts", changes=result.alert_changes)

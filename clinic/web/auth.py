@@ -124,9 +124,10 @@ def create_session(conn: Conn, username: str, *, now: dt.datetime | None = None)
 
 
 def load_session(conn: Conn, sid: str | None, *, idle_s: int, lifetime_s: int,
-                 now: dt.datetime | None = None) -> Session | None:
-    """The live session of cookie ``sid`` (its idle clock restarted), or None. An expired
-    session is deleted; a disabled user's sessions are refused."""
+                 now: dt.datetime | None = None, touch: bool = True) -> Session | None:
+    """The live session of cookie ``sid`` (its idle clock restarted unless ``touch`` is
+    false: the live-update stream is not activity), or None. An expired session is deleted;
+    a disabled user's sessions are refused."""
     if not sid:
         return None
     now = now or _now()
@@ -141,7 +142,8 @@ def load_session(conn: Conn, sid: str | None, *, idle_s: int, lifetime_s: int,
                                      lifetime_s=lifetime_s):
         conn.execute("DELETE FROM web_sessions WHERE id_hash = %s", (h,))
         return None
-    conn.execute("UPDATE web_sessions SET last_seen = %s WHERE id_hash = %s", (now, h))
+    if touch:
+        conn.execute("UPDATE web_sessions SET last_seen = %s WHERE id_hash = %s", (now, h))
     return Session(str(row[0]), str(row[1]), str(row[2]), str(row[6]))
 
 

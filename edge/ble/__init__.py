@@ -13,7 +13,8 @@ from edge.ble.ports import ClientFactory, IntakeSink, ScannerFactory
 from edge.ble.state import DeviceState
 
 if TYPE_CHECKING:
-    from edge.ble.supervisor import BleManager, DeviceSupervisor
+    from edge.ble.manager import BleManager
+    from edge.ble.supervisor import DeviceSupervisor
 
 __all__ = [
     "BleManager",
@@ -26,8 +27,12 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    if name in ("BleManager", "DeviceSupervisor"):
+    if name == "BleManager":
+        from edge.ble import manager
+
+        return manager.BleManager
+    if name == "DeviceSupervisor":
         from edge.ble import supervisor
 
-        return getattr(supervisor, name)
+        return supervisor.DeviceSupervisor
     raise AttributeError(name)

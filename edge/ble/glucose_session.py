@@ -13,13 +13,22 @@ RACP 0x2A52, then sync:
   reading ids (sequence number + base time) make the re-fetch duplicate-free, and nothing is
   skipped;
 * ATT 0x80 (procedure already in progress): abort, then retry (bounded);
-* no progress for ``racp_timeout_s``: abort, :class:`RacpError`; the supervisor reconnects
-  later and the cursor (unchanged) makes the next sync fetch the same records again.
+* no progress for ``racp_timeout_s``, the meter ending the report early ("procedure not
+  completed") or the link going mid-transfer: what arrived is kept — stored, and the cursor
+  moved to its newest record when the records came oldest first
+  (:func:`edge.ble.resume.resume_point`) — then :class:`RacpError` (or the link error); the
+  supervisor reconnects after its capped backoff (restarted from its base when the cursor
+  moved) and the next sync resumes from the cursor. A meter that always stops after five
+  records delivers all of them, a few per attempt;
+* a record that cannot become a reading (a time that leaves the calendar once corrected, any
+  decode or arithmetic error) is a counted refusal of that record; the sync goes on and the
+  cursor moves past it.
 
 The RACP protocol itself (requests, wrap, busy retries, timeouts, context pairing) is the pure
 :class:`edge.gatt.racp_client.RacpSync`; this module only drives it with bleak and the clock.
 
-The records and the new cursor go to intake in ONE call (one vault transaction).
+The records and the new cursor go to intake in ONE call (one vault transaction). The RACP
+transfer itself is driven by :func:`edge.ble.racp_transfer.run_transfer`.
 
 Choice: after the sync the session stays connected and listens, re-syncing from the cursor
 when the meter pushes a measurement (a notification outside a RACP procedure: the pushed record
@@ -32,14 +41,15 @@ supervisor makes once the meter advertises again.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, tzinfo
 
 from bleak.args.bluez import BlueZNotifyArgs
 from bleak.backends.characteristic import BleakGATTCharacteristic
 
-from edge.ble.errors import BleOperationError, att_code
-from edge.ble.link import Link, cancel_and_wait, with_timeout
+from edge.ble.errors import BleOperationError
+from edge.ble.link import Link, cancel_and_wait
 from edge.ble.ports import CursorLike, DeviceRegistry, IntakeSink
 from edge.ble.profiles import (
     CURRENT_TIME,
@@ -48,18 +58,13 @@ from edge.ble.profiles import (
     GLUCOSE_MEASUREMENT,
     RACP,
 )
+from edge.ble.racp_transfer import Event, Transfer, run_transfer
+from edge.ble.resume import resume_point
 from edge.clock import Clock
-from edge.errors import MalformedPayload, PairingRefused
+from edge.errors import MalformedPayload, PairingRefused, Rejected
 from edge.gatt.current_time import decode_current_time
 from edge.gatt.glucose_feature import decode_glucose_feature
-from edge.gatt.racp_client import (
-    Action,
-    Finished,
-    GlucoseRecord,
-    RacpSync,
-    SyncResult,
-    Write,
-)
+from edge.gatt.racp_client import GlucoseRecord, SyncResult
 from edge.gatt.to_reading import clock_offset_seconds, glucose_reading
 from edge.log import get_logger
 from edge.readings import GlucoseReading
@@ -68,8 +73,7 @@ log = get_logger("edge.ble.glucose")
 
 #: how often a RACP request refused with ATT 0x80 is aborted and retried
 BUSY_RETRIES = 3
-
-_Event = tuple[str, bytes, datetime]
+MALFORMED = "malformed"
 
 
 class GlucoseSession:
@@ -107,7 +111,7 @@ class GlucoseSession:
         self._on_synced = on_synced
         self._on_reading = on_reading
         self._on_malformed = on_malformed
-        self._events: asyncio.Queue[_Event] | None = None
+        self._events: asyncio.Queue[Event] | None = None
         self._pushed = asyncio.Event()
         self._clock_offset_s = 0
         #: completed syncs in this session
@@ -116,6 +120,8 @@ class GlucoseSession:
         self.reset_detected = False
         #: restarts of the meter's numbering detected in this session
         self.resets = 0
+        #: transfers that ended early but moved the cursor (progress kept)
+        self.advanced = 0
 
     # --- notifications (bleak callbacks, synchronous) -----------------------------------------
 
@@ -210,13 +216,10 @@ class GlucoseSession:
         """One sync from the cursor (see the module docstring); commits records + cursor."""
         self._on_syncing()
         cursor: CursorLike | None = await self._registry.cursor(self._address)
-        if cursor is None:
-            result, received = await self._transfer(None)
-            records = list(result.records)
-        else:
-            # ">= the cursor's own number": its record comes back and vouches for the numbering.
-            result, received = await self._transfer(cursor.last_sequence)
-            records = list(result.records)
+        # ">= the cursor's own number": its record comes back and vouches for the numbering.
+        t = await self._transfer(cursor.last_sequence if cursor is not None else None)
+        records = list(t.result.records)
+        if cursor is not None:
             at_cursor = next(
                 (r for r in records if r.measurement.sequence_number == cursor.last_sequence),
                 None,
@@ -225,35 +228,65 @@ class GlucoseSession:
                 cursor.last_device_time is None
                 or at_cursor.measurement.device_time == cursor.last_device_time
             )
-            if same_meter and not result.reset_suspected:
+            if same_meter and not t.result.reset_suspected:
                 self.reset_detected = False
                 records = [r for r in records if r is not at_cursor]
-            else:
+            elif t.result.complete or records:
                 self.reset_detected = True
                 self.resets += 1
                 log.warning("ble.meter_numbering_restarted", address=self._address)
-                malformed = len(result.malformed)
-                result, received = await self._transfer(None)
-                records = list(result.records)
-                if malformed:
-                    await self._malformed(malformed)
-        if result.malformed:
-            await self._malformed(len(result.malformed))
-        readings = [
-            glucose_reading(
-                r.measurement,
-                r.context,
-                device_id=self._address,
-                patient=self._patient,
-                received_at=received.get(r.measurement.sequence_number) or self._clock.now(),
-                clock_offset_s=self._clock_offset_s,
-                local_tz=self._local_tz,
-            )
-            for r in records
-        ]
-        await self._commit(readings, records, cursor)
-        self.syncs += 1
-        self._on_synced()
+                await self._count_malformed(t.result)
+                if t.error is not None:
+                    raise t.error  # the link went before the resync could start
+                t = await self._transfer(None)
+                records = list(t.result.records)
+            # else: ended early with nothing at all; nothing to keep, the cursor stays
+        await self._count_malformed(t.result)
+        readings = await self._readings(records, t.received)
+        if t.result.complete:
+            await self._commit(readings, records, cursor)
+            self.syncs += 1
+            self._on_synced()
+            return
+        await self._keep_progress(readings, records, t.result)
+        if t.error is not None:
+            raise t.error
+        t.result.raise_for_status()
+
+    async def _readings(
+        self, records: list[GlucoseRecord], received: dict[int, datetime]
+    ) -> list[GlucoseReading]:
+        """Each record as a reading. A record that cannot become one (a time that leaves the
+        calendar once corrected, any decode or arithmetic error) is refused and counted on
+        its own; the others go on, and the cursor still moves past it."""
+        readings: list[GlucoseReading] = []
+        refused: Counter[str] = Counter()
+        for r in records:
+            try:
+                readings.append(
+                    glucose_reading(
+                        r.measurement,
+                        r.context,
+                        device_id=self._address,
+                        patient=self._patient,
+                        received_at=received.get(r.measurement.sequence_number)
+                        or self._clock.now(),
+                        clock_offset_s=self._clock_offset_s,
+                        local_tz=self._local_tz,
+                    )
+                )
+            except Rejected as exc:
+                refused[exc.reason] += 1
+            except (ArithmeticError, ValueError) as exc:
+                refused[MALFORMED] += 1
+                log.warning("ble.record_refused", address=self._address,
+                            error=type(exc).__name__)
+        for reason, n in refused.items():
+            if reason == MALFORMED:
+                await self._malformed(n)
+            else:
+                await self._sink.refuse(reason, n)
+        return readings
 
     async def _commit(
         self,
@@ -272,79 +305,57 @@ class GlucoseSession:
                 )
             return
         # Records come oldest first in the meter's numbering (wrap included).
-        newest = records[-1].measurement
+        await self._commit_up_to(readings, records[-1])
+        log.info("ble.glucose_synced", address=self._address, records=len(readings))
+
+    async def _commit_up_to(self, readings: list[GlucoseReading], newest: GlucoseRecord) -> None:
+        """``readings`` and the cursor at ``newest`` in one hand-over (one transaction)."""
+        m = newest.measurement
         await self._sink.submit_glucose(
             self._address,
             readings,
-            last_sequence=newest.sequence_number,
-            last_device_time=newest.device_time,
+            last_sequence=m.sequence_number,
+            last_device_time=m.device_time,
             clock_offset_s=self._clock_offset_s,
         )
         self._on_reading(len(readings))
-        log.info("ble.glucose_synced", address=self._address, records=len(readings))
+
+    async def _keep_progress(
+        self, readings: list[GlucoseReading], records: list[GlucoseRecord], result: SyncResult
+    ) -> None:
+        """A transfer that ended early: store what arrived, and move the cursor to its newest
+        record when nothing older can be missing (:func:`edge.ble.resume.resume_point`)."""
+        point = resume_point(result)
+        if records and point is not None and point in records:
+            await self._commit_up_to(readings, point)
+            self.advanced += 1
+            log.info("ble.glucose_partial_kept", address=self._address, records=len(readings))
+        elif readings:
+            # stored without moving the cursor: fetched again next time, stored once (ids)
+            await self._sink.submit(readings)
+            self._on_reading(len(readings))
+
+    async def _count_malformed(self, result: SyncResult) -> None:
+        if result.malformed:
+            await self._malformed(len(result.malformed))
 
     async def _malformed(self, n: int) -> None:
         self._on_malformed(n)
-        await self._sink.refuse("malformed", n)
+        await self._sink.refuse(MALFORMED, n)
 
     # --- one RACP transfer, driven by the pure machine ----------------------------------------
 
-    async def _transfer(self, from_sequence: int | None) -> tuple[SyncResult, dict[int, datetime]]:
-        """Drive :class:`RacpSync` from ``from_sequence`` (None: all) to its end.
-
-        Returns the complete result and each record's receive time; raises RacpError when the
-        transfer failed (the cursor then stays where it was)."""
-        sync = RacpSync(from_sequence, self._timeout, max_busy_retries=BUSY_RETRIES)
-        events: asyncio.Queue[_Event] = asyncio.Queue()
-        received: dict[int, datetime] = {}
+    async def _transfer(self, from_sequence: int | None) -> Transfer:
+        """One RACP transfer from ``from_sequence`` (None: all), fed by this session's
+        notification callbacks; see :func:`edge.ble.racp_transfer.run_transfer`."""
+        events: asyncio.Queue[Event] = asyncio.Queue()
         self._events = events
         try:
-            action: Action = sync.start(self._clock.monotonic())
-            while not isinstance(action, Finished):
-                if isinstance(action, Write):
-                    try:
-                        await self._link.call(
-                            "racp_write",
-                            self._client.write_gatt_char(RACP, action.payload, True),
-                        )
-                    except BleOperationError as exc:
-                        code = att_code(exc.__cause__) if exc.__cause__ else None
-                        if code is None:
-                            raise
-                        action = sync.write_failed(code, self._clock.monotonic())
-                        continue
-                event = await self._next_event(events, action.deadline)
-                now = self._clock.monotonic()
-                if event is None:
-                    action = sync.tick(now)
-                    continue
-                uuid, data, at = event
-                if uuid == GLUCOSE_MEASUREMENT:
-                    if len(data) >= 3:
-                        received.setdefault(int.from_bytes(data[1:3], "little"), at)
-                    action = sync.measurement(data, now)
-                elif uuid == GLUCOSE_CONTEXT:
-                    action = sync.context(data, now)
-                else:
-                    action = sync.indication(data, now)
+            t = await run_transfer(self._link, self._clock, events, from_sequence,
+                                   timeout_s=self._timeout, busy_retries=BUSY_RETRIES)
         finally:
             self._events = None
-        result = action.result
-        if not result.complete:
-            log.warning("ble.racp_incomplete", address=self._address, reason=result.reason,
-                        records=len(result.records))
-            result.raise_for_status()
-        return result, received
-
-    async def _next_event(self, events: asyncio.Queue[_Event], deadline: float) -> _Event | None:
-        if not events.empty():
-            return events.get_nowait()
-        remaining = max(0.0, deadline - self._clock.monotonic())
-        try:
-            return await self._link.call(
-                "racp", with_timeout(self._clock, remaining, events.get())
-            )
-        except BleOperationError as exc:
-            if exc.reason == "timeout":
-                return None
-            raise
+        if not t.result.complete:
+            log.warning("ble.racp_incomplete", address=self._address, reason=t.result.reason,
+                        records=len(t.result.records))
+        return t

@@ -4,6 +4,11 @@ Notifications arrive in a bleak callback (synchronous); they are queued with the
 time and a consumer decodes and submits them. The consumer takes whatever has queued up as one
 batch, so nothing waits for more readings: a reading is handed to intake as soon as the
 previous submit returns (well under a second at 1 Hz straps).
+
+A strap may not notify faster than its rate limit (``ble.heart_rate_max_hz``, bursts of
+``ble.heart_rate_burst``; a token bucket per session, i.e. per device): the excess is refused
+in the callback, before it is queued or decoded, and counted as ``rate_limited`` (reported to
+intake at most every ``REFUSALS_EVERY_S`` and when the session ends), never stored.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from edge.ble.errors import BleOperationError
 from edge.ble.link import Link, cancel_and_wait, with_timeout
 from edge.ble.ports import IntakeSink
 from edge.ble.profiles import HEART_RATE_MEASUREMENT
+from edge.ble.ratelimit import RateLimit, TokenBucket
 from edge.clock import Clock
 from edge.errors import MalformedPayload
 from edge.gatt.heart_rate import decode_heart_rate_measurement
@@ -28,6 +34,11 @@ log = get_logger("edge.ble.hr")
 
 #: notifications queued beyond this are refused (``overflow``) rather than held without bound
 QUEUE_LIMIT = 1024
+#: the default rate limit (``ble.heart_rate_max_hz`` / ``heart_rate_burst``)
+DEFAULT_RATE_LIMIT = RateLimit(4.0, 8)
+#: rate-limited notifications are reported to intake at most this often (and at the end)
+REFUSALS_EVERY_S = 5.0
+RATE_LIMITED = "rate_limited"
 
 
 class HeartRateSession:
@@ -43,6 +54,7 @@ class HeartRateSession:
         sink: IntakeSink,
         clock: Clock,
         stall_timeout_s: float,
+        rate_limit: RateLimit = DEFAULT_RATE_LIMIT,
         on_reading: Callable[[int], None] = lambda n: None,
         on_malformed: Callable[[int], None] = lambda n: None,
     ) -> None:
@@ -56,15 +68,28 @@ class HeartRateSession:
         self._on_malformed = on_malformed
         self._queue: asyncio.Queue[tuple[bytes, datetime]] = asyncio.Queue(QUEUE_LIMIT)
         self._overflow = 0
+        self._bucket = TokenBucket(rate_limit)
+        self._rate_limited = 0
+        self._refusals_sent_at: float | None = None
         self._last_rx = clock.monotonic()
         self._rx = asyncio.Event()
-        #: notifications received in this session
+        #: notifications received in this session (rate-limited ones included)
         self.received = 0
+        #: notifications refused by the rate limit in this session
+        self.rate_limited = 0
 
     def _on_notify(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
-        self._last_rx = self._clock.monotonic()
+        now = self._clock.monotonic()
+        self._last_rx = now
         self.received += 1
         self._rx.set()
+        if not self._bucket.allow(now):
+            if not self.rate_limited:
+                log.warning("ble.hr_rate_limited", address=self._address,
+                            max_hz=self._bucket.limit.rate_hz)
+            self.rate_limited += 1
+            self._rate_limited += 1
+            return
         try:
             self._queue.put_nowait((bytes(data), self._clock.now()))
         except asyncio.QueueFull:
@@ -87,6 +112,7 @@ class HeartRateSession:
                 await cancel_and_wait(t)
             # Hand over what already arrived before giving up the session.
             await self._drain_then_stop(consumer)
+        await self._report_refusals(force=True)
         if consumer in done:
             consumer.result()
         if dropped in done:
@@ -141,9 +167,23 @@ class HeartRateSession:
         if malformed:
             self._on_malformed(malformed)
             await self._sink.refuse("malformed", malformed)
-        if self._overflow:
-            n, self._overflow = self._overflow, 0
-            await self._sink.refuse("overflow", n)
+        await self._report_refusals(force=False)
         if readings:
             await self._sink.submit(readings)
             self._on_reading(len(readings))
+
+    async def _report_refusals(self, *, force: bool) -> None:
+        """Hand the overflow and rate-limit counts to intake: now when ``force``, else at most
+        every ``REFUSALS_EVERY_S`` (a flooding strap must not flood the vault with counts)."""
+        now = self._clock.monotonic()
+        if self._overflow:
+            n, self._overflow = self._overflow, 0
+            await self._sink.refuse("overflow", n)
+        if not self._rate_limited:
+            return
+        last = self._refusals_sent_at
+        if not force and last is not None and now - last < REFUSALS_EVERY_S:
+            return
+        self._refusals_sent_at = now
+        n, self._rate_limited = self._rate_limited, 0
+        await self._sink.refuse(RATE_LIMITED, n)

@@ -18,6 +18,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
 
 
 def _check(args: argparse.Namespace) -> int:
-    config_from_args(args)
+    from edge.uplink.sealing import describe
+
+    cfg = config_from_args(args)
     print("config ok")
+    print(f"e2e: {describe(cfg.e2e)}")
     return 0

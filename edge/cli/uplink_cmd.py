@@ -119,7 +119,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     configure_logging(level="warning", fmt="console", stream=sys.stderr)
-    result = asyncio.run(probe(cfg.uplink, cfg.hub.id, step_timeout=args.timeout))
+    result = asyncio.run(probe(cfg.uplink, cfg.hub.id, step_timeout=args.timeout, e2e=cfg.e2e))
     if args.json:
         print_json(result.as_dict())
     else:

@@ -6,8 +6,19 @@ Request: ``{"op": "status"}``, ``{"op": "consent.grant", "patient": "...", "scop
 ``{"ok": false, "error": "<safe message>", "code": "<word>"}``. One request per line; a
 connection may send several.
 
-The socket is 0660 inside a directory that is at most 0750, so only the daemon's user and
-group can talk to it. The peer's uid (SO_PEERCRED) is the ``actor`` of audited commands.
+The socket is 0660, so only the daemon's user and group can talk to it. Its directory is
+created 0750 when missing; an existing one is never re-moded, and one that others may write
+(``/tmp``-like, even with the sticky bit) or that another user owns is refused. The peer's uid
+(SO_PEERCRED) is the ``actor`` of audited commands.
+
+Bounds (a local user must not be able to starve the daemon): at most ``max_connections``
+connections at once (more are answered ``busy`` and closed at once); a connection that does
+not complete a request line within ``idle_timeout_s`` is closed; requests are bounded as
+:mod:`edge.daemon.control_protocol` says; the accept loop's "out of system resource" errors
+are logged at most once a minute.
+
+The idle timeout runs on the injected clock, the real one by default. The daemon's peers are
+other processes that move in real time; tests inject a ManualClock and advance it.
 """
 
 from __future__ import annotations
@@ -19,28 +30,38 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from edge.daemon.status import StatusDocument, consent_json
-from edge.errors import ControlError, DaemonNotRunning, EdgeError, UsageError
-from edge.intake.consent import ConsentGate
-from edge.log import REDACTOR, get_logger
-from edge.readings import check_pseudonym
-from edge.vault import Consent
+from edge.clock import Clock, SystemClock, with_timeout
+from edge.daemon.control_handlers import ControlHandlers
+from edge.daemon.control_protocol import (
+    MAX_REQUEST_BYTES,
+    AcceptErrorLimiter,
+    BadRequest,
+    Handler,
+    Response,
+    op_name,
+    parse_request,
+)
+from edge.errors import ControlError, DaemonNotRunning, EdgeError
+from edge.log import get_logger
 
 log = get_logger("edge.control")
 
-#: a request line larger than this is refused (the socket is local, but still bounded)
-MAX_LINE = 64 * 1024
+#: kept for callers that bound a request line
+MAX_LINE = MAX_REQUEST_BYTES
+#: the largest answer the client reads (``consent.list`` of a hub with many patients)
+MAX_RESPONSE_BYTES = 4 << 20
 SOCKET_MODE = 0o660
 DIR_MODE = 0o750
+#: defaults of ``daemon.control_max_connections`` / ``daemon.control_idle_timeout_s``
+MAX_CONNECTIONS = 32
+IDLE_TIMEOUT_S = 5.0
 
-#: a request handler: the parsed request and the peer's ``uid:<n>``; returns a JSON value
-Handler = Callable[[Mapping[str, object], str], Awaitable[object]]
-#: one response line
-Response = dict[str, object]
+BUSY: Response = {"ok": False, "error": "too many control connections; try again",
+                  "code": "busy"}
+IDLE: Response = {"ok": False, "error": "no complete request in time; closed", "code": "timeout"}
 
 __all__ = ["ControlClient", "ControlError", "ControlHandlers", "ControlServer",
            "DaemonNotRunning", "Handler", "peer_actor"]
@@ -58,16 +79,32 @@ def peer_actor(sock: socket.socket | None) -> str:
     return f"uid:{uid}"
 
 
+def socket_dir_problem(directory: Path) -> str | None:
+    """Why the control socket may not live in ``directory`` (None when it may, or when it does
+    not exist yet): writable by others, or owned by another user than this one or root."""
+    try:
+        st = directory.stat()
+    except FileNotFoundError:
+        return None
+    if st.st_mode & stat.S_IWOTH:
+        return (f"daemon.control_socket: directory {directory} is writable by others — fix: "
+                "use a private directory such as /run/edge (systemd RuntimeDirectory=edge)")
+    if st.st_uid not in (os.geteuid(), 0):
+        return (f"daemon.control_socket: directory {directory} belongs to another user — fix: "
+                "use a directory owned by the user edge runs as, such as /run/edge")
+    return None
+
+
 def _prepare_path(path: Path) -> None:
-    """Create the parent directory 0750 if missing; remove a stale socket; refuse to start
-    when another daemon is listening or the path is not a socket."""
+    """Create the parent directory 0750 if missing (never re-mode an existing one; refuse one
+    others may write); remove a stale socket; refuse to start when another daemon is listening
+    or the path is not a socket."""
     parent = path.parent
     if not parent.exists():
         parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    if parent.stat().st_mode & stat.S_IRWXO:
-        # Others must not even reach the socket; tighten a directory we may own.
-        with contextlib.suppress(PermissionError):
-            parent.chmod(parent.stat().st_mode & ~stat.S_IRWXO & 0o7777)
+    problem = socket_dir_problem(parent)
+    if problem is not None:
+        raise ControlError(problem, "bad_path")
     try:
         st = path.lstat()
     except FileNotFoundError:
@@ -78,11 +115,8 @@ def _prepare_path(path: Path) -> None:
     try:
         probe.settimeout(1.0)
         probe.connect(str(path))
-    except (ConnectionRefusedError, FileNotFoundError):
-        path.unlink(missing_ok=True)  # stale: left behind by a killed daemon
-        return
     except OSError:
-        path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)  # stale: left behind by a killed daemon
         return
     finally:
         probe.close()
@@ -92,10 +126,25 @@ def _prepare_path(path: Path) -> None:
 class ControlServer:
     """Serves control requests with the handlers given by the daemon."""
 
-    def __init__(self, path: Path, handlers: dict[str, Handler]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        handlers: dict[str, Handler],
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+        clock: Clock | None = None,
+    ) -> None:
         self._path = path
         self._handlers = handlers
         self._server: asyncio.Server | None = None
+        self._max = max_connections
+        self._idle_s = idle_timeout_s
+        self._clock: Clock = clock or SystemClock()
+        self._limiter: AcceptErrorLimiter | None = None
+        #: connections being served now; connections refused because of the cap
+        self.connections = 0
+        self.refused = 0
 
     @property
     def path(self) -> Path:
@@ -108,12 +157,15 @@ class ControlServer:
         old = os.umask(0o117)
         try:
             self._server = await asyncio.start_unix_server(
-                self._serve, path=str(self._path), limit=MAX_LINE
+                self._serve, path=str(self._path), limit=MAX_REQUEST_BYTES
             )
         finally:
             os.umask(old)
         self._path.chmod(SOCKET_MODE)
-        log.info("control.listening")
+        loop = asyncio.get_running_loop()
+        self._limiter = AcceptErrorLimiter(self._clock, previous=loop.get_exception_handler())
+        loop.set_exception_handler(self._limiter)
+        log.info("control.listening", max_connections=self._max)
 
     async def serve_forever(self) -> None:
         """Start (if needed) and serve until cancelled; the socket is removed on the way out."""
@@ -128,6 +180,11 @@ class ControlServer:
     async def close(self) -> None:
         """Stop listening and remove the socket file."""
         server, self._server = self._server, None
+        limiter, self._limiter = self._limiter, None
+        if limiter is not None:
+            loop, previous = asyncio.get_running_loop(), limiter.previous
+            if loop.get_exception_handler() is limiter:
+                loop.set_exception_handler(previous)
         if server is not None:
             server.close()
             with contextlib.suppress(Exception):
@@ -136,46 +193,69 @@ class ControlServer:
                 self._path.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        actor = peer_actor(writer.get_extra_info("socket"))
-        try:
-            while True:
-                try:
-                    line = await reader.readline()
-                except (ValueError, asyncio.LimitOverrunError):
-                    await self._reply(writer, {"ok": False, "error": "request too long",
-                                               "code": "bad_request"})
-                    return
-                if not line:
-                    return
-                response = await self.dispatch(line, actor)
-                await self._reply(writer, response)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            return
-        finally:
-            writer.close()
+        if self.connections >= self._max:
+            # Answer and let go at once: the descriptor is held for microseconds, not forever.
+            self.refused += 1
             with contextlib.suppress(Exception):
-                await writer.wait_closed()
+                writer.write(_line(BUSY))
+                writer.close()
+            return
+        self.connections += 1
+        try:
+            await self._converse(reader, writer)
+        except Exception as exc:  # never an unhandled exception in a connection handler
+            log.warning("control.connection_failed", error=type(exc).__name__)
+        finally:
+            self.connections -= 1
+            await self._hang_up(writer)
 
-    async def _reply(self, writer: asyncio.StreamWriter, response: Response) -> None:
-        writer.write(json.dumps(response, default=str).encode() + b"\n")
-        await writer.drain()
+    async def _converse(self, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter) -> None:
+        actor = peer_actor(writer.get_extra_info("socket"))
+        while True:
+            try:
+                line = await with_timeout(self._clock, self._idle_s, reader.readline())
+            except TimeoutError:
+                writer.write(_line(IDLE))
+                return
+            except (ValueError, asyncio.LimitOverrunError):
+                writer.write(_line(_refusal(BadRequest("request too long"))))
+                return
+            except (ConnectionError, asyncio.IncompleteReadError):
+                return
+            if not line:
+                return
+            writer.write(_line(await self.dispatch(line, actor)))
+            try:
+                await with_timeout(self._clock, self._idle_s, writer.drain())
+            except (TimeoutError, ConnectionError):
+                return
+
+    async def _hang_up(self, writer: asyncio.StreamWriter) -> None:
+        transport = writer.transport
+        if transport.get_write_buffer_size():
+            transport.abort()  # a peer that does not read its answers gets no more time
+        else:
+            writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
 
     async def dispatch(self, line: bytes, actor: str) -> Response:
         """Handle one request line; every failure becomes an ``ok: false`` response."""
         try:
-            request = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return {"ok": False, "error": "request is not JSON", "code": "bad_request"}
-        if not isinstance(request, dict) or not isinstance(request.get("op"), str):
-            return {"ok": False, "error": "request needs an \"op\"", "code": "bad_request"}
+            request = parse_request(line)
+        except BadRequest as exc:
+            return _refusal(exc)
         op: str = request["op"]
         handler = self._handlers.get(op)
         if handler is None:
-            return {"ok": False, "error": f"unknown op {op[:40]!r}", "code": "unknown_op"}
+            shown = op_name(request)
+            return {"ok": False, "error": "unknown op" + ("" if shown == "?" else f" {shown!r}"),
+                    "code": "unknown_op"}
         try:
             result = await handler(request, actor)
         except ControlError as exc:
-            return {"ok": False, "error": str(exc), "code": exc.code}
+            return _refusal(exc)
         except EdgeError as exc:
             log.warning("control.failed", op=op, error=type(exc).__name__)
             return {"ok": False, "error": str(exc), "code": type(exc).__name__}
@@ -187,83 +267,12 @@ class ControlServer:
         return {"ok": True, "result": result}
 
 
-class ConsentList(Protocol):
-    """Where ``consent.list`` reads the records (the vault)."""
-
-    async def consents(self) -> Sequence[Consent]: ...
+def _refusal(exc: ControlError) -> Response:
+    return {"ok": False, "error": str(exc), "code": exc.code}
 
 
-class ControlHandlers:
-    """The daemon's requests: ``status``, ``consent.grant|revoke|list``, ``devices.refresh``.
-
-    Every request waits for ``ready`` (the daemon's set-up), so the socket can listen first:
-    once it is bound a CLI no longer writes consent straight into the vault."""
-
-    def __init__(
-        self,
-        *,
-        ready: asyncio.Event,
-        gate: ConsentGate,
-        records: ConsentList,
-        status: Callable[[], Awaitable[StatusDocument]],
-        refresh: Callable[[], Awaitable[bool]],
-    ) -> None:
-        self._ready = ready
-        self._gate = gate
-        self._records = records
-        self._status = status
-        self._refresh = refresh
-
-    def table(self) -> dict[str, Handler]:
-        """Handlers by op, for :class:`ControlServer`."""
-        handlers: dict[str, Handler] = {
-            "status": self.status,
-            "consent.grant": self.grant,
-            "consent.revoke": self.revoke,
-            "consent.list": self.consents,
-            "devices.refresh": self.refresh,
-        }
-        return {op: self._after_set_up(h) for op, h in handlers.items()}
-
-    def _after_set_up(self, handler: Handler) -> Handler:
-        async def gated(request: Mapping[str, object], actor: str) -> object:
-            await self._ready.wait()
-            return await handler(request, actor)
-
-        return gated
-
-    async def status(self, request: Mapping[str, object], actor: str) -> object:
-        return await self._status()
-
-    async def grant(self, request: Mapping[str, object], actor: str) -> object:
-        patient = patient_param(request)
-        scope = str(request.get("scope") or "vitals")
-        REDACTOR.register([patient])
-        await self._gate.grant(patient, scope=scope, actor=f"control:{actor}")
-        return {"patient": patient, "consent": "granted", "scope": scope}
-
-    async def revoke(self, request: Mapping[str, object], actor: str) -> object:
-        patient = patient_param(request)
-        REDACTOR.register([patient])
-        purged = await self._gate.revoke(patient, actor=f"control:{actor}")
-        return {"patient": patient, "consent": "revoked", "purged": purged}
-
-    async def consents(self, request: Mapping[str, object], actor: str) -> object:
-        return [consent_json(c) for c in await self._records.consents()]
-
-    async def refresh(self, request: Mapping[str, object], actor: str) -> object:
-        return {"refreshed": await self._refresh()}
-
-
-def patient_param(request: Mapping[str, object]) -> str:
-    """The request's ``patient``, checked to be a pseudonym (``bad_request`` otherwise)."""
-    patient = request.get("patient")
-    if not isinstance(patient, str):
-        raise ControlError("a patient pseudonym is required", "bad_request")
-    try:
-        return check_pseudonym(patient)
-    except UsageError as exc:
-        raise ControlError(str(exc), "bad_request") from exc
+def _line(response: Response) -> bytes:
+    return json.dumps(response, default=str).encode() + b"\n"
 
 
 class ControlClient:
@@ -297,7 +306,7 @@ class ControlClient:
                 if not chunk:
                     break
                 buf += chunk
-                if len(buf) > 16 * MAX_LINE:
+                if len(buf) > MAX_RESPONSE_BYTES:
                     raise ControlError("control response too large", "bad_response")
         except TimeoutError as exc:
             raise ControlError("the daemon did not answer in time", "timeout") from exc

@@ -9,7 +9,7 @@ names devices only by their log hash.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -36,6 +36,8 @@ class StatusVault(Protocol):
     async def stats(self) -> VaultStats: ...
 
     async def bindings(self) -> Sequence[Binding]: ...
+
+    async def consents(self) -> Sequence[Consent]: ...
 
 
 @dataclass(frozen=True)
@@ -131,10 +133,36 @@ def status_document(
 
 async def offline_status(vault: StatusVault, hub: str, uplink: UplinkConfig,
                          now: datetime) -> StatusDocument:
-    """What the vault alone can tell: queue, refusals, bindings (state unknown)."""
-    return status_document(hub=hub, vault=await vault.stats(),
-                           cert_days=cert_days_left(uplink, now),
-                           bindings=await vault.bindings())
+    """What the vault alone can tell: queue, refusals, bindings (state unknown), and bound
+    devices whose patient has no consent."""
+    bindings = await vault.bindings()
+    active = {c.patient for c in await vault.consents() if c.active}
+    doc = status_document(hub=hub, vault=await vault.stats(),
+                          cert_days=cert_days_left(uplink, now), bindings=bindings)
+    return apply_consent_gaps(doc, consent_gaps(bindings, active.__contains__))
+
+
+def consent_gaps(bindings: Sequence[Binding], allows: Callable[[str], bool]) -> list[str]:
+    """Addresses of bound devices whose patient has no active consent: intake refuses every
+    reading they send (``no_consent``)."""
+    return sorted(b.address for b in bindings if not allows(b.patient))
+
+
+def apply_consent_gaps(doc: StatusDocument, gaps: Sequence[str]) -> StatusDocument:
+    """``doc`` with ``devices_without_consent``; when there are any, a problem line with the
+    fix, and a daemon's document is no longer ``healthy``."""
+    out = dict(doc)
+    out["devices_without_consent"] = list(gaps)
+    if gaps:
+        if "healthy" in out:
+            out["healthy"] = False
+        problems = out.get("problems")
+        out["problems"] = [*(problems if isinstance(problems, list) else []), (
+            f"{len(gaps)} bound device(s) belong to a patient without consent, so every "
+            "reading they send is refused — fix: `edge consent grant PSEUDONYM` (the patient "
+            "`edge devices` shows), or `edge unpair ADDRESS`"
+        )]
+    return out
 
 
 def connected(devices: Sequence[DeviceState]) -> int:

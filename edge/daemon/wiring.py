@@ -188,12 +188,15 @@ class Daemon:
             return self._forwarder_factory(vault, gate, self.status_devices)
         from edge.uplink.forwarder import Forwarder
         from edge.uplink.mqtt import TlsMqttConnector
+        from edge.uplink.sealing import encoding_for
         from edge.uplink.tls import client_cert_not_after
 
         uplink, hub = self.config.uplink, self.config.hub.id
         not_after = None
         with contextlib.suppress(OSError, ValueError):  # unreadable: status shows no expiry
             not_after = client_cert_not_after(uplink)
+        # [e2e]: plain FHIR or sealed Bundles; keys are read here, once per forwarder start
+        encoding = encoding_for(self.config, environ=self._env)
         return Forwarder(
             uplink,
             hub,
@@ -202,6 +205,8 @@ class Daemon:
             clock=self.clock,
             consent=gate,
             status_provider=self.status_devices,
+            encoder=encoding.encode,
+            content_type=encoding.content_type,
             cert_not_after=not_after,
         )
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, tzinfo
 
-from edge.errors import MalformedPayload
+from edge.errors import Implausible, MalformedPayload
 from edge.gatt.glucose import GlucoseMeasurement
 from edge.gatt.glucose_context import GMC, GlucoseContext
 from edge.gatt.heart_rate import HeartRateMeasurement
 from edge.gatt.uuids import Characteristic
 from edge.readings import GlucoseReading, HeartRateReading, TimeSource, stable_reading_id
+
+#: the refusal reason of a measurement time outside any plausible window (as in
+#: ``edge.intake.plausibility.REASON_TIME``; gatt does not import intake)
+REASON_IMPLAUSIBLE_TIME = "implausible_time"
 
 
 def _utc(when: datetime, what: str) -> datetime:
@@ -70,12 +74,19 @@ def glucose_reading(
 
     ``clock_offset_s`` is the meter's clock minus the gateway's (see
     :func:`clock_offset_seconds`); ``local_tz`` is the zone the meter's local time is in.
+    A time that leaves the calendar once corrected (a year-9999 record on a meter whose clock
+    is behind) raises :class:`Implausible` ``implausible_time``, never ``OverflowError``.
     """
     if ctx is not None and ctx.sequence_number != m.sequence_number:
         raise MalformedPayload(GMC, "context sequence number does not match its measurement")
     device_time = m.device_time
-    corrected = device_time - timedelta(seconds=clock_offset_s)
-    effective = corrected.replace(tzinfo=local_tz).astimezone(UTC)
+    try:
+        corrected = device_time - timedelta(seconds=clock_offset_s)
+        effective = corrected.replace(tzinfo=local_tz).astimezone(UTC)
+    except OverflowError:
+        raise Implausible(
+            REASON_IMPLAUSIBLE_TIME, "measurement time leaves the calendar once corrected"
+        ) from None
     return GlucoseReading(
         id=glucose_reading_id(device_id, m),
         device_id=device_id,

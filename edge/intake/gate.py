@@ -1,6 +1,8 @@
 """Intake: the gate between the BLE sessions and the vault.
 
-For every reading: plausibility (refused with a named reason), the consent gate (a patient
+For every reading: plausibility (refused with a named reason), a measurement time the device
+reported outside the plausible window around the hub's now (refused ``implausible_time`` and
+audited, once per submission, naming the device by its hash only), the consent gate (a patient
 without active consent: refused ``no_consent``, nothing stored), minimisation (only what the
 Reading model holds is stored) and the append to the vault. Refusals are counted in the vault
 and in memory; nothing raises back into the BLE layer for a refusal or a full vault. A reading
@@ -17,10 +19,12 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Protocol
 
-from edge.errors import Implausible, VaultFull
+from edge.clock import Clock, SystemClock
+from edge.config import IntakeConfig
+from edge.errors import EdgeError, Implausible, VaultFull
 from edge.intake import plausibility
 from edge.intake.consent import ConsentGate
-from edge.log import get_logger
+from edge.log import REDACTOR, get_logger
 from edge.readings import GlucoseReading, HeartRateReading
 
 log = get_logger("edge.intake")
@@ -28,6 +32,11 @@ log = get_logger("edge.intake")
 AnyReading = HeartRateReading | GlucoseReading
 
 NO_CONSENT = plausibility.REASON_NO_CONSENT
+IMPLAUSIBLE_TIME = plausibility.REASON_TIME
+#: who the audit names for refusals intake decides on its own
+AUDIT_ACTOR = "system:intake"
+#: the audit action of refused measurement times (the subject: device hash and count)
+AUDIT_IMPLAUSIBLE_TIME = "device.implausible_time"
 
 
 class Appended(Protocol):
@@ -54,15 +63,26 @@ class IntakeVault(Protocol):
 
     async def count_refusal(self, reason: str, n: int = 1) -> None: ...
 
+    async def audit(self, actor: str, action: str, subject: str = "") -> None: ...
+
 
 class Intake:
-    """Implements the BLE layer's ``IntakeSink`` over a vault."""
+    """Implements the BLE layer's ``IntakeSink`` over a vault.
+
+    ``clock`` gives the hub's now for the measurement-time window (``config``); the daemon
+    passes its own clock and ``config.intake``."""
 
     def __init__(self, vault: IntakeVault, gate: ConsentGate, *,
-                 on_appended: Callable[[], None]) -> None:
+                 on_appended: Callable[[], None], clock: Clock | None = None,
+                 config: IntakeConfig | None = None) -> None:
+        cfg = config or IntakeConfig()
         self._vault = vault
         self._consent = gate
         self._on_appended = on_appended
+        self._clock: Clock = clock or SystemClock()
+        self._window = plausibility.TimeWindow.from_settings(
+            cfg.earliest_measurement_year, cfg.max_future_s
+        )
         self.received: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
         self.duplicates = 0
@@ -71,7 +91,7 @@ class Intake:
 
     async def submit(self, readings: Sequence[AnyReading]) -> None:
         """Check and append heart-rate (or any) readings; refusals are counted, not raised."""
-        accepted = await self._screen(readings)
+        accepted = await self._screen(readings, None)
         if not accepted:
             return
         async with self._consent.lock:
@@ -97,7 +117,7 @@ class Intake:
         """Glucose records and the meter's cursor in one transaction. Refused records still
         advance the cursor (they were looked at and refused, not lost); a full vault commits
         nothing, so the cursor stays and the records are fetched again next time."""
-        screened = await self._screen(readings)
+        screened = await self._screen(readings, address)
         async with self._consent.lock:
             accepted = [r for r in await self._gate(screened) if isinstance(r, GlucoseReading)]
             try:
@@ -115,25 +135,43 @@ class Intake:
             self._committed(accepted, result)
 
     async def refuse(self, reason: str, n: int = 1) -> None:
-        """Count ``n`` refusals (e.g. ``malformed``) without storing anything."""
+        """Count ``n`` refusals (e.g. ``malformed``) without storing anything. Refused
+        measurement times are audited too (a session refuses a record whose time does not
+        even compute)."""
         if n > 0:
             await self._count(Counter({reason: n}))
+            if reason == IMPLAUSIBLE_TIME:
+                await self._audit_times(None, n)
 
     # --- internals ----------------------------------------------------------------------------
 
-    async def _screen(self, readings: Iterable[AnyReading]) -> list[AnyReading]:
-        """Plausibility and minimisation; refusals counted by their named reason."""
+    async def _screen(self, readings: Iterable[AnyReading], address: str | None
+                      ) -> list[AnyReading]:
+        """Plausibility, the time window and minimisation; refusals counted by their named
+        reason, refused measurement times audited once for the whole submission."""
         accepted: list[AnyReading] = []
         refused: Counter[str] = Counter()
+        now = self._clock.now()
         for r in readings:
             try:
                 plausibility.check(r)
+                plausibility.check_time(r, now, self._window)
             except Implausible as exc:
                 refused[exc.reason] += 1
                 continue
             accepted.append(_minimise(r))
         await self._count(refused)
+        if refused[IMPLAUSIBLE_TIME]:
+            await self._audit_times(address, refused[IMPLAUSIBLE_TIME])
         return accepted
+
+    async def _audit_times(self, address: str | None, n: int) -> None:
+        """One audit entry: which device (its hash, never the address) and how many."""
+        device = REDACTOR.device_hash(address) if address else "device unknown"
+        try:
+            await self._vault.audit(AUDIT_ACTOR, AUDIT_IMPLAUSIBLE_TIME, f"{device} {n} record(s)")
+        except EdgeError as exc:  # counted already; a failing audit must not stop the sync
+            log.warning("intake.audit_failed", error=type(exc).__name__)
 
     async def _gate(self, readings: Sequence[AnyReading]) -> list[AnyReading]:
         """The consent gate (called under the lock)."""

@@ -1,16 +1,20 @@
-"""Plausibility: values a device cannot physically report, and records that are not patient data.
+"""Plausibility: values a device cannot physically report, records that are not patient data,
+and measurement times outside a plausible window.
 
-Pure. :func:`check` raises :class:`edge.errors.Implausible` with a stable ``reason``; the
-caller counts the refusal under that reason (never drops silently). Messages never carry the
-value itself, so they are safe to log and to show.
+Pure. :func:`check` and :func:`check_time` (given the hub's now) raise
+:class:`edge.errors.Implausible` with a stable ``reason``; the caller counts the refusal under
+that reason (never drops silently). Messages never carry the value or time itself, so they are
+safe to log and to show.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from edge.errors import Implausible
-from edge.readings import GlucoseReading, HeartRateReading
+from edge.readings import GlucoseReading, HeartRateReading, TimeSource
 
 HEART_RATE_MIN_BPM = 20
 HEART_RATE_MAX_BPM = 300
@@ -31,6 +35,8 @@ REASON_VAULT_FULL_COUNT = "vault_full_count"
 REASON_VAULT_FULL_BYTES = "vault_full_bytes"
 REASON_DISK_FULL = "disk_full"
 REASON_UNKNOWN_DEVICE = "unknown_device"
+REASON_TIME = "implausible_time"
+REASON_RATE_LIMITED = "rate_limited"
 
 #: every reason under which a reading is refused anywhere, in display order; status displays
 #: show each of them (with 0) so their shape never changes
@@ -44,6 +50,8 @@ REFUSAL_REASONS: tuple[str, ...] = (
     REASON_VAULT_FULL_BYTES,
     REASON_DISK_FULL,
     REASON_UNKNOWN_DEVICE,
+    REASON_TIME,
+    REASON_RATE_LIMITED,
 )
 
 #: meter status bits meaning "the real value is beyond what I can measure" (HI / LO)
@@ -90,3 +98,50 @@ def check(reading: HeartRateReading | GlucoseReading) -> None:
     # An infinite value fails the comparison below, as it should.
     if not GLUCOSE_MIN_MG_DL <= mg_dl <= GLUCOSE_MAX_MG_DL:
         raise Implausible(REASON_GLUCOSE, "glucose outside 10-600 mg/dL without a HI/LO status")
+
+
+# --- when a measurement can have been taken ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """Measurement times a device may plausibly report: not before ``earliest`` (UTC) and not
+    more than ``max_future`` after the hub's now."""
+
+    earliest: datetime = datetime(2000, 1, 1, tzinfo=UTC)
+    max_future: timedelta = timedelta(days=1)
+
+    def __post_init__(self) -> None:
+        if self.earliest.tzinfo is None or self.earliest.utcoffset() is None:
+            raise ValueError("the window's earliest time must be timezone-aware")
+        if self.max_future < timedelta(0):
+            raise ValueError("max_future must not be negative")
+
+    @classmethod
+    def from_settings(cls, earliest_year: int, max_future_s: float) -> TimeWindow:
+        """The window from ``[intake]``'s ``earliest_measurement_year`` and ``max_future_s``."""
+        return cls(datetime(earliest_year, 1, 1, tzinfo=UTC), timedelta(seconds=max_future_s))
+
+    def latest(self, now: datetime) -> datetime:
+        """The latest plausible time given the hub's ``now`` (saturating at year 9999)."""
+        try:
+            return now + self.max_future
+        except OverflowError:
+            return datetime.max.replace(tzinfo=UTC)
+
+
+def check_time(reading: HeartRateReading | GlucoseReading, now: datetime,
+               window: TimeWindow) -> None:
+    """Raise :class:`Implausible` (``implausible_time``) if a time the *device* reported
+    puts the measurement outside ``window`` around the hub's ``now``.
+
+    Readings timed by the gateway's own receipt (heart-rate straps send no time) are not
+    judged here: their time never comes from the device. The message carries no time.
+    """
+    if reading.time_source is TimeSource.GATEWAY:
+        return
+    when = reading.effective_time
+    if when < window.earliest:
+        raise Implausible(REASON_TIME, "measurement time before the plausible window")
+    if when > window.latest(now):
+        raise Implausible(REASON_TIME, "measurement time after the plausible window")

@@ -162,6 +162,14 @@ class MemoryVault:
                 done += 1
         return done
 
+    async def flush(self) -> None:
+        """Nothing to merge in memory (the real vault merges its side log)."""
+        self._open()
+
+    async def tick(self) -> None:
+        """One round of the real vault's flusher: nothing to do in memory."""
+        self._open()
+
     async def count_refusal(self, reason: str, n: int = 1) -> None:
         self._open()
         self._count(reason, n)

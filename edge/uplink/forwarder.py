@@ -83,6 +83,7 @@ class Forwarder:
         rng: random.Random | None = None,
         status_provider: StatusProvider | None = None,
         encoder: Encoder | None = None,
+        content_type: str = FHIR_CONTENT_TYPE,
         cert_not_after: datetime | None = None,
         on_delivered: Callable[[Sequence[str]], None] | None = None,
     ) -> None:
@@ -98,6 +99,8 @@ class Forwarder:
         )
         self._status_provider = status_provider
         self._encode = encoder or fhir_encoder(hub_id)
+        #: the MQTT 5 content type of what ``encoder`` makes (application/jose when sealed)
+        self._content_type = content_type
         self._cert_not_after = cert_not_after
         self._on_delivered = on_delivered
         self._limits = Limits.from_config(config)
@@ -336,7 +339,7 @@ class Forwarder:
             fut = link.publish(
                 msg.topic,
                 msg.payload,
-                content_type=FHIR_CONTENT_TYPE,
+                content_type=self._content_type,
                 message_expiry_s=self._cfg.message_expiry_s,
             )
             token = batcher.sent(msg, self._clock.monotonic())

@@ -14,7 +14,7 @@ import asyncio
 import json
 from dataclasses import dataclass, field
 
-from edge.config import UplinkConfig
+from edge.config import E2eConfig, UplinkConfig
 from edge.errors import (
     ConfigError,
     KeyUnavailable,
@@ -24,6 +24,7 @@ from edge.errors import (
 )
 from edge.uplink.mqtt import TlsMqttConnector, link_info_of
 from edge.uplink.ports import LinkInfo, PublishRefused
+from edge.uplink.sealing import describe, load_signer
 from edge.uplink.tls import REASON_HELP
 from edge.uplink.topics import status_topic
 
@@ -45,6 +46,8 @@ class ProbeResult:
     mqtt_version: str | None = None
     status_published: bool = False
     status_topic: str | None = None
+    #: the [e2e] mode, as `edge check-config` reports it
+    e2e: str | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -66,6 +69,8 @@ class ProbeResult:
         """Human-readable report."""
         out = [f"probe: {'OK' if self.ok else 'FAILED — ' + str(self.reason)}"]
         out.append(f"  broker     {self.broker}")
+        if self.e2e:
+            out.append(f"  e2e        {self.e2e}")
         if self.tls_version:
             out.append(f"  tls        {self.tls_version} {self.cipher}")
         if self.pin_matched:
@@ -86,9 +91,24 @@ class ProbeResult:
         return out
 
 
-async def probe(cfg: UplinkConfig, hub_id: str, *, step_timeout: float = 10.0) -> ProbeResult:
-    """Run the probe; never raises for a failed check (the result says why)."""
+async def probe(
+    cfg: UplinkConfig, hub_id: str, *, step_timeout: float = 10.0, e2e: E2eConfig | None = None
+) -> ProbeResult:
+    """Run the probe; never raises for a failed check (the result says why). With ``e2e``
+    the mode is reported, and with sign+encrypt the sealing keys are loaded as the daemon
+    loads them (a key the daemon could not seal with fails the probe)."""
     result = ProbeResult(ok=False, broker=f"{cfg.host}:{cfg.port}")
+    if e2e is not None:
+        try:
+            result.e2e = describe(e2e)
+            if e2e.enabled:
+                load_signer(cfg)
+        except KeyUnavailable as exc:
+            result.reason, result.detail = "key_unavailable", str(exc)
+            return result
+        except ConfigError as exc:
+            result.reason, result.detail = "config", "; ".join(exc.problems)
+            return result
     connector = TlsMqttConnector(
         cfg, hub_id, connect_timeout=step_timeout, client_id=f"{hub_id}-probe"
     )

@@ -9,6 +9,8 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import quote
 
+from edge.errors import VaultError
+
 #: A DB-API connection of the driver (sqlcipher3, or sqlite3 in the benchmark). sqlcipher3 ships
 #: no type information, so its connections and cursors are ``Any``; this alias is the one place
 #: that says so.
@@ -69,8 +71,14 @@ def key_opens(driver: Driver, path: Path, key: bytes) -> bool:
     wal = Path(str(path) + "-wal")
     if not wal.exists() or wal.stat().st_size == 0:
         return False
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".keycheck-") as tmp:
-        copy = Path(tmp) / path.name
-        shutil.copyfile(path, copy)
-        shutil.copyfile(wal, Path(str(copy) + "-wal"))
-        return _decrypts(driver, file_uri(copy, "mode=rw"), key)
+    try:
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".keycheck-") as tmp:
+            copy = Path(tmp) / path.name
+            shutil.copyfile(path, copy)
+            shutil.copyfile(wal, Path(str(copy) + "-wal"))
+            return _decrypts(driver, file_uri(copy, "mode=rw"), key)
+    except OSError as exc:
+        raise VaultError(
+            f"the vault's key cannot be checked: no room for a private copy in {path.parent} "
+            f"({exc.strerror})"
+        ) from exc

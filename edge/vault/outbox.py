@@ -1,7 +1,9 @@
 """The outbox: readings appended durably, handed out oldest first, marked delivered, purged.
 
 Undelivered readings are never evicted: when a bound is reached new readings are refused with
-a counted reason. A reading is durable when :func:`append` returns.
+a counted reason. With a side log (``flush_interval_s > 0``) appends, delivered marks and
+last-seen times are staged (:mod:`edge.vault.staging`) and merged in batches; without one,
+each call is its own durable transaction.
 """
 
 from __future__ import annotations
@@ -38,16 +40,21 @@ def append(
     db: Engine, readings: Sequence[AnyReading], cursor: CursorRow | None = None,
     *, no_consent: int = 0,
 ) -> AppendResult:
-    """Store readings (and a glucose meter's cursor) in one transaction; same id again is a
-    no-op. ``no_consent`` readings were dropped by the consent gate and are counted with it."""
+    """Store readings (and a glucose meter's cursor); same id again is a no-op. With a side
+    log, readings are staged there (see :mod:`edge.vault.staging`); a cursor always commits
+    durably in one transaction with its records and whatever is staged. ``no_consent``
+    readings were dropped by the consent gate and are counted with it."""
     db.note_refusal(NO_CONSENT, no_consent)
     n = len(readings)
     if n == 0 and cursor is None:
-        if no_consent:
+        if no_consent and db.staging is None:
             db.flush_refusals(NO_CONSENT)
         return AppendResult(0, 0)
     if n and db.pending >= db.config.max_pending:
         raise db.refuse("vault_full_count", n)
+    staging = db.staging
+    if staging is not None and cursor is None:
+        return staging.append(db, readings)
     now = db.now()
     # The serializer's bytes are exactly ``model_dump_json().encode()``, without the
     # str round trip.
@@ -57,63 +64,78 @@ def append(
         for r in readings
     ]
     try:
-        with db.write() as c:
-            stored, nbytes = 0, 0
-            if rows:
-                cur = c.executemany(
-                    "INSERT INTO readings(ident, id, patient, kind, payload, stored_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(ident, id) DO NOTHING",
-                    rows,
-                )
-                stored = cur.rowcount
-                if stored == n:
-                    nbytes = sum(len(r[4]) for r in rows)
-                elif stored:
-                    # AUTOINCREMENT and a single writer: the rows just inserted are the
-                    # ones with the highest seq.
-                    nbytes = c.execute(
-                        "SELECT coalesce(sum(length(payload)), 0) FROM (SELECT payload "
-                        "FROM readings ORDER BY seq DESC LIMIT ?)",
-                        (stored,),
-                    ).fetchone()[0]
-                if db.pending + stored > db.config.max_pending:
-                    raise Full("vault_full_count")
-                if db.pending_bytes + nbytes > db.config.max_pending_bytes:
-                    raise Full("vault_full_bytes")
-                if stored:
-                    db.bump(pending=stored, pending_bytes=nbytes)
-            if cursor is not None:
-                c.execute(
-                    "INSERT INTO cursors(address, last_sequence, last_device_time, "
-                    "clock_offset_s, updated_at) VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT(address) DO UPDATE SET last_sequence = excluded."
-                    "last_sequence, last_device_time = excluded.last_device_time, "
-                    "clock_offset_s = excluded.clock_offset_s, "
-                    "updated_at = excluded.updated_at",
-                    (*cursor, now),
-                )
+        if staging is not None:
+            got = staging.merge_with(db, lambda c: _insert(db, c, rows, cursor, now))
+            assert got is not None
+            stored = got[0]
+        else:
+            with db.write() as c:
+                stored, nbytes = _insert(db, c, rows, cursor, now)
+            db.apply(pending=stored, pending_bytes=nbytes)
     except Full as exc:
         raise db.refuse(exc.reason, n) from None
     except DiskFull:
         raise db.refuse("disk_full", n) from None
-    db.apply(pending=stored, pending_bytes=nbytes)
     return AppendResult(stored, n - stored)
+
+
+def _insert(db: Engine, c: Connection, rows: Sequence[tuple[int, str, str, str, bytes, float]],
+            cursor: CursorRow | None, now: float) -> tuple[int, int]:
+    """Insert ``rows`` (and the cursor) in the caller's transaction; (stored, their bytes)."""
+    n = len(rows)
+    stored, nbytes = 0, 0
+    if rows:
+        cur = c.executemany(
+            "INSERT INTO readings(ident, id, patient, kind, payload, stored_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(ident, id) DO NOTHING",
+            rows,
+        )
+        stored = cur.rowcount
+        if stored == n:
+            nbytes = sum(len(r[4]) for r in rows)
+        elif stored:
+            # AUTOINCREMENT and a single writer: the rows just inserted are the
+            # ones with the highest seq.
+            nbytes = c.execute(
+                "SELECT coalesce(sum(length(payload)), 0) FROM (SELECT payload "
+                "FROM readings ORDER BY seq DESC LIMIT ?)",
+                (stored,),
+            ).fetchone()[0]
+        if db.pending + stored > db.config.max_pending:
+            raise Full("vault_full_count")
+        if db.pending_bytes + nbytes > db.config.max_pending_bytes:
+            raise Full("vault_full_bytes")
+        if stored:
+            db.bump(pending=stored, pending_bytes=nbytes)
+    if cursor is not None:
+        c.execute(
+            "INSERT INTO cursors(address, last_sequence, last_device_time, "
+            "clock_offset_s, updated_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(address) DO UPDATE SET last_sequence = excluded."
+            "last_sequence, last_device_time = excluded.last_device_time, "
+            "clock_offset_s = excluded.clock_offset_s, "
+            "updated_at = excluded.updated_at",
+            (*cursor, now),
+        )
+    return stored, nbytes
 
 
 def next_batch(db: Engine, limit: int, *, after_seq: int = 0) -> list[PendingReading]:
     """Up to ``limit`` undelivered readings with ``seq > after_seq``, oldest first."""
-    with db.errors():
-        rows = db.conn.execute(
-            "SELECT seq, id, patient, kind, payload FROM readings "
-            "WHERE delivered_at IS NULL AND seq > ? ORDER BY seq LIMIT ?",
-            (after_seq, max(0, limit)),
-        ).fetchall()
-    out = []
+    if db.staging is not None:
+        out = db.staging.next_batch(db, limit, after_seq)
+    else:
+        with db.errors():
+            rows = db.conn.execute(
+                "SELECT seq, id, patient, kind, payload FROM readings "
+                "WHERE delivered_at IS NULL AND seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, max(0, limit)),
+            ).fetchall()
+        out = [PendingReading(seq, rid, patient, kind, bytes(payload))
+               for seq, rid, patient, kind, payload in rows]
     inflight = db.inflight
-    for seq, rid, patient, kind, payload in rows:
-        payload = bytes(payload)
-        inflight[rid] = (seq, len(payload), patient)
-        out.append(PendingReading(seq, rid, patient, kind, payload))
+    for p in out:
+        inflight[p.id] = (p.seq, len(p.payload), p.patient)
     excess = len(inflight) - _INFLIGHT_MAX
     if excess > 0:
         for rid in list(inflight)[:excess]:
@@ -122,28 +144,33 @@ def next_batch(db: Engine, limit: int, *, after_seq: int = 0) -> list[PendingRea
 
 
 def mark_delivered(db: Engine, ids: Sequence[str]) -> int:
-    """Mark readings acknowledged by the backend; returns how many were pending."""
+    """Mark readings acknowledged by the backend; returns how many were pending. Their
+    payload is dropped: a delivered reading is kept (until retention) only to recognise it
+    if it comes again."""
+    if db.staging is not None:
+        return db.staging.mark_delivered(db, ids)
     now = db.now()
     inflight = db.inflight
-    seqs = [inflight[rid][0] for rid in ids if rid in inflight]
+    sizes = {inflight[rid][0]: inflight[rid][1] for rid in ids if rid in inflight}
     unknown = [rid for rid in ids if rid not in inflight]
-    sizes: list[int] = []
+    if unknown:
+        # Not handed out by next_batch in this process: a scan of the pending.
+        with db.errors():
+            sizes.update(db.conn.execute(
+                "SELECT seq, length(payload) FROM readings WHERE id IN (SELECT value FROM "
+                "json_each(?)) AND delivered_at IS NULL",
+                (json.dumps(unknown),),
+            ).fetchall())
+    done = nbytes = 0
     try:
         with db.write() as c:
-            if seqs:
-                sizes += [r[0] for r in c.execute(
-                    "UPDATE readings SET delivered_at = ? WHERE seq IN (SELECT value FROM "
-                    "json_each(?)) AND delivered_at IS NULL RETURNING length(payload)",
-                    (now, json.dumps(seqs)),
+            if sizes:
+                acked = [r[0] for r in c.execute(
+                    "UPDATE readings SET delivered_at = ?, payload = x'' WHERE seq IN "
+                    "(SELECT value FROM json_each(?)) AND delivered_at IS NULL RETURNING seq",
+                    (now, json.dumps(list(sizes))),
                 )]
-            if unknown:
-                # Not handed out by next_batch in this process: a scan of the pending.
-                sizes += [r[0] for r in c.execute(
-                    "UPDATE readings SET delivered_at = ? WHERE id IN (SELECT value FROM "
-                    "json_each(?)) AND delivered_at IS NULL RETURNING length(payload)",
-                    (now, json.dumps(unknown)),
-                )]
-            done, nbytes = len(sizes), sum(sizes)
+                done, nbytes = len(acked), sum(sizes[s] for s in acked)
             if done:
                 db.bump(pending=-done, pending_bytes=-nbytes, delivered=done)
     except DiskFull as exc:
@@ -176,6 +203,7 @@ def forget_inflight(db: Engine, patient: str) -> None:
 
 def purge_patient(db: Engine, patient: str, *, actor: str) -> int:
     """Delete every reading of ``patient`` (pending and delivered); audited."""
+    db.settle()
     with db.write() as c:
         pend, pbytes, delivered = purge_patient_in_tx(db, c, patient)
         audit.record(db, actor, "vault.patient_purged", patient)
@@ -187,12 +215,14 @@ def purge_patient(db: Engine, patient: str, *, actor: str) -> int:
 
 def purge_delivered(db: Engine) -> int:
     """Retention: delete readings delivered more than ``retention_days`` ago and give the
-    space back (incremental vacuum)."""
+    space back (incremental vacuum). Not fsynced per chunk: a purge a power cut undoes is
+    simply done again."""
+    db.settle()
     cutoff = db.now() - db.config.retention_days * 86400.0
     total = 0
     while True:
         # Chunks keep each transaction short: appends wait behind one chunk at most.
-        with db.write() as c:
+        with db.write(durable=False) as c:
             n = int(c.execute(
                 "DELETE FROM readings WHERE seq IN (SELECT seq FROM readings "
                 "WHERE delivered_at IS NOT NULL AND delivered_at <= ? "
@@ -219,13 +249,17 @@ def count_refusal(db: Engine, reason: str, n: int = 1) -> None:
 
 def stats(db: Engine) -> VaultStats:
     """Queue depth, oldest pending age, sizes and refusal counts."""
-    with db.errors():
-        row = db.conn.execute(
-            "SELECT stored_at FROM readings WHERE delivered_at IS NULL ORDER BY seq LIMIT 1"
-        ).fetchone()
-    age = None if row is None else max(0.0, db.now() - float(row[0]))
+    if db.staging is not None:
+        oldest = db.staging.oldest_pending(db)
+    else:
+        with db.errors():
+            row = db.conn.execute(
+                "SELECT stored_at FROM readings WHERE delivered_at IS NULL ORDER BY seq LIMIT 1"
+            ).fetchone()
+        oldest = None if row is None else float(row[0])
+    age = None if oldest is None else max(0.0, db.now() - oldest)
     size = 0
-    for suffix in ("", "-wal"):
+    for suffix in ("", "-wal", "-log"):
         with suppress(FileNotFoundError):
             size += Path(str(db.config.path) + suffix).stat().st_size
     return VaultStats(

@@ -49,14 +49,18 @@ def bindings(db: Engine) -> list[Binding]:
             "SELECT address, kind, patient, bonded, bound_at, bound_by, last_seen "
             "FROM bindings ORDER BY bound_at, address"
         ).fetchall()
+    touched = db.staging.touches if db.staging is not None else {}
     return [
-        Binding(a, k, p, bool(b), from_ts_req(at), by, from_ts(seen))
+        Binding(a, k, p, bool(b), from_ts_req(at), by, from_ts(touched.get(a, seen)))
         for a, k, p, b, at, by, seen in rows
     ]
 
 
 def touch_device(db: Engine, address: str, seen_at: datetime) -> None:
-    """Record when a bound device was last seen."""
+    """Record when a bound device was last seen (with a side log: at the next merge)."""
+    if db.staging is not None:
+        db.staging.touches[address.upper()] = to_ts(seen_at)
+        return
     with db.write() as c:
         c.execute(
             "UPDATE bindings SET last_seen = ? WHERE address = ?",
@@ -83,6 +87,7 @@ def grant_consent(db: Engine, patient: str, *, scope: str = "vitals", actor: str
 def revoke_consent(db: Engine, patient: str, *, actor: str) -> int:
     """Revoke consent, purge the patient's readings and audit, in one transaction;
     returns how many readings were purged."""
+    db.settle()
     with db.write() as c:
         c.execute(
             "INSERT INTO consents(patient, scope, revoked_at, revoked_by) "

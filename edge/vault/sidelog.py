@@ -27,6 +27,7 @@ import hmac
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +125,8 @@ class SideLog:
         self.dirty = False
         #: fsyncs issued (for benchmarks and tests)
         self.fsyncs = 0
+        #: called right after each fsync: a test seam to copy the files at that boundary
+        self.on_sync: Callable[[], None] | None = None
 
     @classmethod
     def acquire(cls, path: Path, vault_key: bytes) -> SideLog | None:
@@ -160,6 +163,8 @@ class SideLog:
             if data:
                 log.warning("vault.sidelog_header_torn", size=len(data))
             return []
+        if len(data) == HEADER_BYTES:
+            return []  # empty (a re-key may have changed the key since it was started)
         salt = data[len(MAGIC):len(MAGIC) + _SALT]
         key = derive_key(self._vault_key, salt)
         if not hmac.compare_digest(data[len(MAGIC) + _SALT:HEADER_BYTES], _check(key)):
@@ -202,7 +207,7 @@ class SideLog:
         self._end = 0
         self._pwrite_all(header)
         os.fsync(self.fd)
-        self.fsyncs += 1
+        self._synced()
         self._aead = AESGCM(key)
         self._index = 0
         self._end = len(header)
@@ -240,6 +245,11 @@ class SideLog:
             os.fsync(self.fd)
         except OSError as exc:
             raise VaultError(f"the side log could not be synced ({exc.strerror})") from exc
-        self.fsyncs += 1
         self.dirty = False
+        self._synced()
         return True
+
+    def _synced(self) -> None:
+        self.fsyncs += 1
+        if self.on_sync is not None:
+            self.on_sync()

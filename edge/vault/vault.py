@@ -1,11 +1,17 @@
 """The vault's async face: a thin :class:`Vault` over the engine's writer thread.
 
 One SQLCipher database (SQLCipher 4 defaults, raw 256-bit key, WAL, synchronous=FULL,
-incremental auto-vacuum). All database work runs on ONE dedicated writer thread that owns the
-connection; the async methods hand work to it and await the result, so the event loop never
-blocks on disk and there is exactly one writer.
+incremental auto-vacuum) and its encrypted side log. All database work runs on ONE dedicated
+writer thread that owns the connection; the async methods hand work to it and await the
+result, so the event loop never blocks on disk and there is exactly one writer.
 
-A reading is durable when :meth:`Vault.append` returns. Undelivered readings are never
+Durability (``vault.flush_interval_s`` > 0, the default): when :meth:`Vault.append` returns,
+the readings are in the side log, so a process crash loses none; the flusher that
+:meth:`Vault.open` starts fsyncs the log every interval and merges it into the database every
+``merge_interval_s``, so a power cut loses at most the last interval. A glucose commit is
+durable when it returns. Delivered marks are merged in batches too: a crash may lose some,
+and those readings are sent again. With ``flush_interval_s = 0`` (or while another process
+owns the side log) every call is its own durable transaction. Undelivered readings are never
 evicted: when a bound is reached new readings are refused with a counted reason.
 """
 
@@ -36,7 +42,7 @@ from edge.errors import KeyUnavailable, VaultError
 from edge.log import get_logger
 from edge.readings import GlucoseReading
 from edge.vault import audit as audit_log
-from edge.vault import maintenance, outbox, registry
+from edge.vault import maintenance, outbox, registry, staging
 from edge.vault.cipher import Driver
 from edge.vault.engine import Engine
 from edge.vault.models import AnyReading, AppendResult, CursorRow, cursor_row
@@ -99,6 +105,7 @@ class Vault:
         self._config = config
         self._closed = False
         self._consent: ConsentCheck | None = None
+        self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
@@ -120,11 +127,35 @@ class Vault:
                     cls._driver, config.key_provider,
                 ),
             )
+            await loop.run_in_executor(executor, staging.attach, engine, key)
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        log.info("vault.opened", schema_version=engine.schema_version, pending=engine.pending)
-        return cls(engine, executor, config, key)
+        log.info("vault.opened", schema_version=engine.schema_version, pending=engine.pending,
+                 side_log=engine.staging is not None)
+        vault = cls(engine, executor, config, key)
+        if config.flush_interval_s > 0:
+            vault._flusher = loop.create_task(vault._flush_forever(), name="vault-flusher")
+        return vault
+
+    async def _flush_forever(self) -> None:
+        """Every ``flush_interval_s`` (real time: it bounds what a power cut takes): fsync the
+        side log, merge it when due, and take it over if its owner went away. Failures are
+        logged and tried again; what the log holds stays safe meanwhile."""
+        while not self._closed:
+            await asyncio.sleep(self._config.flush_interval_s)
+            try:
+                await self.tick()
+            except VaultError as exc:
+                log.warning("vault.flush_failed", error=type(exc).__name__)
+
+    async def tick(self) -> None:
+        """One round of the flusher (tests and tools may drive it themselves)."""
+        await self._run(_tick, self._key)
+
+    async def flush(self) -> None:
+        """Make everything accepted durable in the database now (merge the side log)."""
+        await self._run(Engine.settle)
 
     async def _run(self, fn: Callable[Concatenate[Engine, P], T], /,
                    *args: P.args, **kwargs: P.kwargs) -> T:
@@ -140,7 +171,11 @@ class Vault:
         """Close the connection (the WAL is checkpointed) and stop the writer thread."""
         if self._closed:
             return
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
         try:
+            await self._run(staging.detach)
             await self._run(Engine.close)
         finally:
             self._closed = True
@@ -247,6 +282,7 @@ class Vault:
     async def backup(self, dest: Path) -> None:
         """An encrypted, consistent copy at ``dest`` (0600, same key); refuses to overwrite."""
         key = self._key if self._driver is sqlcipher3 else None
+        await self._run(Engine.settle)
         await self._run(maintenance.backup, dest, key)
 
     async def rekey(self, new_key: bytes, *, hook: maintenance.RekeyHook | None = None) -> None:
@@ -254,5 +290,21 @@ class Vault:
         :func:`edge.vault.rotation.rotate_key`, which also keeps the key files safe."""
         if len(new_key) != 32:
             raise KeyUnavailable("a vault key is 32 bytes")
-        await self._run(maintenance.rekey, new_key, hook)
+        await self._run(_rekey, new_key, hook)
         self._key = new_key
+
+
+def _tick(db: Engine, key: bytes) -> None:
+    if db.staging is None:
+        staging.attach(db, key)  # the owner may have gone (a CLI that held it)
+    if db.staging is not None:
+        db.staging.tick(db)
+
+
+def _rekey(db: Engine, new_key: bytes, hook: maintenance.RekeyHook | None) -> None:
+    """Re-key the database and start the side log anew under the new key (it is empty:
+    merged first)."""
+    db.settle()
+    maintenance.rekey(db, new_key, hook)
+    if db.staging is not None:
+        db.staging.log.rekey(new_key)

@@ -6,8 +6,10 @@ Typical use::
         async with FakeBlueZ(bus.address, fleet.devices) as bluez:
             ...  # DBUS_SYSTEM_BUS_ADDRESS=bus.address, then unchanged bleak works
 
-Modules: ``bus`` (the private dbus-daemon), ``server`` (FakeBlueZ: connection, object registry,
-message filter), ``adapter``, ``device``, ``gatt`` (the objects' state and behaviour),
+Modules: ``bus`` (the private dbus-daemon), ``server`` (FakeBlueZ: connection, exported objects,
+message filter), ``registry`` (adapters coming and going, one device node per adapter),
+``agent`` (AgentManager1 and calling clients' Agent1 during Pair), ``adapter``, ``device``,
+``gatt`` (the objects' state and behaviour),
 ``interfaces`` (their D-Bus surface), ``calls`` (caller and call recording), ``names`` (paths and
 UUIDs as bluetoothd spells them), ``errors`` (simulated failures as BlueZ's D-Bus errors).
 """

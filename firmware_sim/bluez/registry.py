@@ -10,16 +10,23 @@ of ``org.bluez.Adapter1`` under ``/org/bluez/hciN``.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from firmware_sim.bluez.adapter import AdapterNode
 from firmware_sim.bluez.device import DeviceNode
+from firmware_sim.bluez.names import DEFAULT_ADAPTER_ADDRESS
 from firmware_sim.model.contract import Peripheral
 
 if TYPE_CHECKING:
     from firmware_sim.bluez.server import FakeBlueZ
 
 ADAPTER_NAME = re.compile(r"hci\d{1,3}")
+
+
+def default_address(name: str) -> str:
+    """A stable public-looking address for adapter ``name`` (hciN)."""
+    n = int("".join(c for c in name if c.isdigit()) or "0")
+    return DEFAULT_ADAPTER_ADDRESS if n == 0 else f"00:1A:7D:DB:{n // 256:02X}:{n % 256:02X}"
 
 
 class Fanout:
@@ -66,6 +73,19 @@ class Registry:
             fanout.nodes[name] = DeviceNode(self.server, adapter, peripheral)
         if self.server.running:
             adapter.export()
+        return adapter
+
+    def configure_adapter(self, spec: dict[str, Any]) -> AdapterNode:
+        """Apply a scenario's ``[[adapters]]`` entry: add the adapter if it is new, set its
+        address (before start), wedge it."""
+        name = str(spec["name"])
+        adapter = self.adapters.get(name)
+        if adapter is None:
+            adapter = self.add_adapter(name, spec.get("address") or default_address(name))
+        elif spec.get("address") and not self.server.running:
+            adapter.address = str(spec["address"]).upper()
+        if spec.get("wedged"):
+            adapter.wedge(str(spec["wedged"]))
         return adapter
 
     def remove_adapter(self, name: str) -> None:

@@ -263,6 +263,8 @@ class FakeBlueZ:
     def follow(self, fleet: Fleet) -> Callable[[], None]:
         """Serve every device of ``fleet`` and follow its additions and removals. Returns a
         function that stops following (the devices stay served)."""
+        for spec in fleet.adapters:
+            self.registry.configure_adapter(spec)
         for device in fleet.devices:
             if not self.registry.has_peripheral(device.address):
                 self.add_peripheral(device)

@@ -8,6 +8,8 @@ import ssl
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge import fhir
-from edge.readings import GlucoseReading, HeartRateReading
+from edge.readings import GlucoseReading, HeartRateReading, TimeSource, stable_reading_id
 from edge.uplink.envelope import CONTENT_TYPE, seal
 from edge.uplink.pki import CertFiles, Issued, issue, write_identity
 
@@ -88,3 +90,35 @@ class HubClient:
     def status(self, prefix: str, hub: str, **doc: Any) -> None:
         self.publish(f"{prefix}/{hub}/status", json.dumps({"hub": hub, **doc}).encode(),
                      retain=True)
+
+
+# --- readings with chosen values, for the alert and rollup tests --------------------------------
+
+_HR_ADDR = "AA:BB:CC:00:00:01"
+_GL_ADDR = "AA:BB:CC:00:00:02"
+
+
+def hr(patient: str, t: datetime, bpm: int) -> HeartRateReading:
+    """A heart-rate reading (its id is stable: the same patient and time give the same id)."""
+    return HeartRateReading(
+        id=stable_reading_id(_HR_ADDR, "2a37", f"{patient}|{t.isoformat()}"), device_id=_HR_ADDR,
+        patient=patient, effective_time=t, time_source=TimeSource.GATEWAY, received_at=t,
+        bpm=bpm, sensor_contact="detected")
+
+
+def glucose(patient: str, t: datetime, *, mg_dl: str | None = None, mmol_l: str | None = None,
+            special: str | None = None) -> GlucoseReading:
+    """A meter reading in mg/dL (``kg/L`` on the wire), mmol/L (``mol/L``) or a special value."""
+    seq = int(t.timestamp())
+    if mmol_l is not None:
+        unit, conc, mg, mmol = "mol/L", Decimal(mmol_l).scaleb(-3), None, Decimal(mmol_l)
+    elif mg_dl is not None:
+        unit, conc, mg, mmol = "kg/L", Decimal(mg_dl).scaleb(-5), Decimal(mg_dl), None
+    else:
+        unit, conc, mg, mmol = "kg/L", None, None, None
+    return GlucoseReading(
+        id=stable_reading_id(_GL_ADDR, "2a18", f"{patient}|{seq}"), device_id=_GL_ADDR,
+        patient=patient, effective_time=t, time_source=TimeSource.DEVICE_CORRECTED,
+        received_at=t, sequence_number=seq % 65536, device_time=t.replace(tzinfo=None),
+        concentration=conc, concentration_special=special, unit=unit, mg_dl=mg, mmol_l=mmol,
+        sample_type="capillary_whole_blood", sample_location="finger")

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -20,8 +21,9 @@ from clinic.db.connect import connect
 from clinic.devdb import DevPostgres
 from edge.testing import eventually
 from edge.uplink.pki import make_ca
+from edge.uplink.topics import offline_document
 from tests.clinic.conftest import ClinicSetup, write_setup
-from tests.clinic.support import HubClient, issue_client, load_issued, sealed_bundle
+from tests.clinic.support import HubClient, glucose, issue_client, load_issued, sealed_bundle
 from tests.support.mosquitto import Broker
 from tests.support.pki import TestPki
 from tests.support.uplink_fakes import make_readings
@@ -256,3 +258,47 @@ async def test_postgresql_restart_mid_stream_loses_nothing(
     assert scalar(dsn, "SELECT count(*) FROM quarantine") == 0
     assert "ingest.store_unavailable" in workers.logs()
     assert all(p.poll() is None for p in workers.procs.values()), "a worker died"
+
+
+async def test_alerts_open_and_resolve_end_to_end(
+    clinic: ClinicSetup, broker: Broker, workers: Workers, dsn: str
+) -> None:
+    """Real workers (with their periodic evaluators), real broker: a urgent low opens and
+    resolves from published readings; a hub's Last Will opens hub_offline, online resolves."""
+    clinic.path.write_text(clinic.path.read_text() + "\n[alerts]\nhub_offline_after_s = 1\n"
+                           "evaluate_interval_s = 1\n")
+    pub = clinic.ring.e2e[clinic.ring.current_e2e].public_key()
+    signer = load_issued(clinic.pki.hub)
+    workers.start("1")
+    workers.start("2")
+    await workers.ready("1", "2")
+    t0 = datetime.now(UTC).replace(microsecond=0)
+
+    def kinds(state: str = "open") -> list[tuple[str, str]]:
+        with psycopg.connect(dsn) as conn:
+            return sorted((str(p), str(k)) for p, k in conn.execute(
+                "SELECT patient, kind FROM alerts WHERE state = %s", (state,)))
+
+    t = "edge/v1/hub-1/obs/patient-a"
+    with hub_client(broker, clinic.pki) as hub:
+        hub.status("edge/v1", "hub-1", state="online", at=t0.isoformat(), queue_depth=0)
+        hub.publish(t, sealed_bundle([glucose("patient-a", t0, mg_dl="48")], "hub-1", signer,
+                                     pub))
+        await eventually(lambda: kinds() == [("patient-a", "glucose_urgent_low")],
+                         within_s=30, what="the urgent low alert")
+        assert status(clinic)["alerts_open"] == 1
+        hub.publish(t, sealed_bundle([glucose("patient-a", t0 + timedelta(minutes=5),
+                                              mg_dl="110")], "hub-1", signer, pub))
+        await eventually(lambda: kinds("resolved") == [("patient-a", "glucose_urgent_low")],
+                         within_s=30, what="the urgent low resolved")
+        # the Last Will, as the broker publishes it for a hub that vanished
+        hub.publish("edge/v1/hub-1/status", offline_document("hub-1"), retain=True)
+        await eventually(lambda: kinds() == [("patient-a", "hub_offline"),
+                                             ("patient-b", "hub_offline")],
+                         within_s=30, what="hub_offline for both patients")
+        hub.status("edge/v1", "hub-1", state="online",
+                   at=(datetime.now(UTC) + timedelta(seconds=1)).isoformat(), queue_depth=0)
+        await eventually(lambda: kinds() == [], within_s=30, what="hub_offline resolved")
+    assert status(clinic)["alerts_open"] == 0
+    logs = workers.logs()
+    assert "patient-a" not in logs and "patient-b" not in logs

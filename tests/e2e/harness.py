@@ -234,6 +234,8 @@ class E2E:
         default_factory=lambda: {"clinician-1": ["patient-a", "patient-b"]}
     )
     config_extra: str = ""
+    #: seal Bundles to this clinic public key (PEM): [e2e] mode = "sign+encrypt"; None: "off"
+    recipient_key: Path | None = None
     #: route the gateway through a :class:`Gate` (to hold it off a restarted broker)
     gated: bool = False
     gate: Gate | None = field(init=False, default=None)
@@ -324,6 +326,7 @@ reconnect_cap_s = 1
 status_interval_s = 2
 ack_timeout_s = 5
 
+{self.e2e_toml()}
 [log]
 level = "info"
 format = "json"
@@ -336,6 +339,12 @@ shutdown_timeout_s = 6
         )
         path.chmod(0o600)
         return path
+
+    def e2e_toml(self) -> str:
+        """The [e2e] section: sealed to :attr:`recipient_key`, or off (plaintext FHIR)."""
+        if self.recipient_key is None:
+            return '[e2e]\nmode = "off"\n'
+        return f'[e2e]\nmode = "sign+encrypt"\nrecipient_key = "{self.recipient_key}"\n'
 
     # --- commands ---------------------------------------------------------------------------
 

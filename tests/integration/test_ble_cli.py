@@ -51,6 +51,9 @@ client_cert = "{tmp / 'client.pem'}"
 client_key = "{key}"
 pins = ["sha256/{'A' * 43}="]
 
+[e2e]
+mode = "off"
+
 [daemon]
 control_socket = "{tmp / 'run' / 'control.sock'}"
 """

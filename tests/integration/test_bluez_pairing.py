@@ -32,6 +32,7 @@ DEVICE = "org.bluez.Device1"
 ADAPTER = "org.bluez.Adapter1"
 AGENTS = "org.bluez.AgentManager1"
 PASSKEY = 123456
+ERR = "org.bluez.Error"
 SPEC = (
     "glucose:1:pairing=passkey:passkey=123456,"
     "hr:1:pairing=numeric_comparison,"
@@ -84,9 +85,9 @@ async def test_passkey_device_asks_the_agent_for_the_passkey_and_bonds() -> None
 @pytest.mark.parametrize(
     ("agent", "expected"),
     [
-        (RecordingAgent(passkey=654321), "org.bluez.Error.AuthenticationFailed"),
-        (RecordingAgent(error="org.bluez.Error.Rejected"), "org.bluez.Error.AuthenticationFailed"),
-        (RecordingAgent(error="org.bluez.Error.Canceled"), "org.bluez.Error.AuthenticationCanceled"),
+        (RecordingAgent(passkey=654321), f"{ERR}.AuthenticationFailed"),
+        (RecordingAgent(error=f"{ERR}.Rejected"), f"{ERR}.AuthenticationFailed"),
+        (RecordingAgent(error=f"{ERR}.Canceled"), f"{ERR}.AuthenticationCanceled"),
     ],
     ids=["wrong-passkey", "agent-rejects", "agent-cancels"],
 )

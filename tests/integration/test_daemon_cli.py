@@ -37,6 +37,8 @@ ca_file = "{tmp_path / 'ca.pem'}"
 client_cert = "{tmp_path / 'hub.pem'}"
 client_key = "{key}"
 pins = ["{PIN}"]
+[e2e]
+mode = "off"
 [daemon]
 control_socket = "{tmp_path / 'run' / 'control.sock'}"
 """)

@@ -42,6 +42,7 @@ def make_config(tmp_path: Path, uplink: dict[str, object] | None = None,
                    "client_cert": str(tmp_path / "hub.pem"),
                    "client_key": str(tmp_path / "hub.key"), "pins": [PIN],
                    **(uplink or {})},
+        "e2e": {"mode": "off"},
         "daemon": {"control_socket": str(tmp_path / "run" / "control.sock"),
                    "health_interval_s": 1.0, "shutdown_timeout_s": 4.0, **daemon},
     })

@@ -148,7 +148,7 @@ async def test_serve_is_usable_by_bleak_and_driven_by_ctl(
 
         missing = run_cli("ctl", "--bus", address, "drop", "SIM-NOPE-9")
         assert missing.returncode == 1
-        assert "com.edge.Sim.Error.NoSuchDevice" in missing.stderr
+        assert missing.stderr == "error: no simulated device 'SIM-NOPE-9' (see: ctl list)\n"
         assert served.stop() == 0
 
 
@@ -177,3 +177,81 @@ def test_serve_exits_with_an_error_when_its_bus_dies() -> None:
         assert served.proc.wait(timeout=WAIT) == 1
         assert "sim.bus_lost" in served.stderr()
         assert not directory.exists()
+
+
+def test_ctl_help_lists_the_fields_and_fault_keys_it_takes() -> None:
+    top = run_cli("ctl", "--help")
+    assert top.returncode == 0
+    for key in ("connect_failures", "pairing_refused", "canceled", "concentration", "base_time"):
+        assert key in top.stdout
+    for command in ("forget-bond", "adapters", "add-adapter", "remove-adapter", "wedge"):
+        assert command in top.stdout
+    fault = run_cli("ctl", "fault", "--help")
+    assert "racp_interrupt_after_records" in fault.stdout
+    assert "mg_dl_value" in run_cli("ctl", "glucose", "--help").stdout
+    add = run_cli("ctl", "add", "--help").stdout
+    assert "passkey" in add and "pairing" in add and "resting_bpm" in add
+    clear = run_cli("ctl", "clear-faults", "--help").stdout
+    assert "every fault key back to its default" in clear
+
+
+def _one_error_line(done: subprocess.CompletedProcess[str], status: int, *words: str) -> None:
+    assert done.returncode == status, done
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert "com.edge" not in done.stderr and "org." not in done.stderr
+    assert "class" not in done.stderr and "Traceback" not in done.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+def test_ctl_bad_values_are_one_clear_line_and_leave_no_traceback() -> None:
+    with serve_process(["--devices", "hr:1,glucose:1", "--seed", "4"]) as served:
+        bus = served.address
+        def state() -> list[tuple[Any, ...]]:
+            return [(d["name"], d["faults"], d.get("records")) for d in ctl(bus, "list")]
+
+        before = state()
+        _one_error_line(run_cli("ctl", "--bus", bus, "hr", "SIM-HR-1", "-5"), 2, "20-300")
+        _one_error_line(run_cli("ctl", "--bus", bus, "hr", "SIM-HR-1", "fast"), 2, "20-300")
+        _one_error_line(
+            run_cli("ctl", "--bus", bus, "glucose", "SIM-GLU-1", "concentration=abc"),
+            2,
+            "concentration: expected a number",
+        )
+        _one_error_line(
+            run_cli("ctl", "--bus", bus, "glucose", "SIM-GLU-1", "colour=red"),
+            2,
+            "unknown record field 'colour'",
+        )
+        _one_error_line(
+            run_cli("ctl", "--bus", bus, "glucose", "SIM-GLU-1", "base_time=yesterday"),
+            2,
+            "base_time: expected ISO 8601",
+        )
+        _one_error_line(
+            run_cli("ctl", "--bus", bus, "fault", "SIM-HR-1", "pairing_refused=maybe"),
+            2,
+            "pairing_refused",
+        )
+        _one_error_line(run_cli("ctl", "--bus", bus, "hr", "SIM-GLU-1", "80"), 1, "not a")
+        _one_error_line(run_cli("ctl", "--bus", bus, "wedge", "hci7"), 1, "no adapter 'hci7'")
+        assert state() == before  # nothing changed by the refused requests
+        ctl(bus, "hr", "SIM-HR-1", "auto")
+
+        # clear-faults does what its help says: every fault key back to its default
+        ctl(bus, "fault", "SIM-HR-1", "connect_failures=2", "implausible=true")
+        assert ctl(bus, "clear-faults", "SIM-HR-1") == {"faults": {}}
+        assert ctl(bus, "list")[0]["faults"] == {}
+
+        # bonds and adapters
+        assert ctl(bus, "forget-bond", "SIM-GLU-1") == {"bond_forgotten": False}
+        assert [a["name"] for a in ctl(bus, "adapters")] == ["hci0"]
+        added = ctl(bus, "add-adapter", "hci1")
+        assert (added["name"], added["powered"], added["wedged"]) == ("hci1", True, None)
+        assert ctl(bus, "wedge", "hci1", "silent")["wedged"] == "silent"
+        ctl(bus, "remove-adapter", "hci1")
+        assert [a["name"] for a in ctl(bus, "adapters")] == ["hci0"]
+        assert served.stop() == 0
+        assert "Traceback" not in served.stderr()

@@ -186,7 +186,8 @@ def _gateway_toml(tmp_path: Path, cfg: UplinkConfig, tpki: TestPki, pins: list[s
         f'[hub]\nid = "{tpki.hub_id}"\n\n'
         f'[uplink]\nhost = "{cfg.host}"\nport = {cfg.port}\n'
         f'ca_file = "{cfg.ca_file}"\nclient_cert = "{cfg.client_cert}"\n'
-        f'client_key = "{cfg.client_key}"\npins = [{pin_list}]\n'
+        f'client_key = "{cfg.client_key}"\npins = [{pin_list}]\n\n'
+        '[e2e]\nmode = "off"\n'
     )
     return path
 

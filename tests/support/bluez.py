@@ -78,7 +78,7 @@ async def fake_bluez(
         bluez.follow(fleet)
         await bluez.start()
         if control:
-            server = ControlServer(bus.address, fleet)
+            server = ControlServer(bus.address, fleet, bluez)
             await server.start()
         if start_fleet:
             await fleet.start()
@@ -328,6 +328,9 @@ class BlueZClient:
         self.changes: list[tuple[str, dict[str, Any]]] = []
         #: Agent1 methods called on this connection, in the order they arrived
         self.agent_calls: list[str] = []
+        #: InterfacesAdded / InterfacesRemoved: (path, interface names)
+        self.added: list[tuple[str, list[str]]] = []
+        self.removed: list[tuple[str, list[str]]] = []
         bus.add_message_handler(self._on_message)
 
     @classmethod
@@ -343,6 +346,10 @@ class BlueZClient:
     def _on_message(self, msg: Message) -> None:
         if msg.message_type is MessageType.METHOD_CALL and msg.interface == "org.bluez.Agent1":
             self.agent_calls.append(msg.member or "")
+        if msg.message_type is MessageType.SIGNAL and msg.member == "InterfacesAdded":
+            self.added.append((msg.body[0], list(msg.body[1])))
+        if msg.message_type is MessageType.SIGNAL and msg.member == "InterfacesRemoved":
+            self.removed.append((msg.body[0], list(msg.body[1])))
         if msg.message_type is MessageType.SIGNAL and msg.member == "PropertiesChanged":
             changed = {k: v.value for k, v in msg.body[1].items()}
             self.changes.append((msg.path or "", changed))
@@ -392,6 +399,21 @@ class BlueZClient:
             assert reply.message_type is MessageType.METHOD_RETURN, reply.body
         return path
 
+    async def managed_objects(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """GetManagedObjects, with plain values."""
+        reply = await self.bluez("/", "org.freedesktop.DBus.ObjectManager", "GetManagedObjects")
+        assert reply.message_type is MessageType.METHOD_RETURN, reply.body
+        return {
+            path: {iface: {k: v.value for k, v in props.items()} for iface, props in ifaces.items()}
+            for path, ifaces in reply.body[0].items()
+        }
+
+    async def set_prop(self, path: str, interface: str, name: str, value: Any) -> Message:
+        """Properties.Set (the reply, errors included)."""
+        return await self.bluez(
+            path, "org.freedesktop.DBus.Properties", "Set", "ssv", interface, name, value
+        )
+
     async def prop(self, path: str, interface: str, name: str) -> Any:
         reply = await self.bluez(
             path, "org.freedesktop.DBus.Properties", "Get", "ss", interface, name
@@ -401,13 +423,18 @@ class BlueZClient:
 
     async def discover(self, sim: SimBus, address: str) -> str:
         """Run a discovery until the device with ``address`` is on the bus; its path."""
-        path = sim.bluez.device_path(address)
-        reply = await self.bluez(sim.bluez.adapter.path, "org.bluez.Adapter1", "StartDiscovery")
+        return await self.discover_on(sim, address, sim.bluez.adapter.name)
+
+    async def discover_on(self, sim: SimBus, address: str, adapter: str) -> str:
+        """Like :meth:`discover`, on ``adapter`` (hciN)."""
+        path = sim.bluez.device_path(address, adapter)
+        adapter_path = f"/org/bluez/{adapter}"
+        reply = await self.bluez(adapter_path, "org.bluez.Adapter1", "StartDiscovery")
         assert reply.message_type is MessageType.METHOD_RETURN, reply.body
         await eventually(
             lambda: sim.bluez.is_exported(path), within_s=10, what="the device discovered"
         )
-        await self.bluez(sim.bluez.adapter.path, "org.bluez.Adapter1", "StopDiscovery")
+        await self.bluez(adapter_path, "org.bluez.Adapter1", "StopDiscovery")
         return path
 
     def close(self) -> None:

@@ -58,11 +58,22 @@ def start_broker(
     debug: bool = True,
     client_ca: Path | None = None,
     persistent: bool = False,
+    hubs: Sequence[str] | None = None,
+    clinic_ids: Sequence[str] = (),
+    observers: Sequence[str] | None = None,
 ) -> Broker:
     """The dev broker (:func:`devtools.broker.start_dev_broker`) under ``tmpdir/<name>``
     for a test PKI. ``server`` picks the broker certificate (default: the good one; hostile
     ones are in ``pki.hostile``); ``client_ca`` replaces the CA client certificates must chain
-    to."""
+    to.
+
+    The ACL is the shipped rendering (:func:`devtools.broker.render_acl`) of: ``hubs``
+    (default: the PKI's hub), ``clinic_ids`` (the clinic's ingest identities, the only readers
+    of observations), the PKI's clinicians (no access) and admin, plus ``observers`` —
+    identities that read every topic, as the broker operator sees it. ``observers`` defaults to
+    the PKI's admin so that tests can watch what reaches the broker with :func:`subscriber`;
+    pass ``observers=()`` for exactly what a production ACL grants
+    (tests/integration/test_broker_acl.py does)."""
     cert = server or pki.broker
     return start_dev_broker(
         Path(tmpdir) / name,
@@ -71,6 +82,9 @@ def start_broker(
         keyfile=cert.key,
         clinicians=pki.clinicians,
         admins=[pki.admin_name],
+        hubs=[pki.hub_id] if hubs is None else hubs,
+        clinic_ids=clinic_ids,
+        observers=[pki.admin_name] if observers is None else observers,
         prefix=prefix,
         port=port,
         debug=debug,

@@ -32,12 +32,15 @@ from tests.support.vault_support import hr, vault_config
 REPO = Path(__file__).resolve().parents[2]
 
 
-def spawn(tmp: Path, *args: str, stdout: int | None = None) -> subprocess.Popen[str]:
+def spawn(tmp: Path, *args: str, stdout: int | None = None,
+          flush_interval_s: float | None = None) -> subprocess.Popen[str]:
     """Start this module in a child process with the repository on its path; ``stdout`` as
-    for :class:`subprocess.Popen` (``PIPE``, ``DEVNULL``, or None to inherit)."""
+    for :class:`subprocess.Popen` (``PIPE``, ``DEVNULL``, or None to inherit);
+    ``flush_interval_s`` overrides the vault config's."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    extra = [] if flush_interval_s is None else ["--flush-interval", str(flush_interval_s)]
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.support.vault_proc", "--dir", str(tmp), *args],
+        [sys.executable, "-m", "tests.support.vault_proc", "--dir", str(tmp), *extra, *args],
         cwd=REPO, env=env, text=True, stdout=stdout,
     )
 
@@ -49,7 +52,8 @@ def _die() -> None:
 
 async def _main(ns: argparse.Namespace) -> None:
     configure_logging("warning", "console", stream=sys.stderr)
-    cfg = vault_config(Path(ns.dir))
+    overrides = {} if ns.flush_interval is None else {"flush_interval_s": ns.flush_interval}
+    cfg = vault_config(Path(ns.dir), **overrides)
     if ns.mode == "rotate-die":
         stage = ns.arg
 
@@ -92,6 +96,7 @@ async def _main(ns: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--dir", required=True)
+    p.add_argument("--flush-interval", type=float, default=None)
     p.add_argument("mode", choices=["die-after-append", "writer", "rotate-die", "open-close"])
     p.add_argument("arg")
     asyncio.run(_main(p.parse_args()))

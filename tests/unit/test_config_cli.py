@@ -6,12 +6,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from edge.cli import main
 from edge.config import DEFAULT_CONFIG_PATH, load_checked, resolve_config_path
 from edge.errors import ConfigError
 
 PIN = "sha256/" + "A" * 43 + "="
+
+
+def _public_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -37,10 +45,14 @@ class Setup:
             f.write_text("secret\n")
             f.chmod(0o600)
         self.vault = data / "vault.db"
+        self.recipient = tls / "clinic-e2e.pem"
+        self.recipient.write_bytes(_public_pem(ec.generate_private_key(ec.SECP256R1())))
+        self.e2e = f'[e2e]\nmode = "sign+encrypt"\nrecipient_key = "{self.recipient}"\n\n'
 
     def text(self, *, uplink_extra: str = "", pins: str | None = None,
-             tls: str = '"1.3"', top_extra: str = "") -> str:
+             tls: str = '"1.3"', top_extra: str = "", e2e: str | None = None) -> str:
         pins = pins if pins is not None else f'["{PIN}"]'
+        e2e = self.e2e if e2e is None else e2e
         return (
             f'{top_extra}[hub]\nid = "hub-0001"\n\n'
             f'[vault]\npath = "{self.vault}"\nkey_provider = "file"\n'
@@ -48,6 +60,7 @@ class Setup:
             f'[uplink]\nhost = "127.0.0.1"\nca_file = "{self.ca}"\n'
             f'client_cert = "{self.cert}"\nclient_key = "{self.client_key}"\n'
             f"pins = {pins}\ntls_min_version = {tls}\n{uplink_extra}\n"
+            f"{e2e}"
             '[log]\nlevel = "info"\n'
         )
 
@@ -235,3 +248,71 @@ def test_load_checked_raises_config_error_listing_problems(setup: Setup) -> None
         load_checked(path)
     assert len(exc.value.problems) == 2
     assert exc.value.exit_code == 2
+
+
+# --- [e2e] ----------------------------------------------------------------------------------
+
+
+def test_missing_e2e_section_names_both_choices_on_one_line(setup: Setup, run: Run) -> None:
+    path = setup.write(setup.text(e2e=""))
+    rc, out, err = run("check-config", "--config", str(path))
+    assert (rc, out) == (2, "")
+    assert len(err) == 1
+    assert err[0].startswith("e2e: missing — fix: ")
+    assert 'mode = "sign+encrypt"' in err[0] and 'mode = "off"' in err[0]
+    assert "recipient_key" in err[0]
+
+
+@pytest.mark.parametrize("section", ["[e2e]\n\n", '[e2e]\nmode = "encrypt"\n\n'])
+def test_e2e_without_a_known_mode_names_both_choices(setup: Setup, run: Run,
+                                                     section: str) -> None:
+    path = setup.write(setup.text(e2e=section))
+    rc, _, err = run("check-config", "--config", str(path))
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith("e2e.mode: ")
+    assert 'mode = "sign+encrypt"' in err[0] and 'mode = "off"' in err[0]
+    assert "encrypt\"" not in err[0].split(" — ")[0]  # the value given is not echoed
+
+
+def test_check_config_reports_the_mode(setup: Setup, run: Run) -> None:
+    from edge.uplink.envelope import thumbprint
+
+    rc, out, _ = run("check-config", "--config", str(setup.write(setup.text())))
+    key = serialization.load_pem_public_key(setup.recipient.read_bytes())
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    assert rc == 0
+    assert f"e2e: sign+encrypt (clinic key {thumbprint(key)})" in out.splitlines()
+    off = setup.write(setup.text(e2e='[e2e]\nmode = "off"\n\n'), "off.toml")
+    rc, out, _ = run("check-config", "--config", str(off))
+    assert rc == 0
+    assert any(line.startswith("e2e: off") for line in out.splitlines())
+    assert load_checked(off).e2e.enabled is False
+
+
+def test_sign_and_encrypt_needs_a_recipient_key(setup: Setup, run: Run) -> None:
+    path = setup.write(setup.text(e2e='[e2e]\nmode = "sign+encrypt"\n\n'))
+    rc, _, err = run("check-config", "--config", str(path))
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith("e2e.recipient_key: required")
+
+
+@pytest.mark.parametrize("content", ["missing", "garbage", "rsa", "p384", "private"])
+def test_sign_and_encrypt_needs_a_readable_p256_public_key(setup: Setup, run: Run,
+                                                           content: str) -> None:
+    key_file = setup.base / "recipient.pem"
+    if content == "garbage":
+        key_file.write_text("not a key\n")
+    elif content == "rsa":
+        key_file.write_bytes(_public_pem(rsa.generate_private_key(65537, 2048)))
+    elif content == "p384":
+        key_file.write_bytes(_public_pem(ec.generate_private_key(ec.SECP384R1())))
+    elif content == "private":
+        key_file.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+    e2e = f'[e2e]\nmode = "sign+encrypt"\nrecipient_key = "{key_file}"\n\n'
+    rc, _, err = run("check-config", "--config", str(setup.write(setup.text(e2e=e2e))))
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith("e2e.recipient_key: ")
+    assert "fix: " in err[0]
+    assert ("does not exist" in err[0]) == (content == "missing")

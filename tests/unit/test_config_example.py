@@ -21,7 +21,7 @@ _ASSIGN = re.compile(r"^#?\s*([a-z_][a-z0-9_]*)\s*=", re.M)
 def _sections() -> dict[str, str]:
     """Section name -> its text (comments included)."""
     text = EXAMPLE.read_text()
-    parts = re.split(r"(?m)^\[([a-z_]+)\]\s*$", text)
+    parts = re.split(r"(?m)^\[([a-z0-9_]+)\]\s*$", text)
     return dict(zip(parts[1::2], parts[2::2], strict=True))
 
 

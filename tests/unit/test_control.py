@@ -10,7 +10,7 @@ from edge.daemon.control import ControlHandlers, ControlServer, Handler
 from edge.daemon.status import StatusDocument
 from edge.errors import VaultFull
 from edge.intake import ConsentGate
-from edge.vault import Consent
+from edge.vault import Binding, Consent
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 
@@ -52,9 +52,13 @@ class Store:
     def __init__(self) -> None:
         self.records: dict[str, Consent] = {}
         self.revoked_by: list[str] = []
+        self.bound: list[Binding] = []
 
     async def consents(self) -> Sequence[Consent]:
         return list(self.records.values())
+
+    async def bindings(self) -> Sequence[Binding]:
+        return list(self.bound)
 
     async def grant_consent(self, patient: str, *, scope: str, actor: str) -> None:
         self.records[patient] = Consent(patient, scope, T0, actor, None, None)
@@ -87,7 +91,8 @@ async def test_handlers_wait_for_set_up_and_go_through_the_gate() -> None:
     await asyncio.sleep(0)
     assert not pending.done(), "requests wait until the daemon is set up"
     ready.set()
-    assert await pending == {"ok": True, "result": {"source": "daemon"}}
+    assert await pending == {"ok": True, "result": {"source": "daemon",
+                                                    "devices_without_consent": []}}
 
     granted = await server.dispatch(b'{"op": "consent.grant", "patient": "pt-one"}', "uid:1")
     assert granted["result"] == {"patient": "pt-one", "consent": "granted", "scope": "vitals"}

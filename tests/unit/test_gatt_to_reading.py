@@ -141,3 +141,30 @@ def test_renumbered_record_keeps_its_id_but_another_measurement_does_not() -> No
 )
 def test_clock_offset_seconds(meter: datetime, gateway: datetime, offset: int) -> None:
     assert clock_offset_seconds(meter, gateway) == offset
+
+
+@pytest.mark.parametrize(
+    ("base", "offset_s", "zone"),
+    [
+        # year 9999 on a meter whose clock runs 10 hours slow: the correction leaves the calendar
+        (datetime(9999, 12, 31, 23, 0), -36_000, UTC),
+        # the first instant of the calendar, in a zone east of UTC
+        (datetime(1, 1, 1, 0, 0), 0, PLUS2),
+    ],
+)
+def test_a_time_that_leaves_the_calendar_is_implausible_not_an_overflow(
+    base: datetime, offset_s: int, zone: timezone
+) -> None:
+    """Issue 14 (2): an OverflowError here crash-looped the meter's task; now it is a refusal
+    of that one record with a countable reason."""
+    import dataclasses
+
+    from edge.errors import Implausible
+
+    m = dataclasses.replace(decode_glucose_measurement(GLUCOSE), base_time=base,
+                            time_offset_min=None)
+    with pytest.raises(Implausible) as exc:
+        glucose_reading(m, None, device_id=DEVICE, patient="p", received_at=RECEIVED,
+                        clock_offset_s=offset_s, local_tz=zone)
+    assert exc.value.reason == "implausible_time"
+    assert str(base.year) not in str(exc.value)

@@ -184,3 +184,29 @@ def test_console_format_is_redacted_too(restore_logging: None) -> None:
     body = "\n".join(line.split(" ", 1)[-1] for line in text.splitlines())
     for s in SENSITIVE:
         assert s.lower() not in body.lower(), f"{s!r} leaked"
+
+
+def test_registered_pseudonyms_are_bounded_and_never_rebuilt_per_grant() -> None:
+    r = Redactor(b"k" * 32, capacity=100)
+    r.pin(["pt-bound"])
+    for i in range(4000):
+        r.register([f"pt-{i:05d}"])
+    # Before: one entry per registration (4,000), and a regex over all of them rebuilt each time.
+    assert len(r) == 101
+    assert r.scrub("pt-bound and pt-03999") == "[redacted] and [redacted]"
+    assert r.scrub("pt-00000") == "pt-00000", "the least recently registered was forgotten"
+    r.register(["pt-00000"])
+    assert len(r) == 101 and r.scrub("pt-00000") == "[redacted]"
+
+
+def test_registered_pseudonyms_are_found_inside_words_between_separators() -> None:
+    r = Redactor(b"k" * 32)
+    r.register(["pt-one", "p.x", "ab"])  # "ab": too short to register, as before
+    assert len(r) == 2
+    assert r.scrub("obs/pt-one.json, pt-one; (pt-one)") == \
+        "obs/[redacted].json, [redacted]; ([redacted])"
+    assert r.scrub("edge/v1/hub/obs/pt-one/x") == "edge/v1/hub/obs/[redacted]/x"
+    assert r.scrub("pt-one-two q-p.x") == "[redacted]-two q-[redacted]"
+    assert r.scrub("xpt-one pt-onex ab") == "xpt-one pt-onex ab"  # other words are left alone
+    # hostile text stays cheap: bounded work per word
+    assert r.scrub("a." * 4000) == "a." * 4000

@@ -1,0 +1,135 @@
+"""Per-minute heart-rate rollups (min / mean / max / count per patient per minute) beside the
+raw rows, and the raw retention purge that keeps them.
+
+The figures are health data, so each rollup row is sealed with the data key like the
+observations it summarises (bound to its patient and minute). Ingest folds in only the rows
+its INSERT actually added (a duplicate is never counted twice), in the same transaction, row
+by row under the row's lock: two workers adding to the same minute serialise, neither loses
+the other's samples. The arithmetic (:class:`MinuteStats`, :func:`aggregate`) is pure.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+
+from clinic import audit
+from clinic.db.connect import Conn
+from clinic.keys import KeyRing, decrypt, encrypt
+
+HEART_RATE_CODE = "8867-4"
+#: raw rows deleted per statement by the purge (keeps each transaction small)
+PURGE_CHUNK = 10_000
+
+
+@dataclass(frozen=True)
+class MinuteStats:
+    count: int
+    min: Decimal
+    max: Decimal
+    sum: Decimal
+
+    @property
+    def mean(self) -> Decimal:
+        return self.sum / self.count
+
+    @classmethod
+    def of(cls, value: Decimal) -> MinuteStats:
+        return cls(1, value, value, value)
+
+    def merged(self, other: MinuteStats) -> MinuteStats:
+        return MinuteStats(self.count + other.count, min(self.min, other.min),
+                           max(self.max, other.max), self.sum + other.sum)
+
+    def to_json(self) -> bytes:
+        return json.dumps({"n": self.count, "min": str(self.min), "max": str(self.max),
+                           "sum": str(self.sum)}, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, blob: bytes) -> MinuteStats:
+        d = json.loads(blob)
+        return cls(int(d["n"]), Decimal(d["min"]), Decimal(d["max"]), Decimal(d["sum"]))
+
+
+def minute_of(t: dt.datetime) -> dt.datetime:
+    """The UTC minute ``t`` falls in."""
+    return t.astimezone(dt.UTC).replace(second=0, microsecond=0)
+
+
+def aggregate(samples: Iterable[tuple[str, dt.datetime, Decimal]]
+              ) -> dict[tuple[str, dt.datetime], MinuteStats]:
+    """(patient, time, bpm) samples folded per (patient, minute)."""
+    out: dict[tuple[str, dt.datetime], MinuteStats] = {}
+    for patient, t, bpm in samples:
+        key = (patient, minute_of(t))
+        s = MinuteStats.of(bpm)
+        out[key] = out[key].merged(s) if key in out else s
+    return out
+
+
+def _aad(patient: str, minute: dt.datetime) -> bytes:
+    return f"hr-rollup|{patient}|{minute.isoformat()}".encode()
+
+
+def add(conn: Conn, ring: KeyRing, stats: dict[tuple[str, dt.datetime], MinuteStats]) -> None:
+    """Fold ``stats`` into the stored rollups, inside the caller's transaction."""
+    for patient, minute in sorted(stats):  # a fixed order: no deadlock between workers
+        new = stats[patient, minute]
+        kid, blob = encrypt(ring, new.to_json(), _aad(patient, minute))
+        inserted = conn.execute(
+            "INSERT INTO hr_rollups (patient, minute, key_id, stats_enc) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (patient, minute) DO NOTHING RETURNING 1",
+            (patient, minute, kid, blob)).fetchone()
+        if inserted is not None:
+            continue
+        row = conn.execute("SELECT key_id, stats_enc FROM hr_rollups WHERE patient = %s AND "
+                           "minute = %s FOR UPDATE", (patient, minute)).fetchone()
+        assert row is not None  # rollups are never deleted
+        old = MinuteStats.from_json(decrypt(ring, str(row[0]), bytes(row[1]),
+                                            _aad(patient, minute)))
+        kid, blob = encrypt(ring, old.merged(new).to_json(), _aad(patient, minute))
+        conn.execute("UPDATE hr_rollups SET key_id = %s, stats_enc = %s WHERE patient = %s "
+                     "AND minute = %s", (kid, blob, patient, minute))
+
+
+def read(conn: Conn, ring: KeyRing, patient: str, since: dt.datetime,
+         until: dt.datetime) -> list[tuple[dt.datetime, MinuteStats]]:
+    """A patient's rollups for the minutes in [since, until), oldest first."""
+    rows = conn.execute(
+        "SELECT minute, key_id, stats_enc FROM hr_rollups WHERE patient = %s AND minute >= %s"
+        " AND minute < %s ORDER BY minute", (patient, since, until))
+    return [(m, MinuteStats.from_json(decrypt(ring, str(k), bytes(b), _aad(patient, m))))
+            for m, k, b in rows]
+
+
+def purge_cutoff(now: dt.datetime, retention_days: float) -> dt.datetime:
+    """Rows received before this are purged: ``retention_days`` ago, rounded down to the hour,
+    so that a purge finds something (and audits it) about once an hour, not every run."""
+    return (now - dt.timedelta(days=retention_days)).replace(minute=0, second=0, microsecond=0)
+
+
+def purge_raw(conn: Conn, now: dt.datetime, retention_days: float, actor: str) -> int:
+    """Delete raw heart-rate rows received longer ago than the retention (receipt time: a
+    device clock cannot keep a row forever); rollups stay. Audited as a count, in the same
+    transaction. Returns the rows deleted (0 when retention is off)."""
+    if retention_days <= 0:
+        return 0
+    cutoff = purge_cutoff(now, retention_days)
+    total = 0
+    while True:
+        with conn.transaction():
+            cur = conn.execute(
+                "DELETE FROM observations WHERE id IN (SELECT id FROM observations WHERE"
+                " code = %s AND received_at < %s LIMIT %s)",
+                (HEART_RATE_CODE, cutoff, PURGE_CHUNK))
+            n = max(cur.rowcount, 0)
+            if n:
+                audit.append(conn, actor, "retention.purge", "observations",
+                             {"code": HEART_RATE_CODE, "rows": n,
+                              "before": cutoff.isoformat()}, now=now)
+        total += n
+        if n < PURGE_CHUNK:
+            return total
