@@ -6,9 +6,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages the project needs at run and test time (binary -> package).
 APT_NEEDS := /usr/sbin/mosquitto:mosquitto /usr/bin/dbus-daemon:dbus-daemon /usr/bin/openssl:openssl \
-  /usr/lib/postgresql/15/bin/initdb:postgresql /usr/bin/bluetoothctl:bluez
+  /usr/lib/postgresql/15/bin/initdb:postgresql /usr/bin/bluetoothctl:bluez \
+  /usr/bin/chromium:chromium
 # No bluetoothd needs to run: the tests point bluetoothctl and bleak at the simulator's private
-# D-Bus (DBUS_SYSTEM_BUS_ADDRESS); PostgreSQL runs as throwaway clusters the tests start.
+# D-Bus (DBUS_SYSTEM_BUS_ADDRESS); PostgreSQL runs as throwaway clusters the tests start; the
+# browser tests drive Debian's Chromium through Playwright (never a downloaded browser).
 
 .PHONY: setup system-deps test test-unit lint demo bench install clean
 

@@ -18,7 +18,9 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
+from edge.config_checks import environment_problems, key_file_problem, valid_host
 from edge.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge/gateway.toml")
@@ -126,6 +128,15 @@ class UplinkConfig(_Section):
     reconnect_base_s: PositiveFloat = 1.0
     reconnect_cap_s: PositiveFloat = 60.0
 
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        if not valid_host(v):
+            raise PydanticCustomError(
+                "host", "must be the broker's DNS name or IP address (no scheme, port, path "
+                "or spaces)")
+        return v
+
     @field_validator("tls_min_version", mode="before")
     @classmethod
     def _tls_floor(cls, v: object) -> object:
@@ -166,6 +177,10 @@ class DaemonConfig(_Section):
     health_interval_s: PositiveFloat = 5.0
     #: shutdown budget after SIGTERM/SIGINT
     shutdown_timeout_s: PositiveFloat = 8.0
+    #: control connections served at once; more are answered "busy" and closed
+    control_max_connections: Annotated[int, Field(ge=1, le=1024)] = 32
+    #: a control connection that sends no complete request for this long is closed
+    control_idle_timeout_s: Annotated[float, Field(gt=0, le=300)] = 5.0
 
 
 E2E_MODES = ("sign+encrypt", "off")
@@ -219,6 +234,7 @@ _FIX_BY_TYPE = {
     "greater_than_equal": "use a larger value",
     "less_than_equal": "use a smaller value",
     "model_type": "make it a [section] table",
+    "host": "set the name in the broker's certificate, e.g. broker.example.org",
 }
 
 
@@ -294,11 +310,14 @@ def load_config(path: Path) -> GatewayConfig:
 
 def _private_file_problem(key: str, path: Path) -> str | None:
     try:
-        st = path.stat()
+        st = path.lstat()
     except FileNotFoundError:
         return f"{key}: file {path} does not exist — fix: create it or correct the path"
     except OSError as exc:
         return f"{key}: file {path} cannot be examined ({exc.strerror}) — fix: check permissions"
+    problem = key_file_problem(key, path, st)  # a link, not a file, another user's
+    if problem:
+        return problem
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         return (
             f"{key}: key file {path} is readable by group or others — "
@@ -330,7 +349,7 @@ def check_environment(cfg: GatewayConfig) -> list[str]:
                     "vault.key_file: the key sits in the vault's own directory — fix: keep keys "
                     "apart from data, e.g. /etc/edge/keys/vault.key"
                 )
-            if v.key_file.exists():
+            if os.path.lexists(v.key_file):
                 p = _private_file_problem("vault.key_file", v.key_file)
                 if p:
                     problems.append(p)
@@ -366,6 +385,7 @@ def check_environment(cfg: GatewayConfig) -> list[str]:
         if p:
             problems.append(p)
     problems.extend(_e2e_problems(cfg.e2e))
+    problems.extend(environment_problems(cfg))  # owners, socket directory, client key, CN
     return problems
 
 
@@ -424,7 +444,7 @@ def _raw_key_file_problems(data: Mapping[str, object]) -> list[str]:
     for section, key in _KEY_FILE_KEYS:
         table = data.get(section)
         value = table.get(key) if isinstance(table, dict) else None
-        if isinstance(value, str) and value and Path(value).exists():
+        if isinstance(value, str) and value and os.path.lexists(value):
             p = _private_file_problem(f"{section}.{key}", Path(value))
             if p:
                 problems.append(p)

@@ -130,11 +130,12 @@ def search(request: Request, form: Form) -> Response:
         links.append({"relation": "next", "url": page(offset + count)})
     if offset > 0:
         links.append({"relation": "previous", "url": page(max(0, offset - count))})
-    return _fhir({
-        "resourceType": "Bundle", "type": "searchset", "total": total, "link": links,
-        "entry": [{"fullUrl": f"{base}/Observation/{r['id']}", "resource": r,
-                   "search": {"mode": "match"}} for r in resources],
-    })
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": total,
+                              "link": links}
+    if resources:  # FHIR JSON has no empty arrays
+        bundle["entry"] = [{"fullUrl": f"{base}/Observation/{r['id']}", "resource": r,
+                            "search": {"mode": "match"}} for r in resources]
+    return _fhir(bundle)
 
 
 @threaded

@@ -54,7 +54,7 @@ class HeartRateSession:
         sink: IntakeSink,
         clock: Clock,
         stall_timeout_s: float,
-        rate_limit: RateLimit = DEFAULT_RATE_LIMIT,
+        rate_limit: RateLimit | TokenBucket = DEFAULT_RATE_LIMIT,
         on_reading: Callable[[int], None] = lambda n: None,
         on_malformed: Callable[[int], None] = lambda n: None,
     ) -> None:
@@ -68,7 +68,10 @@ class HeartRateSession:
         self._on_malformed = on_malformed
         self._queue: asyncio.Queue[tuple[bytes, datetime]] = asyncio.Queue(QUEUE_LIMIT)
         self._overflow = 0
-        self._bucket = TokenBucket(rate_limit)
+        # a bucket handed in outlives the session: the limit holds across reconnections
+        self._bucket = (
+            rate_limit if isinstance(rate_limit, TokenBucket) else TokenBucket(rate_limit)
+        )
         self._rate_limited = 0
         self._refusals_sent_at: float | None = None
         self._last_rx = clock.monotonic()

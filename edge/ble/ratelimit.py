@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+_EPSILON = 1e-9
+
 
 @dataclass(frozen=True)
 class RateLimit:
@@ -40,7 +42,7 @@ class TokenBucket:
             self._tokens = min(float(self.limit.burst), self._tokens + refill)
         if self._last is None or now > self._last:
             self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._tokens >= 1.0 - _EPSILON:  # 5 x 0.2 tokens must make one, rounding or not
+            self._tokens = max(0.0, self._tokens - 1.0)
             return True
         return False

@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import itertools
 
-from edge.gatt.racp_client import SEQ_MODULO, GlucoseRecord, SyncResult
+from edge.gatt.racp_client import SEQ_MODULO, WINDOW, GlucoseRecord, SyncResult
 
 
 def resume_point(result: SyncResult) -> GlucoseRecord | None:
     """The record the cursor may move to after a transfer that did not complete, or None.
 
     The newest record when every record arrived oldest first (in the meter's sequence order,
-    wrap included), else None. Duplicates and records outside the window after the cursor do
-    not count; two records sharing a sequence number make it None (nothing to vouch for the
-    order).
+    wrap included, all within half the sequence space of the first), else None. Duplicates
+    and records outside the window after the cursor do not count; two records sharing a
+    sequence number make it None (nothing to vouch for the order).
     """
     records = result.records
     if not records:
@@ -43,6 +43,7 @@ def resume_point(result: SyncResult) -> GlucoseRecord | None:
     # from the cursor the transfer asked from; a report of all records from the first one
     origin = result.requested_from if result.requested_from is not None else arrival[0]
     ages = [(s - origin) % SEQ_MODULO for s in arrival]
-    if any(a >= b for a, b in itertools.pairwise(ages)):
+    if any(a >= b for a, b in itertools.pairwise(ages)) or ages[-1] >= WINDOW:
+        # out of order, or "ascending" only the long way round the circle (24 then 23)
         return None
     return by_sequence[arrival[-1]]

@@ -29,7 +29,7 @@ from edge.ble.ports import (
     IntakeSink,
 )
 from edge.ble.profiles import normalize_address
-from edge.ble.ratelimit import RateLimit
+from edge.ble.ratelimit import RateLimit, TokenBucket
 from edge.ble.scanner import AllowListWatcher
 from edge.ble.state import BACKOFF, CONNECTED, CONNECTING, IDLE, SYNCING, DeviceState
 from edge.clock import Clock
@@ -100,6 +100,10 @@ class DeviceSupervisor:
             rng,
         )
         self._state = DeviceState(self.address, self.kind, IDLE, last_seen=binding.last_seen)
+        #: the device's notification rate limit, kept across its sessions
+        self._rate_bucket = TokenBucket(
+            RateLimit(config.heart_rate_max_hz, config.heart_rate_burst)
+        )
         self._last_touch: float | None = None
         self._changed = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
@@ -233,8 +237,7 @@ class DeviceSupervisor:
                 sink=self._sink,
                 clock=self._clock,
                 stall_timeout_s=self._config.stall_timeout_s,
-                rate_limit=RateLimit(self._config.heart_rate_max_hz,
-                                     self._config.heart_rate_burst),
+                rate_limit=self._rate_bucket,
                 on_reading=self._count_readings,
                 on_malformed=self._count_malformed,
             )

@@ -14,14 +14,23 @@ from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from edge.ble.pairing import PairedDevice, pair_device, unpair_device
+from edge.ble.pairing import (
+    PairedDevice,
+    PairingAgentFactory,
+    PairingFailed,
+    TerminalPrompter,
+    answering,
+    pair_device,
+    parse_passkey,
+    unpair_device,
+)
 from edge.ble.ports import bleak_client_factory, bleak_scanner_factory
 from edge.ble.profiles import KINDS, normalize_address
 from edge.ble.scanner import scan_nearby
 from edge.cli.common import admin_actor, config_from_args, print_json
 from edge.clock import SystemClock
 from edge.config import BleConfig, GatewayConfig, load_config, resolve_config_path
-from edge.errors import ConfigError, EdgeError, PairingRefused
+from edge.errors import ConfigError, EdgeError, PairingRefused, UsageError
 from edge.log import configure_logging
 from edge.readings import check_pseudonym
 
@@ -43,6 +52,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("--patient", required=True, metavar="PSEUDONYM",
                    help="the patient's pseudonymous id (never a name)")
     p.add_argument("--kind", choices=KINDS, help="expected device kind (default: inferred)")
+    p.add_argument("--passkey", metavar="NNNNNN",
+                   help="the 6-digit passkey the device shows or has printed on it "
+                        "(default: asked on the terminal if the device wants one)")
+    p.add_argument("--confirm", action="store_true",
+                   help="accept the code a numeric-comparison device shows, without asking")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_pair)
 
@@ -123,8 +137,9 @@ def _pair(args: argparse.Namespace) -> int:
     _quiet_logs()
     address = _address(args.address)
     check_pseudonym(args.patient)
+    agent = _pairing_agent(args)
     cfg = config_from_args(args)
-    paired = asyncio.run(_pair_and_bind(cfg, address, args.patient, args.kind))
+    paired = asyncio.run(_pair_and_bind(cfg, address, args.patient, args.kind, agent))
     running = _tell_daemon(cfg)
     result = {
         "address": paired.address,
@@ -142,12 +157,32 @@ def _pair(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pairing_agent(args: argparse.Namespace) -> PairingAgentFactory:
+    """The agent held while bonding: ``--passkey`` / ``--confirm``, else the terminal's
+    answers (none without a terminal: the error then names ``--passkey``)."""
+    passkey = None
+    if args.passkey is not None:
+        passkey = parse_passkey(args.passkey)
+        if passkey is None:  # the value itself is never repeated back
+            raise UsageError("--passkey: expected 6 digits, 000000 to 999999")
+    try:
+        tty = sys.stdin is not None and sys.stdin.isatty()
+    except ValueError:  # stdin closed
+        tty = False
+    prompter = TerminalPrompter(sys.stdin.fileno(), sys.stderr) if tty else None
+    return answering(passkey=passkey, confirm=args.confirm, prompter=prompter)
+
+
 async def _pair_and_bind(
-    cfg: GatewayConfig, address: str, patient: str, kind: str | None
+    cfg: GatewayConfig, address: str, patient: str, kind: str | None,
+    agent: PairingAgentFactory | None = None,
 ) -> PairedDevice:
-    """Open the vault first (a wrong key fails before anything is bonded), bond, bind."""
+    """Open the vault first (a wrong key fails before anything is bonded), check the patient's
+    consent (without it every reading would be refused), bond, bind."""
     ble = cfg.ble
     async with _vault(cfg) as vault:
+        if not any(c.patient == patient and c.active for c in await vault.consents()):
+            raise UsageError(NO_CONSENT)
         try:
             paired = await pair_device(
                 bleak_client_factory(ble.adapter),
@@ -156,7 +191,12 @@ async def _pair_and_bind(
                 clock=SystemClock(),
                 scanner_factory=bleak_scanner_factory(ble.adapter),
                 connect_timeout_s=ble.connect_timeout_s,
+                agent=agent,
             )
+        except PairingFailed as exc:  # wrong passkey, cancelled, timed out: no PHI, a hash
+            await vault.audit(admin_actor(), "device.pairing_failed",
+                              f"{vault.device_hash(address)} {exc.reason}")
+            raise
         except PairingRefused:
             await vault.audit(admin_actor(), "device.pairing_refused", vault.device_hash(address))
             raise
@@ -165,6 +205,11 @@ async def _pair_and_bind(
             paired.address, paired.kind, patient, bonded=True, actor=admin_actor()
         )
     return paired
+
+
+#: pairing a patient without consent (nothing is bonded or bound; no pseudonym in it)
+NO_CONSENT = ("this patient has no consent, so every reading the device sent would be refused "
+              "— fix: `edge consent grant PSEUDONYM` first, then pair again")
 
 
 def _unpair(args: argparse.Namespace) -> int:

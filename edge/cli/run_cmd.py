@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from edge.cli.common import admin_actor, config_from_args, print_json
 from edge.config import GatewayConfig
 from edge.daemon.control import ControlClient
-from edge.errors import ConfigError, DaemonNotRunning
+from edge.daemon.control_handlers import NEVER_GRANTED, ever_granted
+from edge.daemon.control_protocol import DEFAULT_SCOPE, check_scope
+from edge.errors import ConfigError, ControlError, DaemonNotRunning, EdgeError, UsageError
 
 if TYPE_CHECKING:
     from edge.vault import Vault
@@ -36,7 +38,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     csub = p.add_subparsers(dest="consent_command", required=True, metavar="ACTION")
     g = csub.add_parser("grant", parents=[common], help="grant consent for PSEUDONYM")
     g.add_argument("patient", metavar="PSEUDONYM")
-    g.add_argument("--scope", default="vitals", help="what is consented to (default: vitals)")
+    g.add_argument("--scope", default=DEFAULT_SCOPE,
+                   help="what is consented to: 1-64 printable characters (default: vitals)")
     g.set_defaults(func=_consent_grant)
     r = csub.add_parser(
         "revoke", parents=[common],
@@ -182,16 +185,25 @@ def format_status(status: Mapping[str, Any]) -> str:
             f"    {d.get('address')}  {d.get('kind', '?'):<10}  {d.get('state')}"
             f"  last seen {d.get('last_seen') or 'never'}"
         )
+    lines += [f"  problem:    {p}" for p in status.get("problems") or []]
     return "\n".join(lines) + "\n"
 
 
 # --- edge consent -----------------------------------------------------------------------------
 
 
+def _refused(exc: ControlError) -> EdgeError:
+    """A request the daemon refused for what was given (exit 2), else the error as it is."""
+    if exc.code in ("bad_request", "not_granted"):
+        return UsageError(str(exc))
+    return exc
+
+
 def _consent_grant(args: argparse.Namespace) -> int:
     from edge.readings import check_pseudonym
 
     check_pseudonym(args.patient)
+    check_scope(args.scope)
     cfg = config_from_args(args)
     quiet_logs()
     try:
@@ -203,6 +215,8 @@ def _consent_grant(args: argparse.Namespace) -> int:
         with_vault(cfg, lambda v: v.grant_consent(args.patient, scope=args.scope,
                                                   actor=admin_actor()))
         where = "in the vault (daemon not running)"
+    except ControlError as exc:
+        raise _refused(exc) from None
     print(f"consent granted {where}")
     return 0
 
@@ -220,11 +234,19 @@ def _consent_revoke(args: argparse.Namespace) -> int:
         purged = result.get("purged") if isinstance(result, dict) else None
         where = "in the running daemon"
     except DaemonNotRunning:
-        purged = with_vault(cfg, lambda v: v.revoke_consent(args.patient,
-                                                                 actor=admin_actor()))
+        purged = with_vault(cfg, lambda v: _revoke_offline(v, args.patient))
         where = "in the vault (daemon not running)"
+    except ControlError as exc:
+        raise _refused(exc) from None
     print(f"consent revoked {where}; {purged} pending readings purged")
     return 0
+
+
+async def _revoke_offline(vault: Vault, patient: str) -> int:
+    """Revoke in the vault; UsageError when consent was never granted (nothing changes)."""
+    if not ever_granted(await vault.consents(), patient):
+        raise UsageError(NEVER_GRANTED)
+    return await vault.revoke_consent(patient, actor=admin_actor())
 
 
 def _consent_list(args: argparse.Namespace) -> int:
@@ -241,6 +263,8 @@ def _consent_list(args: argparse.Namespace) -> int:
     if args.json:
         print_json(consents)
         return 0
+    if not consents:
+        print("no consent records (grant one with `edge consent grant PSEUDONYM`)")
     for c in consents or []:
         state = "revoked" if c.get("revoked_at") else "active"
         print(f"{c.get('patient')}  {state}  scope={c.get('scope')}  granted={c.get('granted_at')}"

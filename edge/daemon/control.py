@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.clock import Clock, SystemClock, with_timeout
+from edge.config_checks import socket_dir_problem
 from edge.daemon.control_handlers import ControlHandlers
 from edge.daemon.control_protocol import (
     MAX_REQUEST_BYTES,
@@ -77,22 +78,6 @@ def peer_actor(sock: socket.socket | None) -> str:
     except OSError:
         return "uid:?"
     return f"uid:{uid}"
-
-
-def socket_dir_problem(directory: Path) -> str | None:
-    """Why the control socket may not live in ``directory`` (None when it may, or when it does
-    not exist yet): writable by others, or owned by another user than this one or root."""
-    try:
-        st = directory.stat()
-    except FileNotFoundError:
-        return None
-    if st.st_mode & stat.S_IWOTH:
-        return (f"daemon.control_socket: directory {directory} is writable by others — fix: "
-                "use a private directory such as /run/edge (systemd RuntimeDirectory=edge)")
-    if st.st_uid not in (os.geteuid(), 0):
-        return (f"daemon.control_socket: directory {directory} belongs to another user — fix: "
-                "use a directory owned by the user edge runs as, such as /run/edge")
-    return None
 
 
 def _prepare_path(path: Path) -> None:
@@ -299,7 +284,10 @@ class ControlClient:
                     "user or a member of its group",
                     "permission",
                 ) from exc
-            sock.sendall(json.dumps({"op": op, **params}).encode() + b"\n")
+            try:
+                sock.sendall(json.dumps({"op": op, **params}).encode() + b"\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # a busy daemon answers and hangs up before reading: read its answer
             buf = bytearray()
             while not buf.endswith(b"\n"):
                 chunk = sock.recv(65536)

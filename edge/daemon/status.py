@@ -26,6 +26,8 @@ CONNECTED_STATES = frozenset({"connected", "syncing"})
 #: what ``edge status`` shows for what only a running daemon knows
 NOT_RUNNING = "daemon not running"
 
+#: the pairing part of the status when the daemon holds no pairing agent
+NO_AGENT: Mapping[str, object] = {"agent": "none", "unsolicited_pairing_rejected": 0}
 #: a JSON object as the status document holds it
 StatusDocument = dict[str, object]
 
@@ -51,6 +53,8 @@ class DaemonFacts:
     uplink_state: str
     uplink_stats: Mapping[str, object] | None
     parts: Mapping[str, Mapping[str, object]]
+    #: the standing pairing agent (``agent``, ``unsolicited_pairing_rejected``); None: no agent
+    pairing: Mapping[str, object] | None = None
 
 
 def all_refusals(counts: Mapping[str, int]) -> dict[str, int]:
@@ -128,6 +132,7 @@ def status_document(
     doc["cert_days_left"] = cert_days
     if daemon is not None:
         doc["parts"] = {n: dict(p) for n, p in daemon.parts.items()}
+        doc["pairing"] = dict(daemon.pairing or NO_AGENT)
     return doc
 
 

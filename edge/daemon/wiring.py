@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 
+from edge.ble.agent import StandingAgent, StandingAgentFactory
 from edge.ble.ports import ClientFactory, ScannerFactory
 from edge.ble.state import DeviceState
 from edge.clock import Clock, SystemClock, with_timeout
@@ -83,6 +85,7 @@ class Daemon:
         scanner_factory: ScannerFactory | None = None,
         client_factory: ClientFactory | None = None,
         connector: Connector | None = None,
+        agent_factory: StandingAgentFactory | None = None,
         clock: Clock | None = None,
         notifier: Notifier | None = None,
         env: Mapping[str, str] | None = None,
@@ -97,6 +100,12 @@ class Daemon:
         self._scanner_factory = scanner_factory
         self._client_factory = client_factory
         self._connector = connector
+        # The pairing agent lives on the system bus bleak's real backend uses: held by default
+        # only with that backend (tests with in-process doubles have no bus, or inject one).
+        self._agent_factory = agent_factory
+        self._wants_agent = agent_factory is not None or (
+            ble_factory is None and client_factory is None)
+        self.agent: StandingAgent | None = None
         self.clock: Clock = clock or SystemClock()
         self.notifier: Notifier = notifier or NullNotifier()
         self._env = os.environ if env is None else env
@@ -236,7 +245,10 @@ class Daemon:
             await self._register_sensitive(vault)
             await gate.load()
             vault.use_consent(gate)
-            self.intake = Intake(vault, gate, on_appended=self._wake_forwarder)
+            self.intake = Intake(
+                vault, gate, on_appended=self._wake_forwarder, clock=self.clock,
+                config=self.config.intake,
+            )
             self._initialised.set()
             await self._refresh_status()
             sup = self._supervisor
@@ -247,6 +259,8 @@ class Daemon:
                 "purger": sup("purger", self._purger_part),
                 "control": sup("control", self.control.serve_forever),
             }
+            if self._wants_agent:  # rejects unsolicited pairing requests while we run
+                self.supervisors["agent"] = sup("agent", self._agent_part)
             async with asyncio.TaskGroup() as tg:
                 tasks = {n: tg.create_task(s.run(), name=f"part:{n}")
                          for n, s in self.supervisors.items()}
@@ -323,6 +337,15 @@ class Daemon:
         self.ble = self._make_ble(vault, intake)
         await self.ble.run()
 
+    async def _agent_part(self) -> None:
+        vault, _, _ = self._open()
+        if self.agent is None:  # one agent (and its counter) across restarts of the part
+            from edge.ble.agent import HubAgent
+
+            make = self._agent_factory or HubAgent
+            self.agent = make(functools.partial(vault.audit, "daemon"), self.clock)
+        await self.agent.run()
+
     async def _probe_ble(self) -> None:
         ble = self.ble
         if isinstance(ble, ReportsProgress):
@@ -365,8 +388,9 @@ class Daemon:
         # 2. let in-flight publishes finish.
         await self._drain_forwarder(deadline)
         # 3. everything else.
-        for name in ("uplink", "purger", "control", "vault"):
-            await self._cancel(tasks[name], max(0.1, deadline - self.clock.monotonic()))
+        for name in ("agent", "uplink", "purger", "control", "vault"):
+            if name in tasks:
+                await self._cancel(tasks[name], max(0.1, deadline - self.clock.monotonic()))
         pets.cancel()
 
     async def _cancel(self, task: asyncio.Task[None], timeout_s: float) -> None:
@@ -431,6 +455,7 @@ class Daemon:
             uplink_state=self._uplink_state(),
             uplink_stats=fwd_stats,
             parts={n: s.status().as_dict() for n, s in self.supervisors.items()},
+            pairing=self.agent.stats() if self.agent is not None else None,
         )
         return status_document(hub=self.config.hub.id, vault=stats,
                                cert_days=cert_days_left(self.config.uplink, self.clock.now()),

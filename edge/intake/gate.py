@@ -151,6 +151,7 @@ class Intake:
         reason, refused measurement times audited once for the whole submission."""
         accepted: list[AnyReading] = []
         refused: Counter[str] = Counter()
+        devices: set[str] = set()
         now = self._clock.now()
         for r in readings:
             try:
@@ -158,10 +159,14 @@ class Intake:
                 plausibility.check_time(r, now, self._window)
             except Implausible as exc:
                 refused[exc.reason] += 1
+                if exc.reason == IMPLAUSIBLE_TIME:
+                    devices.add(r.device_id)
                 continue
             accepted.append(_minimise(r))
         await self._count(refused)
         if refused[IMPLAUSIBLE_TIME]:
+            if address is None and len(devices) == 1:
+                address = devices.pop()
             await self._audit_times(address, refused[IMPLAUSIBLE_TIME])
         return accepted
 

@@ -2,16 +2,22 @@
 
 Same SSL context, same client certificate (the broker's identity for the ACL), same pin check,
 same MQTT protocol version, then a non-retained status document on the hub's status topic —
-never a reading. Two deliberate differences keep a running daemon undisturbed: the client id
-is ``<hub id>-probe`` (the same id would take over the daemon's session), and there is no
-Last Will (a probe killed mid-way must not mark the hub offline). The result names the precise
-reason when anything fails.
+never a reading. It asks for the client id ``<hub id>-probe`` and sets no Last Will (a probe
+killed mid-way must not mark the hub offline). A broker that ties client ids to certificates —
+the shipped one does (``use_username_as_clientid``, config/mosquitto/README.md) — replaces
+that id with the certificate's CN, the hub id: the probe then *is* the hub's one session, and
+run while the daemon is connected it would take the daemon's connection over (firing the
+daemon's Will). So the probe is for a hub whose daemon is not connected; the command line
+must not start it against a running daemon. The result names the precise reason when
+anything fails.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import ssl
 from dataclasses import dataclass, field
 
 from edge.config import E2eConfig, UplinkConfig
@@ -55,7 +61,7 @@ class ProbeResult:
         """0 ok; 3 the broker was refused / refused us; 2 local key or config; 1 unreachable."""
         if self.ok:
             return 0
-        if self.reason in ("key_unavailable", "config"):
+        if self.reason in ("key_unavailable", "config", "not_tls"):
             return 2
         if self.reason == "unreachable":
             return 1
@@ -84,7 +90,7 @@ class ProbeResult:
         if not self.ok:
             if self.detail:
                 out.append(f"  error      {self.detail}")
-            help_ = REASON_HELP.get(str(self.reason))
+            help_ = REASON_HELP.get(str(self.reason)) or _PROBE_HELP.get(str(self.reason))
             if help_:
                 out.append(f"  fix        {help_}")
         out.extend(f"  note       {n}" for n in self.notes)
@@ -123,6 +129,8 @@ async def probe(
     except TlsVerificationError as exc:
         result.reason, result.detail = exc.reason, str(exc)
         _tls_part(result, link_info_of(exc))
+        if exc.reason in ("tls_version", "tls_error"):
+            await _check_speaks_tls(result, cfg, step_timeout)
         return result
     except KeyUnavailable as exc:
         result.reason, result.detail = "key_unavailable", str(exc)
@@ -133,6 +141,7 @@ async def probe(
     except UplinkUnavailable as exc:
         result.reason, result.detail = "unreachable", str(exc)
         _tls_part(result, link_info_of(exc))
+        await _check_speaks_tls(result, cfg, step_timeout)
         return result
     info = link.info
     _tls_part(result, info)
@@ -170,3 +179,49 @@ async def _wait(fut: asyncio.Future[None], seconds: float) -> None:
         await asyncio.wait_for(fut, seconds)
     except TimeoutError as exc:
         raise UplinkUnavailable("no PUBACK for the status message") from exc
+
+
+_PROBE_HELP = {
+    "not_tls": "uplink.port is not the broker's TLS listener (1883 is plain MQTT) — set "
+    "uplink.port to the port of its TLS listener (usually 8883)",
+}
+
+
+async def _check_speaks_tls(result: ProbeResult, cfg: UplinkConfig, step_s: float) -> None:
+    """After a failed handshake: a port that does not answer TLS at all is named as such."""
+    if await speaks_tls(cfg.host, cfg.port, step_s) is False:
+        result.reason = "not_tls"
+        result.detail = (f"port {cfg.port} does not speak TLS: it answered the TLS hello with "
+                         "something else, or hung up on it")
+
+
+async def speaks_tls(host: str, port: int, step_s: float) -> bool | None:
+    """Whether ``host:port`` answers a TLS ClientHello with a TLS record (True), or with other
+    bytes or by hanging up (False); None when it cannot be reached or says nothing within
+    ``step_s`` per step. Only a ClientHello is sent: no certificate, no MQTT."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    outgoing = ssl.MemoryBIO()
+    hello_maker = ctx.wrap_bio(ssl.MemoryBIO(), outgoing)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        hello_maker.do_handshake()
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), step_s)
+    except (OSError, TimeoutError):
+        return None
+    try:
+        writer.write(outgoing.read())
+        first = await asyncio.wait_for(reader.read(5), step_s)
+        if len(first) == 1:
+            first += await asyncio.wait_for(reader.read(4), step_s)
+    except TimeoutError:
+        return None
+    except OSError:  # reset at the hello
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer.wait_closed(), step_s)
+    # a TLS record: handshake (22) or alert (21), protocol major version 3
+    return len(first) >= 2 and first[0] in (21, 22) and first[1] == 3

@@ -1,5 +1,7 @@
 """The vault's files on disk: a private directory, 0600 files, and the inter-process flock.
 
+The marker of the keys that have opened the vault (see :mod:`edge.vault.keys`) is here too.
+
 Every process holds ``<vault>.lock`` shared from before it opens the vault until after its last
 close (and that close's checkpoint); a re-key holds it exclusively.
 """
@@ -13,7 +15,9 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
+from edge.config import VaultConfig
 from edge.errors import ConfigError, VaultError
+from edge.vault.keys import key_id, write_private
 
 #: how long an opener waits for another process's open or a re-key to let go of the lock
 _OPEN_WAIT_S = 10.0
@@ -107,3 +111,35 @@ def try_upgrade(fd: int) -> bool:
         fcntl.flock(fd, fcntl.LOCK_SH)
         return False
     return True
+
+
+# --- the marker of the keys that have opened the vault -----------------------------------------
+
+#: ids of keys kept in a marker (a vault re-keyed more often than this forgets the oldest)
+_MARKER_IDS = 64
+
+
+def vault_marker(config: VaultConfig) -> Path | None:
+    """Where the ids of the keys that have opened the vault are recorded (see keys.py)."""
+    if config.key_provider == "file" and config.key_file is not None:
+        return config.key_file.with_name(f".{config.key_file.name}.opened")
+    if config.key_provider == "systemd-credential":
+        return config.path.with_name(f"{config.path.name}.opened")
+    return None
+
+
+def opened_key_ids(marker: Path) -> list[str]:
+    """The key ids recorded in ``marker`` (none when it is absent or unreadable)."""
+    try:
+        return marker.read_text("ascii").split()
+    except (OSError, UnicodeDecodeError):
+        return []
+
+
+def record_opened(marker: Path, key: bytes) -> None:
+    """Record that ``key`` has opened the vault (durably, 0600; nothing if already known)."""
+    ids = opened_key_ids(marker)
+    if key_id(key) in ids:
+        return
+    ids = [*ids, key_id(key)][-_MARKER_IDS:]
+    write_private(marker, "".join(i + "\n" for i in ids).encode("ascii"))

@@ -18,11 +18,22 @@ credential may also hold the 32 raw bytes.
 
 Rotation keeps the previous key in ``<key_file>.old`` until the database has been re-keyed
 (see :mod:`edge.vault.rotation`).
+
+A vault that disappears is never silently replaced by an empty one: the ids (one-way, see
+:func:`key_id`) of the keys that have opened a vault are recorded in a marker — beside the key
+file for the file provider (apart from the data, so a vault directory that vanishes or is not
+mounted is noticed too), beside the vault for the systemd-credential provider (whose
+credential directory is read-only), none for the env provider (tests) — and a missing vault
+whose key is in the marker is an error (:func:`edge.vault.rotation.open_vault`; the marker is
+kept by :mod:`edge.vault.files`). A new key (``edge keys init``) starts a new vault.
 """
 
 from __future__ import annotations
 
 import binascii
+import errno
+import hashlib
+import hmac
 import os
 import secrets
 import stat
@@ -49,6 +60,11 @@ ENV_GUIDANCE = """\
 The vault key comes from the environment variable {var} (tests only), which edge cannot set.
 Create one with:
     export {var}=$(openssl rand -hex 32)"""
+
+
+def key_id(key: bytes) -> str:
+    """A short one-way id naming a key without revealing it."""
+    return hmac.new(key, b"edge vault key id", hashlib.sha256).hexdigest()[:16]
 
 
 class KeyProvider(Protocol):
@@ -188,6 +204,11 @@ class FileKeyProvider:
                 f"file provider: no key at {path} — create one with `edge keys init`"
             ) from exc
         except OSError as exc:
+            if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a link
+                raise KeyUnavailable(
+                    f"file provider: key file {path} is a symbolic link — edge never follows "
+                    "a link to a key; set vault.key_file to the file itself"
+                ) from exc
             raise KeyUnavailable(
                 f"file provider: key file {path} cannot be read ({exc.strerror})"
             ) from exc

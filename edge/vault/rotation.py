@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 from edge.clock import Clock
 from edge.config import VaultConfig
-from edge.errors import KeyUnavailable
+from edge.errors import KeyUnavailable, VaultError
 from edge.log import get_logger
-from edge.vault.keys import KeyProvider, key_provider, new_key
+from edge.vault.files import opened_key_ids, record_opened, vault_marker
+from edge.vault.keys import KeyProvider, key_id, key_provider, new_key
 from edge.vault.vault import Vault
 
 log = get_logger("edge.vault")
@@ -50,6 +51,7 @@ async def _recover(
     """Open the vault, finishing an interrupted rotation if there is one."""
     current = provider.load()
     previous = provider.previous()
+    refuse_a_vanished_vault(config, current, previous)
     try:
         vault = await Vault.open(config, current, clock=clock)
     except KeyUnavailable:
@@ -97,9 +99,41 @@ async def _recover(
 async def open_vault(
     config: VaultConfig, *, clock: Clock | None = None, actor: str = "system"
 ) -> Vault:
-    """Open the vault with the configured provider's key, finishing an interrupted rotation."""
-    vault, _ = await _recover(config, key_provider(config), clock, actor)
+    """Open the vault with the configured provider's key, finishing an interrupted rotation.
+    A vault that has existed and is missing now is an error, never replaced by an empty one."""
+    provider = key_provider(config)
+    vault, _ = await _recover(config, provider, clock, actor)
+    remember_opened(config, provider.load())
     return vault
+
+
+def refuse_a_vanished_vault(config: VaultConfig, *keys: bytes | None) -> None:
+    """VaultError when the vault file is missing although one of ``keys`` has opened a vault
+    there before (the marker says so): opening would create an empty vault in its place."""
+    marker = vault_marker(config)
+    if marker is None or config.path.exists():
+        return
+    known = set(opened_key_ids(marker))
+    if not any(k is not None and key_id(k) in known for k in keys):
+        return
+    raise VaultError(
+        f"vault.path: the vault {config.path} is missing, but this vault key has opened a "
+        "vault there before — edge will not put an empty vault in its place. Fix: restore the "
+        f"vault (or a backup) to {config.path}; to start again with an empty vault, move the "
+        "old key aside and create a new one with `edge keys init`"
+    )
+
+
+def remember_opened(config: VaultConfig, key: bytes) -> None:
+    """Record that ``key`` opened the vault (see :mod:`edge.vault.keys`); a marker that cannot
+    be written is logged, not fatal (the vault itself is fine)."""
+    marker = vault_marker(config)
+    if marker is None:
+        return
+    try:
+        record_opened(marker, key)
+    except OSError as exc:
+        log.warning("vault.marker_unwritable", error=exc.strerror or type(exc).__name__)
 
 
 async def rotate_key(
@@ -115,11 +149,13 @@ async def rotate_key(
     provider = provider or key_provider(config)
     vault, recovered = await _recover(config, provider, clock, actor)
     try:
+        remember_opened(config, provider.load())
         if recovered is not None and recovered.rotated:
             return recovered
         step = hook or (lambda _name: None)
         await vault.lock_exclusive()  # before any key file changes
         fresh = new_key()
+        remember_opened(config, fresh)  # before any copy of the vault can need it
         await vault.audit(actor, "keys.rotation_started", provider.name)
         step("started")
         provider.stage_rotation(fresh, hook=step)

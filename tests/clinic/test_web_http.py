@@ -5,7 +5,7 @@ auditing of views, acknowledgement."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,14 +25,9 @@ def world(dsn: str) -> World:
 
 
 @pytest.fixture
-def make_client(world: World, tmp_path: Path) -> Iterator[type[TestClient]]:
+def make_client(world: World, tmp_path: Path) -> Iterator[Callable[[], TestClient]]:
     app = build_app(web_cfg(world.dsn, tmp_path), world.ring)
-
-    class Client(TestClient):
-        def __init__(self) -> None:
-            super().__init__(app, base_url="https://testserver", follow_redirects=False)
-
-    yield Client
+    yield lambda: TestClient(app, base_url="https://testserver", follow_redirects=False)
     app.state.web.pool.close()
 
 
@@ -56,7 +51,7 @@ def csrf_of(c: TestClient, path: str = "/me") -> str:
 ROUTES = ["GET /patients", "GET /patients/pt-a", "GET /patients/pt-c", "GET /patients/nobody",
           "GET /alerts", "GET /admin", "GET /audit", "GET /me", "POST /admin/hub-enroll",
           "POST /patients/pt-b/alerts/{aid}/ack", "POST /patients/pt-c/alerts/{aid}/ack",
-          "GET /events?patient=pt-c", "GET /fhir/r4/Observation?subject=Patient/pt-a"]
+          "GET /events?patient=nobody", "GET /fhir/r4/Observation?subject=Patient/pt-a"]
 MATRIX = {
     None: [303, 303, 303, 303, 303, 303, 303, 303, 303, 303, 303, 303, 401],
     "doc1": [200, 200, 404, 404, 200, 404, 404, 200, 404, 303, 404, 404, 401],
@@ -68,7 +63,7 @@ MATRIX = {
 
 @pytest.mark.parametrize("who", list(MATRIX), ids=lambda w: w or "anonymous")
 def test_access_matrix(who: str | None, world: World,
-                       make_client: type[TestClient]) -> None:
+                       make_client: Callable[[], TestClient]) -> None:
     c = make_client()
     csrf = ""
     if who:
@@ -86,7 +81,7 @@ def test_access_matrix(who: str | None, world: World,
 
 
 def test_not_found_pages_are_indistinguishable(world: World,
-                                               make_client: type[TestClient]) -> None:
+                                               make_client: Callable[[], TestClient]) -> None:
     c = make_client()
     sign_in(c, world, "doc1")
     other, missing = c.get("/patients/pt-c"), c.get("/patients/nobody")
@@ -96,20 +91,20 @@ def test_not_found_pages_are_indistinguishable(world: World,
 
 
 def test_patients_page_lists_assigned_patients_alerts_first(
-        world: World, make_client: type[TestClient]) -> None:
+        world: World, make_client: Callable[[], TestClient]) -> None:
     c = make_client()
     sign_in(c, world, "doc1")
     html = c.get("/patients").text
     assert re.findall(r'data-patient="([^"]+)"', html) == ["pt-b", "pt-a"]
     assert "Ada Example" in html and "Carl Other" not in html
-    assert "bpm" in html and "min ago" in html
+    assert "bpm" in html and " s ago" in html and "d ago · stale" in html  # glucose: 2 days
     with world.conn() as conn:
         views = [r for r in audit.tail(conn, 50) if r.action == "view.patients"]
     assert {r.target for r in views} == {"pt-a", "pt-b"} and {r.actor for r in views} == {"doc1"}
 
 
 def test_patient_page_charts_bands_and_audit(world: World,
-                                             make_client: type[TestClient]) -> None:
+                                             make_client: Callable[[], TestClient]) -> None:
     c = make_client()
     sign_in(c, world, "doc1")
     html = c.get("/patients/pt-a").text
@@ -124,7 +119,7 @@ def test_patient_page_charts_bands_and_audit(world: World,
 
 
 def test_glucose_unit_is_a_user_preference(world: World,
-                                           make_client: type[TestClient]) -> None:
+                                           make_client: Callable[[], TestClient]) -> None:
     c = make_client()
     sign_in(c, world, "doc1")
     assert c.post("/me", data={"csrf": csrf_of(c), "unit": "mmol/L"}).status_code == 303
@@ -133,7 +128,8 @@ def test_glucose_unit_is_a_user_preference(world: World,
     assert c.post("/me", data={"csrf": csrf_of(c), "unit": "furlongs"}).status_code == 400
 
 
-def test_csrf_is_required_on_every_form(world: World, make_client: type[TestClient]) -> None:
+def test_csrf_is_required_on_every_form(world: World,
+                                        make_client: Callable[[], TestClient]) -> None:
     c = make_client()
     sign_in(c, world, "adm")
     for data in ({"hub_id": "hub-x"}, {"hub_id": "hub-x", "csrf": "forged"}):
@@ -149,14 +145,17 @@ def test_csrf_is_required_on_every_form(world: World, make_client: type[TestClie
 
 
 def test_security_headers_and_no_inline_script_or_style(
-        world: World, make_client: type[TestClient]) -> None:
+        world: World, make_client: Callable[[], TestClient]) -> None:
+    anon = make_client()
     c = make_client()
     sign_in(c, world, "doc1")
-    for path in ("/signin", "/patients", "/patients/pt-a", "/alerts", "/nope",
-                 "/static/app.js"):
-        r = c.get(path)
+    for client, path in ((anon, "/signin"), (c, "/patients"), (c, "/patients/pt-a"),
+                         (c, "/alerts"), (c, "/nope"), (c, "/static/app.js"),
+                         (c, "/fhir/r4/metadata")):
+        r = client.get(path)
         for name, value in sec.SECURITY_HEADERS:
             assert r.headers.get(name) == value, (path, name)
+        assert r.status_code in (200, 404), (path, r.status_code)
         if r.headers["content-type"].startswith("text/html"):
             assert not re.search(r"<script(?![^>]*\bsrc=)", r.text), path
             assert not re.search(r"<style|\sstyle=", r.text), path
@@ -166,7 +165,7 @@ def test_security_headers_and_no_inline_script_or_style(
     assert "unsafe-inline" not in csp
 
 
-def test_session_cookie_attributes(world: World, make_client: type[TestClient]) -> None:
+def test_session_cookie_attributes(world: World, make_client: Callable[[], TestClient]) -> None:
     c = make_client()
     c.get("/signin")
     page = c.get("/signin")
@@ -186,11 +185,11 @@ def test_session_cookie_attributes(world: World, make_client: type[TestClient]) 
 
 
 def test_wrong_password_or_code_fails_and_lockout_follows(
-        world: World, make_client: type[TestClient]) -> None:
+        world: World, make_client: Callable[[], TestClient]) -> None:
     c = make_client()
     assert sign_in(c, world, "doc1", otp="000000")[0] == 401
     assert sign_in(c, world, "doc1", password="wrong password!")[0] == 401
-    assert sign_in(c, world, "nobody")[0] == 401
+    assert sign_in(c, world, "nobody", otp="123456")[0] == 401
     for _ in range(3):
         assert sign_in(c, world, "doc1", otp="123456")[0] in (401, 429)
     # five failures: locked, even with everything right
@@ -206,7 +205,7 @@ def test_wrong_password_or_code_fails_and_lockout_follows(
 
 
 def test_idle_timeout_absolute_lifetime_and_sign_out(
-        world: World, make_client: type[TestClient]) -> None:
+        world: World, make_client: Callable[[], TestClient]) -> None:
     c = make_client()
     sign_in(c, world, "doc1")
     assert c.get("/patients").status_code == 200
@@ -228,15 +227,15 @@ def test_idle_timeout_absolute_lifetime_and_sign_out(
     assert replay.get("/patients").status_code == 303  # invalidated server-side
 
 
-def test_acknowledge_needs_a_note(world: World, make_client: type[TestClient]) -> None:
+def test_acknowledge_needs_a_note(world: World, make_client: Callable[[], TestClient]) -> None:
     c = make_client()
     sign_in(c, world, "doc1")
     url = f"/patients/pt-b/alerts/{world.alert_id}/ack"
     assert c.post(url, data={"csrf": csrf_of(c), "note": "  "}).status_code == 400
-    assert 'data-alert="%d"' % world.alert_id in c.get("/alerts").text
+    assert f'data-alert="{world.alert_id}"' in c.get("/alerts").text
     r = c.post(url, data={"csrf": csrf_of(c), "note": "phoned, ate", "back": "/alerts"})
     assert r.status_code == 303 and r.headers["location"] == "/alerts"
-    assert 'data-alert="%d"' % world.alert_id not in c.get("/alerts").text
+    assert f'data-alert="{world.alert_id}"' not in c.get("/alerts").text
     page = c.get("/patients/pt-b").text
     assert "acknowledged by doc1" in page and "phoned, ate" in page
     with world.conn() as conn:
@@ -246,7 +245,7 @@ def test_acknowledge_needs_a_note(world: World, make_client: type[TestClient]) -
 
 
 def test_admin_assigns_and_auditor_reads_the_log(world: World,
-                                                 make_client: type[TestClient]) -> None:
+                                                 make_client: Callable[[], TestClient]) -> None:
     adm = make_client()
     sign_in(adm, world, "adm")
     page = adm.get("/admin").text

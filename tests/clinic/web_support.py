@@ -165,3 +165,27 @@ def https_server(cfg: ClinicConfig, ring: keys.KeyRing, **overrides: Any) -> Ite
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+def write_config(path: Path, dsn: str, tmp: Path) -> Path:
+    """The same config as :func:`web_cfg`, as a TOML file for the ``clinic`` command."""
+    path.write_text(f"""
+[clinic]
+id = "clinic-1"
+[db]
+dsn = "{dsn}"
+[keys]
+dir = "{tmp / 'keys'}"
+[hubs]
+ca_file = "{tmp / 'ca.pem'}"
+[broker]
+host = "127.0.0.1"
+ca_file = "{tmp / 'ca.pem'}"
+client_cert = "{tmp / 'c.pem'}"
+client_key = "{tmp / 'c.key'}"
+pins = ["sha256/{'A' * 43}="]
+[web]
+tls_cert = "{tmp / 'web.pem'}"
+tls_key = "{tmp / 'web.key'}"
+""")
+    return path

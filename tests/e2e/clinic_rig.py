@@ -2,10 +2,14 @@
 keys and config on disk, and ``clinic ingest`` workers as subprocesses.
 
     with clinic_rig(tmp_path / "clinic") as clinic:       # PostgreSQL up, schema migrated
-        with E2E(..., clinicians={CLINIC_ID: ["+"]}, recipient_key=clinic.recipient_key) as e:
-            clinic.configure(e.pki, e.broker.port)
+        with E2E(..., clinic_ids=ingest_ids("1", "2"),
+                 recipient_key=clinic.recipient_key) as e:
+            clinic.configure(e.pki, e.broker.port, ["1", "2"])
             clinic.enroll(HUB_ID, ["patient-a"])
             clinic.start_worker("1")
+
+Each worker has its own certificate (CN = ``<clinic id>-ingest-<NAME>``, its MQTT client id)
+and so its own config file; the broker ACL names those identities.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,13 +34,20 @@ from clinic.db import registry
 from clinic.db.connect import connect
 from clinic.db.schema import migrate
 from clinic.devdb import DevPostgres
+from devtools.broker import ingest_identity
 from edge.uplink.envelope import open_envelope
 from tests.clinic.conftest import CLINIC_ID, config_toml
+from tests.clinic.support import issue_client
 from tests.support.pki import TestPki
 
 REPO = Path(__file__).resolve().parents[2]
 
-__all__ = ["CLINIC_ID", "ClinicRig", "clinic_rig", "opened_ids"]
+__all__ = ["CLINIC_ID", "ClinicRig", "clinic_rig", "ingest_ids", "opened_ids"]
+
+
+def ingest_ids(*workers: str) -> list[str]:
+    """The broker identities of these ingest workers."""
+    return [ingest_identity(CLINIC_ID, w) for w in workers]
 
 
 @dataclass
@@ -48,7 +59,7 @@ class ClinicRig:
     ring: keys.KeyRing
     keys_dir: Path
     recipient_key: Path
-    config_path: Path | None = None
+    configs: dict[str, Path] = field(default_factory=dict)
     workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
 
@@ -56,16 +67,17 @@ class ClinicRig:
     def dsn(self) -> str:
         return self.pg.dsn
 
-    def configure(self, pki: TestPki, broker_port: int) -> Path:
-        """Write clinic.toml: the broker with the clinic's identity, hubs from ``pki``'s CA."""
-        ident = pki.clinician(CLINIC_ID)
-        path = self.workdir / "clinic.toml"
-        path.write_text(config_toml(dsn=self.dsn, keys_dir=self.keys_dir, pki=pki,
-                                    broker_port=broker_port, clinic_cert=ident.cert,
-                                    clinic_key=ident.key))
-        config_mod.load(path)  # fail here, not in a worker, if the config is wrong
-        self.config_path = path
-        return path
+    def configure(self, pki: TestPki, broker_port: int, workers: Sequence[str]) -> None:
+        """One clinic-<worker>.toml per worker: the broker with that worker's own identity
+        (issued by ``pki``'s CA), hubs checked against the same CA."""
+        for name in workers:
+            ident = issue_client(pki.dir, pki.ca, ingest_identity(CLINIC_ID, name))
+            path = self.workdir / f"clinic-{name}.toml"
+            path.write_text(config_toml(dsn=self.dsn, keys_dir=self.keys_dir, pki=pki,
+                                        broker_port=broker_port, clinic_cert=ident.cert,
+                                        clinic_key=ident.key))
+            config_mod.load(path)  # fail here, not in a worker, if the config is wrong
+            self.configs[name] = path
 
     def enroll(self, hub_id: str, patients: list[str]) -> None:
         with connect(self.dsn) as conn:
@@ -77,12 +89,12 @@ class ClinicRig:
         return {**os.environ, "PYTHONPATH": str(REPO)}
 
     def start_worker(self, name: str) -> None:
-        assert self.config_path is not None, "configure() first"
+        config = self.configs[name]  # configure() first
         log_path = self.workdir / f"worker-{name}.log"
         self.logs[name] = log_path
         with log_path.open("ab") as log:
             self.workers[name] = subprocess.Popen(
-                [sys.executable, "-m", "clinic", "--config", str(self.config_path), "ingest",
+                [sys.executable, "-m", "clinic", "--config", str(config), "ingest",
                  "--worker", name],
                 stdout=log, stderr=subprocess.STDOUT, env=self._env(), cwd=REPO,
                 stdin=subprocess.DEVNULL)
@@ -121,9 +133,9 @@ class ClinicRig:
 
     def status(self) -> dict[str, Any]:
         """``clinic status --json``."""
-        assert self.config_path is not None
+        config = next(iter(self.configs.values()))
         done = subprocess.run(
-            [sys.executable, "-m", "clinic", "--config", str(self.config_path), "status",
+            [sys.executable, "-m", "clinic", "--config", str(config), "status",
              "--json"], capture_output=True, check=True, cwd=REPO, env=self._env(), timeout=60)
         doc: dict[str, Any] = json.loads(done.stdout)
         return doc

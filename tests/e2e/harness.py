@@ -236,8 +236,14 @@ class E2E:
     config_extra: str = ""
     #: seal Bundles to this clinic public key (PEM): [e2e] mode = "sign+encrypt"; None: "off"
     recipient_key: Path | None = None
+    #: the clinic's ingest identities (certificate CNs) the broker ACL lets read observations
+    clinic_ids: list[str] = field(default_factory=list)
     #: route the gateway through a :class:`Gate` (to hold it off a restarted broker)
     gated: bool = False
+    #: [uplink] status_interval_s and [daemon] health_interval_s (short for tests; the
+    #: daemon benchmark uses the shipped defaults)
+    status_interval_s: float = 2
+    health_interval_s: float = 1
     gate: Gate | None = field(init=False, default=None)
     pki: TestPki = field(init=False)
     broker: Broker = field(init=False)
@@ -268,7 +274,8 @@ class E2E:
     def _start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.pki = make_pki(self.workdir, HUB_ID, clinicians=self.clinicians, hostile=())
-        self.broker = start_broker(self.workdir, self.pki, debug=False)
+        self.broker = start_broker(self.workdir, self.pki, debug=False,
+                                   clinic_ids=self.clinic_ids)
         self._stack.callback(self.broker.stop)
         if self.gated:
             self.gate = Gate(self.broker.port)
@@ -323,7 +330,7 @@ allow_env_key = true
 
 {self.pki.uplink_toml(self.gate.port if self.gate else self.broker.port)}reconnect_base_s = 0.2
 reconnect_cap_s = 1
-status_interval_s = 2
+status_interval_s = {self.status_interval_s:g}
 ack_timeout_s = 5
 
 {self.e2e_toml()}
@@ -333,7 +340,7 @@ format = "json"
 
 [daemon]
 control_socket = "{self.control_socket}"
-health_interval_s = 1
+health_interval_s = {self.health_interval_s:g}
 shutdown_timeout_s = 6
 {self.config_extra}"""
         )

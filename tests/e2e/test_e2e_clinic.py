@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edge.testing import eventually
 from edge.uplink.envelope import CONTENT_TYPE, peek_header, thumbprint
-from tests.e2e.clinic_rig import CLINIC_ID, clinic_rig, opened_ids
+from tests.e2e.clinic_rig import clinic_rig, ingest_ids, opened_ids
 from tests.e2e.harness import E2E, HUB_ID
 
 PATIENTS = ["patient-a", "patient-b"]
@@ -21,13 +21,13 @@ async def test_sealed_readings_are_stored_once_and_the_broker_sees_no_plaintext(
     tmp_path: Path,
 ) -> None:
     with clinic_rig(tmp_path / "clinic") as clinic, E2E(
-        tmp_path / "rig", devices="hr:2,glucose:1", clinicians={CLINIC_ID: ["+"]},
+        tmp_path / "rig", devices="hr:2,glucose:1", clinic_ids=ingest_ids("1", "2"),
         recipient_key=clinic.recipient_key,
     ) as e:
         kid = thumbprint(clinic.ring.e2e[clinic.ring.current_e2e])
         checked = e.edge("check-config").stdout.splitlines()
         assert f"e2e: sign+encrypt (clinic key {kid})" in checked
-        clinic.configure(e.pki, e.broker.port)
+        clinic.configure(e.pki, e.broker.port, ["1", "2"])
         clinic.enroll(HUB_ID, PATIENTS)
         clinic.start_worker("1")
         clinic.start_worker("2")
@@ -39,7 +39,8 @@ async def test_sealed_readings_are_stored_once_and_the_broker_sees_no_plaintext(
         e.pair("SIM-HR-2", "patient-b")
         gw = e.gateway()
 
-        await eventually(lambda: len(clinic.stored_ids()) >= 30, within_s=90, what="readings stored by the clinic")
+        await eventually(lambda: len(clinic.stored_ids()) >= 30, within_s=90,
+                         what="readings stored by the clinic")
         e.quiesce(gw, ["SIM-HR-1", "SIM-HR-2", "SIM-GLU-1"])  # the hub's queue is empty
         assert gw.stop() == 0
         delivered = {rid for rid, _, done, _ in e.vault_rows() if done}

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from edge.ble.manager import BleManager
 from edge.ble.pairing import pair_device, unpair_device
 from edge.ble.ports import bleak_client_factory, bleak_scanner_factory
 from edge.ble.profiles import HEART_RATE_MEASUREMENT
-from edge.ble.supervisor import BleManager
 from edge.clock import SystemClock
 from edge.config import BleConfig
 from edge.errors import PairingRefused

@@ -82,6 +82,13 @@ async def test_pair_devices_unpair_commands(tmp_path: Path) -> None:
             EDGE_VAULT_KEY=KEY,
             PYTHONPATH=str(REPO),
         )
+        # pairing needs the patient's consent first: nothing is bonded or bound without it
+        out = _edge(env, "pair", hr.lower(), "--patient", "p-one", "--json")
+        assert out.returncode == 2 and "edge consent grant" in out.stderr
+        assert json.loads(_edge(env, "devices", "--json").stdout) == []
+        for patient in ("p-one", "p-two"):
+            assert _edge(env, "consent", "grant", patient).returncode == 0
+
         out = _edge(env, "pair", hr.lower(), "--patient", "p-one", "--json")
         assert out.returncode == 0, out.stderr
         paired = json.loads(out.stdout)

@@ -119,18 +119,24 @@ async def test_meter_that_restarts_numbering_is_resynced_without_loss(
         assert rig.manager.counters["error:racp"] == 0
 
 
-async def test_interrupted_transfer_moves_no_cursor_and_loses_nothing() -> None:
+async def test_interrupted_transfer_keeps_its_progress_and_loses_nothing() -> None:
     async with ble_rig("glucose:1", seed=6) as rig:
         meter = rig.meter()
         meter.inject_fault({"racp_interrupt_after_records": 5})
         rig.bind(meter, "p-g")
         await rig.start()
         await rig.wait_state(meter, lambda s: s.last_error == "racp")
-        assert rig.sink.glucose_commits == []
-        assert await rig.registry.cursor(meter.address) is None
+        # what arrived before the meter stopped is committed, the cursor at its newest
+        assert len(rig.sink.glucose_commits) == 1
+        _, readings, last_seq, _, _ = rig.sink.glucose_commits[0]
+        assert [r.sequence_number for r in readings] == [r.sequence for r in meter.records[:5]]
+        cursor = await rig.registry.cursor(meter.address)
+        assert cursor is not None
+        assert cursor.last_sequence == last_seq == readings[-1].sequence_number
         meter.clear_faults()
-        await rig.sink.wait_for(lambda s: len(s.glucose_commits) == 1)
+        await rig.sink.wait_for(lambda s: len(_glucose(rig)) == len(meter.records))
         assert {r.id for r in _glucose(rig)} == _ids_on_meter(rig, meter)
+        assert rig.sink.duplicates == 0
 
 
 async def test_silent_meter_times_out_and_is_retried_later() -> None:

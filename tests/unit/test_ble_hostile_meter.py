@@ -12,12 +12,17 @@ mid-transfer) against the real BleManager, on a virtual clock.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import io
 import itertools
+import json
+import logging
 import random
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import pytest
 
@@ -25,6 +30,7 @@ from edge.ble.manager import BleManager
 from edge.gatt.glucose import decode_glucose_measurement
 from edge.gatt.to_reading import glucose_reading_id
 from edge.intake import ConsentGate, Intake
+from edge.log import configure_logging
 from edge.readings import GlucoseReading, reading_from_json
 from edge.testing.vault import MemoryVault
 from firmware_sim.devices.glucose import GlucoseMeter
@@ -96,18 +102,12 @@ async def intake_rig(seed: int) -> AsyncIterator[IntakeRig]:
                          rng=random.Random(seed))
     rig = IntakeRig(clock, meter, vault, intake, manager)
     await fleet.start()
-    task = clock_task = None
+    task = asyncio.create_task(manager.run())
     try:
-        import asyncio
-
-        task = asyncio.create_task(manager.run())
         yield rig
     finally:
-        for t in (task, clock_task):
-            if t is not None:
-                t.cancel()
-                with contextlib.suppress(BaseException):
-                    await t
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
         await fleet.stop()
 
 
@@ -121,7 +121,8 @@ async def test_records_with_implausible_times_never_reach_the_outbox() -> None:
         meter = rig.meter
         history = len(meter.records)
         hostile = [meter.add_glucose_record(mg_dl_value=110, base_time=t) for t in HOSTILE_TIMES]
-        newest = meter.add_glucose_record(mg_dl_value=120)
+        # (a record the meter stamps itself would follow the last one's time: stamp "now")
+        newest = meter.add_glucose_record(mg_dl_value=120, base_time=meter.now())
         synced = False
         for _ in range(240):
             if await _cursor_at(rig, newest):
@@ -141,9 +142,13 @@ async def test_records_with_implausible_times_never_reach_the_outbox() -> None:
         # one audit entry for that sync
         assert await rig.audits("device.implausible_time") == 1
         # the next sync does not see them again (the cursor moved past): no second audit
-        meter.add_glucose_record(mg_dl_value=121)
+        later = meter.add_glucose_record(mg_dl_value=121, base_time=meter.now())
         meter.drop_link()
-        assert await run_until(rig.clock, lambda: len(meter.records) == 0, virtual_s=20) is False
+        for _ in range(120):
+            if await _cursor_at(rig, later):
+                break
+            await rig.clock.advance(0.5)
+        assert later in {r.sequence_number for r in await rig.stored()}
         assert (await rig.vault.stats()).refusals["implausible_time"] == len(HOSTILE_TIMES)
         assert await rig.audits("device.implausible_time") == 1
 
@@ -155,7 +160,7 @@ async def test_a_year_9999_record_on_a_slow_meter_is_refused_and_the_sync_goes_o
         history = len(meter.records)
         end_of_time = meter.add_glucose_record(mg_dl_value=110,
                                                base_time=datetime(9999, 12, 31, 23, 0))
-        after = meter.add_glucose_record(mg_dl_value=130)
+        after = meter.add_glucose_record(mg_dl_value=130, base_time=meter.now())
         synced = False
         for _ in range(240):
             if await _cursor_at(rig, after):
@@ -170,7 +175,7 @@ async def test_a_year_9999_record_on_a_slow_meter_is_refused_and_the_sync_goes_o
         assert refusals["implausible_time"] == 1
         assert len(stored) + sum(refusals.values()) == history + 2
         # and the meter keeps syncing afterwards
-        later = meter.add_glucose_record(mg_dl_value=140)
+        later = meter.add_glucose_record(mg_dl_value=140, base_time=meter.now())
         meter.drop_link()
         for _ in range(120):
             if await _cursor_at(rig, later):
@@ -223,15 +228,10 @@ async def test_a_meter_that_always_aborts_after_5_records_delivers_them_all() ->
         cursor = await rig.registry.cursor(meter.address)
         assert cursor is not None and cursor.last_sequence == meter.records[-1].sequence
         # then it is synced like any meter: a new record comes in one short report
-        seq = meter.add_glucose_record(mg_dl_value=101)
+        meter.add_glucose_record(mg_dl_value=101)
         meter.drop_link()
-        assert await run_until(rig.clock,
-                               lambda: seq in {r.sequence_number for r in
-                                               rig.sink.of_kind_glucose()}
-                               if hasattr(rig.sink, "of_kind_glucose") else
-                               any(isinstance(r, GlucoseReading) and r.sequence_number == seq
-                                   for r in rig.sink.readings.values()),
-                               virtual_s=120)
+        everything = _ids_on_meter(meter)
+        assert await run_until(rig.clock, lambda: _stored_ids(rig) == everything, virtual_s=120)
 
 
 async def test_a_link_that_drops_mid_transfer_keeps_what_arrived() -> None:
@@ -289,12 +289,41 @@ async def test_a_meter_that_never_delivers_is_retried_with_a_growing_capped_back
         assert rig.sink.glucose_commits == [] and not rig.sink.readings
 
 
-def test_finding_times_are_what_the_decoder_accepts() -> None:
-    """The hostile times are valid on the wire (the decoder takes years 1582-9999), so it is
-    intake's window, not the codec, that must refuse them."""
+def test_the_hostile_times_are_valid_on_the_wire() -> None:
+    """The decoder takes years 1582-9999, so it is intake's window, not the codec, that must
+    refuse these times."""
     from firmware_sim import encoders as enc
 
     for t in HOSTILE_TIMES:
-        m = decode_glucose_measurement(enc.glucose_measurement(1, t, concentration=None))
-        assert m.base_time == t
-    assert datetime(2000, 1, 1, tzinfo=UTC).year == 2000
+        assert decode_glucose_measurement(enc.glucose_measurement(1, t)).base_time == t
+
+
+async def test_what_the_hostile_meter_causes_in_the_logs_carries_no_address_or_phi() -> None:
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out)
+    try:
+        async with intake_rig(seed=23) as rig:
+            meter = rig.meter
+            meter.inject_fault({"racp_interrupt_after_records": 5})
+            for t in HOSTILE_TIMES:
+                meter.add_glucose_record(mg_dl_value=110, base_time=t)
+            newest = meter.add_glucose_record(mg_dl_value=120, base_time=meter.now())
+            for _ in range(600):
+                if await _cursor_at(rig, newest):
+                    break
+                await rig.clock.advance(0.5)
+            assert await _cursor_at(rig, newest)
+    finally:
+        logging.getLogger().handlers.clear()
+    text = out.getvalue()
+    events = [json.loads(line) for line in text.splitlines() if line.strip()]
+    names = {e.get("event") for e in events}
+    assert {"ble.glucose_partial_kept", "intake.refused"} <= names
+    assert meter.address not in text and meter.address.replace(":", "_") not in text
+    assert PATIENT not in text
+    # no record time either (device hashes and the log's own timestamps left aside)
+    shown = re.sub(r"dev-[0-9a-f]{8}", "",
+                   json.dumps([{k: v for k, v in e.items() if k != "timestamp"}
+                               for e in events]))
+    for year in ("1582", "1970", "2100", "9999"):
+        assert year not in shown

@@ -41,9 +41,12 @@ def _server() -> ControlServer:
 @pytest.mark.parametrize(
     ("line", "why"),
     [
-        (b"[" * 60_000 + b"]" * 60_000, "nested"),
-        (b'{"op": "echo", "x": ' + b"[" * 60_000 + b"]" * 60_000 + b"}", "nested"),
-        (b'{"op": "echo", "x": ' + b"9" * 50_000 + b"}", "number"),
+        (b"[" * 60_000 + b"]" * 60_000, "too long"),
+        (b'{"op": "echo", "x": ' + b"9" * 50_000 + b"}", "too long"),
+        (b"[" * 1_500 + b"]" * 1_500, "nested"),
+        (b'{"op": "echo", "x": ' + b"[" * 1_500 + b"]" * 1_500 + b"}", "nested"),
+        (b'{"op": "echo", "x": ' + b"9" * 4_000 + b"}", "number"),
+        (b'{"op": "echo", "x": -' + b"9" * 31 + b"}", "number"),
         (b'{"op": "echo", "x": 1' + b"0" * 40 + b".5}", "number"),
         (b'{"op": "echo", "x": 1e999}', "number"),
         (b'{"op": "echo", "x": NaN}', "NaN"),
@@ -68,7 +71,7 @@ def test_the_depth_check_skips_strings_and_counts_only_nesting() -> None:
     assert nesting_depth('"\\"[[[["') == 0
     deep = "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1)
     assert nesting_depth(deep) == MAX_DEPTH + 1
-    ok = "[" * MAX_DEPTH + "]" * MAX_DEPTH
+    ok = "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1)  # inside the request object
     assert parse_request(b'{"op": "x", "y": ' + ok.encode() + b"}")["op"] == "x"
     big_but_allowed = parse_request(b'{"op": "x", "n": ' + b"9" * 30 + b", "
                                     b'"f": 1.25}')
@@ -149,8 +152,8 @@ async def test_scope_and_fields_are_bounded() -> None:
     store = Store()
     server, gate = await _daemon(store)
     for scope in ("", "🩸", "x" * 65, "a\tb"):
-        line = ('{"op": "consent.grant", "patient": "pt-one", "scope": %s}'
-                % json.dumps(scope)).encode()
+        line = json.dumps({"op": "consent.grant", "patient": "pt-one",
+                           "scope": scope}).encode()
         reply = await server.dispatch(line, "uid:1")
         assert reply["code"] == "bad_request" and "scope" in str(reply["error"]), reply
     # a 60 KB scope never reaches the store: the line alone is too long

@@ -12,8 +12,7 @@ import pytest
 
 from edge.config import IntakeConfig
 from edge.errors import Implausible
-from edge.intake import ConsentGate, Intake
-from edge.intake import plausibility
+from edge.intake import ConsentGate, Intake, plausibility
 from edge.intake.plausibility import TimeWindow, check_time
 from edge.readings import GlucoseReading, HeartRateReading, TimeSource, stable_reading_id
 from edge.testing import ManualClock
@@ -148,6 +147,9 @@ async def test_submit_applies_the_window_to_device_timed_readings_only() -> None
     await intake.submit([strap, meter])
     assert await _stored_ids(vault) == {strap.id}
     assert (await vault.stats()).refusals == {"implausible_time": 1}
+    # the audit names the one device the refused readings came from (by its hash)
+    (entry,) = [e for e in await vault.audit_tail(50) if e.action == "device.implausible_time"]
+    assert entry.subject.startswith("dev-") and METER not in entry.subject
 
 
 async def test_a_refusal_the_session_makes_for_an_uncomputable_time_is_audited() -> None:
