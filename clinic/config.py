@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from clinic.errors import ConfigError
+from clinic.errors import ConfigError, UsageError
 
 DEFAULT_CONFIG_PATH = Path("/etc/clinic/clinic.toml")
 EXAMPLE = "config/clinic.example.toml"
@@ -30,6 +30,10 @@ _PIN_RE = re.compile(r"^sha256/[A-Za-z0-9+/]{43}=$")
 _INSECURE_DSN_RE = re.compile(r"sslmode\s*=\s*(disable|allow|prefer)", re.IGNORECASE)
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", ""})
 _KV_HOST_RE = re.compile(r"(?:^|\s)host\s*=\s*(\S+)")
+#: ``clinic ingest --worker NAME``: NAME is a level of the worker's certificate CN
+_WORKER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
+#: in broker.client_cert / client_key: the worker's name (each worker has its own certificate)
+WORKER_PLACEHOLDER = "{worker}"
 
 
 def _is_local(dsn: str) -> bool:
@@ -51,7 +55,8 @@ class _Section(BaseModel):
 
 
 class ClinicSection(_Section):
-    #: the CN of the clinic's client certificate; prefix of the MQTT client ids
+    #: the clinic's name; ingest worker NAME's certificate CN (= its MQTT client id, which
+    #: the broker sets to the CN) is ``<id>-ingest-<NAME>``
     id: str
 
     @field_validator("id")
@@ -102,6 +107,8 @@ class BrokerSection(_Section):
     host: str
     port: Annotated[int, Field(ge=1, le=65535)] = 8883
     ca_file: Path
+    #: each ingest worker's own certificate (CN ``<clinic.id>-ingest-<NAME>``) and key;
+    #: ``{worker}`` in either path stands for the worker's NAME
     client_cert: Path
     client_key: Path
     pins: list[str]
@@ -140,6 +147,32 @@ class BrokerSection(_Section):
         if not v or v.startswith("/") or v.endswith("/") or any(c in v for c in "#+\0$"):
             raise ValueError("must be non-empty, without '#', '+', '$' or edge '/'")
         return v
+
+    @field_validator("client_cert", "client_key")
+    @classmethod
+    def _placeholder(cls, v: Path) -> Path:
+        if any(c in str(v).replace(WORKER_PLACEHOLDER, "") for c in "{}"):
+            raise ValueError("the only placeholder a path may hold is {worker}")
+        if WORKER_PLACEHOLDER in str(v.parent):
+            raise ValueError("{worker} may stand only in the file name, not in a directory")
+        return v
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> BrokerSection:
+        if self.per_worker != (WORKER_PLACEHOLDER in str(self.client_key)):
+            raise ValueError("client_cert and client_key must both contain {worker}, or "
+                             "neither")
+        return self
+
+    @property
+    def per_worker(self) -> bool:
+        """The paths name each worker's own files (``{worker}``)."""
+        return WORKER_PLACEHOLDER in str(self.client_cert)
+
+    def identity_files(self, worker: str) -> tuple[Path, Path]:
+        """Worker ``worker``'s certificate and key paths."""
+        return (Path(str(self.client_cert).replace(WORKER_PLACEHOLDER, worker)),
+                Path(str(self.client_key).replace(WORKER_PLACEHOLDER, worker)))
 
 
 class WebSection(_Section):
@@ -282,18 +315,115 @@ def load(path: Path) -> ClinicConfig:
     return parse(data)
 
 
-def file_problems(cfg: ClinicConfig) -> list[str]:
-    """What is wrong on disk: missing files, world-readable keys, keys inside data dirs."""
+def ingest_identity(cfg: ClinicConfig, worker: str) -> str:
+    """The certificate CN of ingest worker ``worker``, which is also its MQTT client id (the
+    broker replaces a client id with the certificate's CN): ``<clinic.id>-ingest-<NAME>``."""
+    return f"{cfg.clinic.id}-ingest-{worker}"
+
+
+def check_worker_name(worker: str) -> str:
+    """``--worker NAME``; UsageError when NAME cannot be part of a CN and a file name."""
+    if not _WORKER_RE.match(worker):
+        raise UsageError("--worker must be 1-32 letters, digits, '.', '_' or '-' (starting "
+                         "with a letter or digit)")
+    return worker
+
+
+def _certificate_cn(path: Path) -> str | None:
+    """The subject CN of the first certificate in ``path``; None when unreadable."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except (OSError, ValueError):
+        return None
+    return str(names[0].value) if names else None
+
+
+def _key_problems(key: str, path: Path) -> list[str]:
+    if not path.is_file():
+        return [f"{key}: {path} does not exist — fix: correct the path"]
+    if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return [f"{key}: {path} is readable by others — fix: chmod 600 {path}"]
+    return []
+
+
+def worker_problems(cfg: ClinicConfig, worker: str) -> list[str]:
+    """What stops ingest worker ``worker`` from connecting as itself: its certificate or key
+    missing, its key readable by others, or a certificate whose CN is not
+    ``<clinic.id>-ingest-<worker>`` (the broker would connect it as someone else)."""
+    cert, key = cfg.broker.identity_files(worker)
+    want = ingest_identity(cfg, worker)
+    if not cert.is_file():
+        return [f"broker.client_cert: {cert} does not exist — fix: issue worker {worker} its "
+                f"own certificate (CN {want}) and key there"]
     out: list[str] = []
-    for key, path in (("hubs.ca_file", cfg.hubs.ca_file), ("broker.ca_file", cfg.broker.ca_file),
-                      ("broker.client_cert", cfg.broker.client_cert)):
+    cn = _certificate_cn(cert)
+    if cn is None:
+        out.append(f"broker.client_cert: {cert} is not a PEM certificate — fix: correct the "
+                   "path")
+    elif cn != want:
+        out.append(f"broker.client_cert: {cert} has CN {cn!r}, but worker {worker} must "
+                   f"connect as {want!r} — fix: issue each worker its own certificate with "
+                   f"CN {want} (the broker makes the CN the MQTT client id)")
+    return out + _key_problems("broker.client_key", key)
+
+
+def _worker_certificates(cfg: ClinicConfig) -> dict[str, Path]:
+    """The workers whose certificate exists: the file names in broker.client_cert's directory
+    that ``{worker}`` (standing for a valid worker name) matches."""
+    cert = cfg.broker.client_cert
+    # the first {worker} captures the name, any further one must repeat it
+    first, *more = cert.name.split(WORKER_PLACEHOLDER)
+    regex = re.escape(first) + "".join(
+        ("(?P<w>[^/]+)" if i == 0 else "(?P=w)") + re.escape(p) for i, p in enumerate(more))
+    found: dict[str, Path] = {}
+    try:
+        entries = sorted(cert.parent.iterdir())
+    except OSError:
+        return found
+    for entry in entries:
+        m = re.fullmatch(regex, entry.name)
+        if m and _WORKER_RE.match(m["w"]):
+            found[m["w"]] = entry
+    return found
+
+
+def file_problems(cfg: ClinicConfig) -> list[str]:
+    """What is wrong on disk: missing files, world-readable keys, keys inside data dirs, and
+    ingest certificates whose CN is not ``<clinic.id>-ingest-<NAME>`` (each worker's, when
+    the paths hold ``{worker}``)."""
+    out: list[str] = []
+    for key, path in (("hubs.ca_file", cfg.hubs.ca_file), ("broker.ca_file", cfg.broker.ca_file)):
         if not path.is_file():
             out.append(f"{key}: {path} does not exist — fix: create it or correct the path")
-    ck = cfg.broker.client_key
-    if not ck.is_file():
-        out.append(f"broker.client_key: {ck} does not exist — fix: correct the path")
-    elif ck.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        out.append(f"broker.client_key: {ck} is readable by others — fix: chmod 600 {ck}")
+    b = cfg.broker
+    prefix = ingest_identity(cfg, "")
+    if b.per_worker:
+        workers = _worker_certificates(cfg)
+        if not workers:
+            out.append(f"broker.client_cert: no file matches {b.client_cert} — fix: issue each "
+                       f"ingest worker NAME its own certificate (CN {prefix}NAME) there")
+        for name in workers:
+            out += worker_problems(cfg, name)
+    elif not b.client_cert.is_file():
+        out.append(f"broker.client_cert: {b.client_cert} does not exist — fix: create it or "
+                   "correct the path")
+        out += _key_problems("broker.client_key", b.client_key)
+    else:
+        # one certificate for one worker: its CN says which (`clinic ingest --worker NAME`)
+        cn = _certificate_cn(b.client_cert) or ""
+        name = cn.removeprefix(prefix) if cn.startswith(prefix) else ""
+        if _WORKER_RE.match(name):
+            out += worker_problems(cfg, name)
+        else:
+            out.append(f"broker.client_cert: {b.client_cert} has CN {cn!r}, not an ingest "
+                       f"worker's ({prefix}NAME) — fix: issue each worker its own certificate "
+                       "(the broker makes the CN the MQTT client id), or write {worker} in "
+                       "the paths")
+            out += _key_problems("broker.client_key", b.client_key)
     if cfg.keys.provider == "env" and not cfg.keys.allow_env_key:
         out.append("keys.provider: \"env\" is for tests only — fix: use \"file\" or "
                    "\"systemd-credential\" (or set keys.allow_env_key = true in a test)")
@@ -309,3 +439,11 @@ def check(cfg: ClinicConfig) -> None:
     problems = file_problems(cfg)
     if problems:
         raise ConfigError("configuration problems", problems)
+
+
+def check_worker(cfg: ClinicConfig, worker: str) -> None:
+    """``clinic ingest --worker NAME`` may start: ConfigError (one line per problem) when its
+    certificate, key or CN is wrong (see :func:`worker_problems`)."""
+    problems = worker_problems(cfg, check_worker_name(worker))
+    if problems:
+        raise ConfigError(f"worker {worker} cannot connect as itself", problems)

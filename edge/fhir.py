@@ -41,6 +41,7 @@ dict forms (:func:`observation`, :func:`bundle`) are parsed back from that same 
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Iterable, Mapping
@@ -310,21 +311,35 @@ def _device_entry(device_id: str, device_type: Mapping[str, object]) -> str:
     })
 
 
+@functools.lru_cache(maxsize=16)
+def _gateway_parts(hub_id: str) -> tuple[str, str]:
+    """(reference JSON string, Device entry) of the gateway: the same for every Bundle."""
+    gateway = gateway_device_id(hub_id)
+    return _s("urn:uuid:" + gateway), _device_entry(gateway, _GATEWAY_TYPE)
+
+
+@functools.lru_cache(maxsize=1024)
+def _sensor_parts(device_id: str, hub_id: str, kind: str) -> tuple[str, str]:
+    """(reference JSON string, Device entry) of a sensor: the same for every Bundle (a hub
+    has tens of devices, so a Bundle of a few readings is not dominated by its Devices)."""
+    sensor = sensor_device_id(device_id, hub_id)
+    return _s("urn:uuid:" + sensor), _device_entry(sensor, _SENSOR_TYPES[kind])
+
+
 def bundle_bytes(readings: Iterable[HeartRateReading | GlucoseReading], *, hub_id: str) -> bytes:
     """The transaction Bundle of ``readings`` as compact UTF-8 JSON (what goes over MQTT):
     the gateway and sensor Devices, then one Observation per reading, each a conditional
     create on its identifier."""
-    gateway = gateway_device_id(hub_id)
-    gateway_ref = _s("urn:uuid:" + gateway)
-    devices = [_device_entry(gateway, _GATEWAY_TYPE)]
+    gateway_ref, gateway_entry = _gateway_parts(hub_id)
+    devices = [gateway_entry]
     sensors: dict[str, str] = {}
     observations = []
     for r in readings:
         sensor_ref = sensors.get(r.device_id)
         if sensor_ref is None:
-            sensor = sensor_device_id(r.device_id, hub_id)
-            sensor_ref = sensors[r.device_id] = _s("urn:uuid:" + sensor)
-            devices.append(_device_entry(sensor, _SENSOR_TYPES[r.kind]))
+            sensor_ref, entry = _sensor_parts(r.device_id, hub_id, r.kind)
+            sensors[r.device_id] = sensor_ref
+            devices.append(entry)
         id_text = _s(r.id)[1:-1]
         observations.append(
             '{"fullUrl":"urn:uuid:' + id_text + '","resource":'

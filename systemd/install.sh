@@ -85,7 +85,7 @@ else
   fi
   install -m 0640 "$example" "$cfg"
   [ "$staging" = 0 ] && chgrp edge "$cfg"
-  say "config: $cfg created from the example — edit [hub] and [uplink], then: edge check-config"
+  say "config: $cfg created from the example — edit [hub], [uplink] and [e2e], then: edge check-config"
 fi
 
 # 5. the vault key: never overwritten

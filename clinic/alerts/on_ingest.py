@@ -3,7 +3,7 @@
 Only Observations the INSERT actually added are given here (a duplicate changes nothing).
 Per patient, in time order, and only readings newer than the last one the rules saw (a late
 backlog reading is stored but does not rewind an alarm): glucose bands, the heart-rate state
-machine, and any new reading resolves ``stale``. A hub back online resolves ``hub_offline``
+machine, and a recent reading resolves ``stale``. A hub back online resolves ``hub_offline``
 for its patients. Alerts opened or resolved by a reading carry the reading's time.
 """
 
@@ -26,6 +26,7 @@ from clinic.alerts.rules import (
     glucose_mg_dl,
     hr_alarm_of,
     hr_kind,
+    is_stale,
     step_hr,
     transitions,
 )
@@ -97,7 +98,8 @@ def decide(st: store.PatientState, obs: Sequence[Obs], open_kinds: set[Kind],
             new: HrState = step_hr(hr, o.value, th)
             plan += [(at, a, k) for a, k in transitions(hr_kind(hr.alarm), hr_kind(new.alarm))]
             hr, hr_at = new, o.effective_at
-    if ordered and Kind.STALE in open_kinds:
+    # a backlog of old readings is not news: stale resolves only when the data is fresh
+    if Kind.STALE in open_kinds and last is not None and not is_stale(last, now, th):
         plan.append((now, "resolve", Kind.STALE))
     if hub_back_online and Kind.HUB_OFFLINE in open_kinds:
         plan.append((now, "resolve", Kind.HUB_OFFLINE))

@@ -16,7 +16,7 @@ from argon2 import PasswordHasher
 
 from clinic import audit, keys, status
 from clinic.cli import alerts_cmd
-from clinic.config import ClinicConfig
+from clinic.config import ClinicConfig, check_worker
 from clinic.db import registry
 from clinic.db.connect import Conn, connect
 from clinic.db.schema import migrate
@@ -165,6 +165,9 @@ def audit_cmd(cfg: ClinicConfig, args: argparse.Namespace) -> int:
 def ingest_cmd(cfg: ClinicConfig, args: argparse.Namespace) -> int:
     from clinic.ingest.worker import Worker  # paho and the TLS stack only for this command
 
+    # Its own certificate, CN <clinic.id>-ingest-<NAME>, or it does not start: the broker
+    # would connect it as whoever the CN names (and take over that worker's session).
+    check_worker(cfg, args.worker)
     configure_logging(cfg.log.level, cfg.log.format, stream=sys.stderr)
     worker = Worker(cfg, keys.load(cfg.keys), args.worker)
 

@@ -16,6 +16,7 @@ import queue
 import ssl
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -50,11 +51,17 @@ class Message:
     dup: bool
 
 
-def uplink_view(cfg: BrokerSection, client_id: str) -> UplinkConfig:
-    """The broker section in the shape edge's TLS code takes (same checks, same context)."""
+#: a topic filter and its MQTT 5 subscription options
+Filter = tuple[str, SubscribeOptions]
+
+
+def uplink_view(cfg: BrokerSection, identity: tuple[Path, Path]) -> UplinkConfig:
+    """The broker section in the shape edge's TLS code takes (same checks, same context),
+    with one worker's certificate and key (``identity``)."""
+    cert, key = identity
     return UplinkConfig(
-        host=cfg.host, port=cfg.port, ca_file=cfg.ca_file, client_cert=cfg.client_cert,
-        client_key=cfg.client_key, pins=cfg.pins, tls_min_version=cfg.tls_min_version,
+        host=cfg.host, port=cfg.port, ca_file=cfg.ca_file, client_cert=cert,
+        client_key=key, pins=cfg.pins, tls_min_version=cfg.tls_min_version,
         topic_prefix=cfg.topic_prefix, keepalive_s=cfg.keepalive_s,
     )
 
@@ -74,14 +81,17 @@ class _PinnedClient(paho.Client):
 
 
 class Subscription:
-    """One connection. ``inbox`` receives :class:`Message`; ``closed`` is set when it ends."""
+    """One connection. ``inbox`` receives :class:`Message`; ``closed`` is set when it ends.
+    ``identity`` is the worker's own certificate and key: the broker makes the certificate's
+    CN the client id, so it must be ``client_id``."""
 
     _generations = 0
 
-    def __init__(self, cfg: BrokerSection, client_id: str, topics: list[str],
-                 inbox: queue.Queue[Message]) -> None:
+    def __init__(self, cfg: BrokerSection, client_id: str, topics: list[Filter],
+                 inbox: queue.Queue[Message], *, identity: tuple[Path, Path]) -> None:
         self._cfg = cfg
         self._client_id = client_id
+        self._identity = identity
         self._topics = topics
         self._inbox = inbox
         Subscription._generations += 1
@@ -94,7 +104,7 @@ class Subscription:
 
     def open(self, timeout_s: float = 10.0) -> None:
         """TLS + pins, CONNECT (clean start off, session kept), SUBSCRIBE; blocking."""
-        up = uplink_view(self._cfg, self._client_id)
+        up = uplink_view(self._cfg, self._identity)
         try:
             ctx = build_context(up)
             verifier = PinVerifier.from_files(up.pins, up.ca_file)
@@ -138,8 +148,7 @@ class Subscription:
                 0x86, 0x87, 0x8A, 0x8C) else "refused", f"CONNACK {rc.getName()}")
             self._ready.set()
             return
-        opts = SubscribeOptions(qos=1)
-        client.subscribe([(t, opts) for t in self._topics])
+        client.subscribe(list(self._topics))
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int,
                       rcs: list[ReasonCode], props: Any) -> None:

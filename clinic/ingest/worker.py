@@ -17,13 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from clinic.alerts.evaluator import run_periodically
 from clinic.alerts.rules import Thresholds
-from clinic.config import ClinicConfig
+from clinic.config import ClinicConfig, ingest_identity
 from clinic.db.connect import Conn, connect
 from clinic.errors import ClinicError, Rejected, StoreUnavailable
-from clinic.ingest.mqtt import BrokerUnavailable, Message, Subscription
+from clinic.ingest.mqtt import BrokerUnavailable, Filter, Message, Subscription
 from clinic.ingest.sink import Judged, Lookups, Outcome, commit_batch
 from clinic.ingest.verify import Verifier, parse_status, parse_topic
 from clinic.keys import KeyRing
@@ -48,13 +49,21 @@ def load_hub_cas(path: Path) -> list[x509.Certificate]:
 
 
 def client_id(cfg: ClinicConfig, worker: str) -> str:
-    return f"{cfg.clinic.id}-ingest-{worker}"
+    """The worker's MQTT client id: its certificate's CN (the broker enforces that)."""
+    return ingest_identity(cfg, worker)
 
 
-def topics(cfg: ClinicConfig) -> list[str]:
+def topics(cfg: ClinicConfig) -> list[Filter]:
     b = cfg.broker
-    # Status documents are few and idempotent: every worker reads them all (no $share).
-    return [f"$share/{b.share_group}/{b.topic_prefix}/+/obs/+", f"{b.topic_prefix}/+/status"]
+    return [
+        # Retain handling 2: a retained Bundle is never replayed at each (re)subscription
+        # (mosquitto sends retained messages to shared subscriptions); live ones still come.
+        (f"$share/{b.share_group}/{b.topic_prefix}/+/obs/+",
+         SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)),
+        # Status documents are few and idempotent: every worker reads them all (no $share),
+        # the retained one (the hub's last word, or its Will) included.
+        (f"{b.topic_prefix}/+/status", SubscribeOptions(qos=1)),
+    ]
 
 
 def judge(verifier: Verifier, lookups: Lookups, msg: Message, now: dt.datetime) -> Outcome:
@@ -113,7 +122,7 @@ class Worker:
                                         cap=max(b.reconnect_cap_s, b.reconnect_base_s)))
         while not self._stop.is_set():
             sub = Subscription(self.cfg.broker, client_id(self.cfg, self.name), topics(self.cfg),
-                               self._inbox)
+                               self._inbox, identity=self.cfg.broker.identity_files(self.name))
             try:
                 sub.open()
             except BrokerUnavailable as exc:

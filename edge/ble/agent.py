@@ -133,9 +133,11 @@ class AgentShell:
         self.withdraw()
 
     def withdraw(self) -> None:
-        for task in self._asking:
-            self._withdrawn.add(task)
-            task.cancel()
+        """BlueZ's ``Cancel``: the questions being asked are withdrawn."""
+        for task in list(self._asking):
+            if not task.done():
+                self._withdrawn.add(task)
+                task.cancel()
 
     def _on_message(self, msg: Message) -> Message | bool | None:
         if msg.message_type is MessageType.SIGNAL and msg.member == "NameOwnerChanged":
@@ -178,6 +180,11 @@ class AgentShell:
                 raise  # not BlueZ's Cancel: this process is stopping
             self._withdrawn.discard(me)
             outcome, why, value = Outcome.WITHDRAWN, None, None
+        except (OSError, ValueError) as exc:  # the terminal went away: no answer
+            log.warning("ble.agent_prompt_failed", error=type(exc).__name__)
+            outcome, why, value = Outcome.ABORTED, None, None
+        if outcome is Outcome.ANSWERED and SIGNATURES[request.method][1] and value is None:
+            outcome, why = Outcome.REJECTED, Why.UNSUPPORTED  # nothing to answer it with
         self._record(Handled(request, outcome, why))
         if msg.flags & MessageFlag.NO_REPLY_EXPECTED:
             return

@@ -178,6 +178,11 @@ def format_status(status: Mapping[str, Any]) -> str:
     lines.append(f"  client cert: {days if days is not None else '?'} days left")
     if src == "daemon":
         lines.append(f"  healthy:    {'yes' if status.get('healthy') else 'NO'}")
+        pairing = status.get("pairing")
+        if isinstance(pairing, dict):
+            lines.append(f"  pairing:    agent {pairing.get('agent')}; "
+                         f"{pairing.get('unsolicited_pairing_rejected', 0)} unsolicited requests "
+                         "rejected")
     devices = status.get("devices") or []
     lines.append(f"  devices:    {len(devices)}")
     for d in devices:

@@ -11,7 +11,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from edge.cli.common import config_from_args, print_json
-from edge.errors import ConfigError
+from edge.config import GatewayConfig
+from edge.errors import ConfigError, ControlError, DaemonNotRunning, UsageError
 from edge.uplink import pki
 from edge.uplink.pins import spki_pin
 
@@ -51,9 +52,16 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     up_sub = p_up.add_subparsers(dest="uplink_command", required=True, metavar="ACTION")
     probe = up_sub.add_parser(
         "probe", parents=[common],
-        help="connect as the daemon would and publish a status message (no readings)",
+        help="connect as the daemon would and publish a status message (no readings); "
+        "refused while the daemon runs (`edge status` shows its live link)",
     )
     probe.add_argument("--timeout", type=float, default=10.0, help="seconds per step")
+    probe.add_argument(
+        "--force", action="store_true",
+        help="probe even while the daemon is running: the broker gives the hub's certificate "
+        "one session, so the probe TAKES OVER the daemon's connection and the broker publishes "
+        "the daemon's Last Will (offline) until the daemon reconnects",
+    )
     probe.add_argument("--json", action="store_true", help="print the result as JSON")
     probe.set_defaults(func=_cmd_probe)
 
@@ -119,9 +127,38 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     configure_logging(level="warning", fmt="console", stream=sys.stderr)
+    if not args.force:
+        refuse_while_daemon_runs(cfg)
     result = asyncio.run(probe(cfg.uplink, cfg.hub.id, step_timeout=args.timeout, e2e=cfg.e2e))
     if args.json:
         print_json(result.as_dict())
     else:
         print("\n".join(result.lines()))
     return result.exit_code
+
+
+def refuse_while_daemon_runs(cfg: GatewayConfig) -> None:
+    """UsageError (exit 2, one line) when the daemon answers on its control socket — or
+    cannot be asked. The broker ties a session to the certificate's CN, so a probe with the
+    hub's certificate would take the daemon's connection over and fire its Last Will; the
+    line shows the daemon's own view of the link instead (what `edge status` shows)."""
+    from edge.daemon.control import ControlClient
+
+    hub = cfg.hub.id
+    try:
+        status = ControlClient(cfg.daemon.control_socket, timeout_s=5.0).request("status")
+    except DaemonNotRunning:
+        return
+    except ControlError as exc:
+        raise UsageError(
+            f"cannot tell whether the edge daemon is running ({exc}); a probe would take over "
+            f"its broker connection as {hub} and fire its Last Will — run as the edge user, or "
+            "pass --force if the daemon is stopped"
+        ) from exc
+    uplink = status.get("uplink") if isinstance(status, dict) else None
+    state = uplink.get("state") if isinstance(uplink, dict) else uplink
+    raise UsageError(
+        f"the edge daemon is running and holds {hub}'s broker connection (uplink: {state}); "
+        "not probing: the probe would take that connection over and fire the daemon's Last "
+        "Will — see `edge status`, or pass --force"
+    )

@@ -248,7 +248,7 @@ class ControlServer:
             log.error("control.internal_error", op=op, error=type(exc).__name__)
             return {"ok": False, "error": f"internal error ({type(exc).__name__})",
                     "code": "internal"}
-        log.info("control.request", op=op)
+        log.debug("control.request", op=op)  # one line per request only when debugging
         return {"ok": True, "result": result}
 
 
@@ -284,10 +284,9 @@ class ControlClient:
                     "user or a member of its group",
                     "permission",
                 ) from exc
-            try:
+            # a busy daemon answers and hangs up before reading the request: read its answer
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 sock.sendall(json.dumps({"op": op, **params}).encode() + b"\n")
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # a busy daemon answers and hangs up before reading: read its answer
             buf = bytearray()
             while not buf.endswith(b"\n"):
                 chunk = sock.recv(65536)

@@ -26,8 +26,6 @@ CONNECTED_STATES = frozenset({"connected", "syncing"})
 #: what ``edge status`` shows for what only a running daemon knows
 NOT_RUNNING = "daemon not running"
 
-#: the pairing part of the status when the daemon holds no pairing agent
-NO_AGENT: Mapping[str, object] = {"agent": "none", "unsolicited_pairing_rejected": 0}
 #: a JSON object as the status document holds it
 StatusDocument = dict[str, object]
 
@@ -132,7 +130,8 @@ def status_document(
     doc["cert_days_left"] = cert_days
     if daemon is not None:
         doc["parts"] = {n: dict(p) for n, p in daemon.parts.items()}
-        doc["pairing"] = dict(daemon.pairing or NO_AGENT)
+        if daemon.pairing is not None:  # the daemon holds a pairing agent
+            doc["pairing"] = dict(daemon.pairing)
     return doc
 
 
@@ -184,10 +183,13 @@ def status_line(pending: int | None, devices: Sequence[DeviceState], uplink_stat
     )
 
 
-def mqtt_devices(devices: Sequence[DeviceState], healthy: bool) -> dict[str, object]:
+def mqtt_devices(devices: Sequence[DeviceState], healthy: bool,
+                 without_consent: int = 0) -> dict[str, object]:
     """The device part of the status the forwarder publishes on MQTT: no PHI (devices named
-    by their log hash, never their address or patient)."""
+    by their log hash, never their address or patient). ``without_consent``: how many bound
+    devices belong to a patient without consent (every reading they send is refused)."""
     return {
+        "without_consent": without_consent,
         "bound": len(devices),
         "connected": connected(devices),
         "states": [

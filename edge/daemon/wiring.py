@@ -49,6 +49,7 @@ from edge.daemon.status import (
     DaemonFacts,
     StatusDocument,
     cert_days_left,
+    consent_gaps,
     mqtt_devices,
     status_document,
     status_line,
@@ -68,6 +69,8 @@ BLE_STOP_SHARE = 0.3
 HARD_EXIT_MARGIN_S = 1.5
 #: how often shutdown looks whether the forwarder's in-flight messages were acknowledged
 DRAIN_POLL_S = 0.05
+#: the start-up integrity check's time budget (past it the daemon starts, with a warning)
+INTEGRITY_BUDGET_S = 30.0
 
 
 class Daemon:
@@ -91,8 +94,10 @@ class Daemon:
         env: Mapping[str, str] | None = None,
         install_signal_handlers: bool = True,
         hard_exit: Callable[[], None] | None = None,
+        integrity_budget_s: float = INTEGRITY_BUDGET_S,
     ) -> None:
         self.config = config
+        self._integrity_budget_s = integrity_budget_s
         self._key = key
         self._vault_factory = vault_factory
         self._ble_factory = ble_factory
@@ -175,6 +180,29 @@ class Daemon:
 
         return await Vault.open(self.config.vault, self._key, clock=self.clock)
 
+    async def _refuse_a_damaged_vault(self, vault: DaemonVault) -> None:
+        """The start-up integrity check, bounded in time: a damaged vault is refused naming
+        the damage and the recovery (found later, by the first consent revoke that touches a
+        bad page, it would fail that and every vault operation after it)."""
+        check = getattr(vault, "damage_check", None)
+        if check is None:  # a fake vault
+            return
+        from edge.errors import VaultCorrupt
+        from edge.vault.maintenance import Damage, damaged_message
+
+        try:
+            damage: Damage = await check(self._integrity_budget_s)
+        except BaseException:
+            await self._close_vault()
+            raise
+        if not damage.complete:
+            log.warning("daemon.integrity_check_incomplete", budget_s=self._integrity_budget_s)
+        if damage.damaged:
+            log.error("daemon.vault_damaged", hmac_pages=len(damage.hmac_pages),
+                      tables=",".join(damage.tables))
+            await self._close_vault()
+            raise VaultCorrupt(damaged_message(self.config.vault.path, damage))
+
     def _make_ble(self, vault: DaemonVault, sink: Intake) -> BleLike:
         if self._ble_factory is not None:
             return self._ble_factory(vault, sink)
@@ -230,6 +258,7 @@ class Daemon:
 
     async def _run(self) -> int:
         vault = self.vault = await self._open_vault()
+        await self._refuse_a_damaged_vault(vault)
         # The vault's own device-hash key, so logs and the audit name a device the same way,
         # stable across restarts.
         REDACTOR.set_hash_key(vault.log_hash_key)
@@ -240,7 +269,12 @@ class Daemon:
             # anything it wrote before is read by gate.load().
             handlers = ControlHandlers(ready=self._initialised, gate=gate, records=vault,
                                        status=self.full_status, refresh=self._refresh_devices)
-            self.control = ControlServer(self.config.daemon.control_socket, handlers.table())
+            d = self.config.daemon
+            self.control = ControlServer(
+                d.control_socket, handlers.table(),
+                max_connections=d.control_max_connections,
+                idle_timeout_s=d.control_idle_timeout_s,
+            )
             await self.control.start()
             await self._register_sensitive(vault)
             await gate.load()
@@ -296,9 +330,9 @@ class Daemon:
 
     async def _register_sensitive(self, vault: DaemonVault) -> None:
         """Bound and consented pseudonyms are scrubbed from any free-text log field."""
-        values = [b.patient for b in await vault.bindings()]
-        values += [c.patient for c in await vault.consents()]
-        REDACTOR.register(v for v in values if v)
+        # Bound patients stay registered for good; consented ones may age out of the bounded LRU.
+        REDACTOR.pin(b.patient for b in await vault.bindings() if b.patient)
+        REDACTOR.register(c.patient for c in await vault.consents() if c.patient)
 
     def _wake_forwarder(self) -> None:
         if self.forwarder is not None:
@@ -425,6 +459,13 @@ class Daemon:
         except Exception:  # a part mid-restart: status shows no devices rather than failing
             return []
 
+    def _pairing_status(self) -> dict[str, object] | None:
+        """The standing pairing agent and its counter (None: this daemon holds none)."""
+        if self.agent is not None:
+            return self.agent.stats()
+        return {"agent": "starting", "unsolicited_pairing_rejected": 0} if self._wants_agent \
+            else None
+
     def _uplink_state(self) -> str:
         if self.forwarder is None:
             return "stopped"
@@ -436,7 +477,10 @@ class Daemon:
 
     async def status_devices(self) -> Mapping[str, object]:
         """The device part of the status the forwarder publishes on MQTT (no PHI)."""
-        return mqtt_devices(self._devices(), self.health.healthy())
+        gaps: list[str] = []
+        if self.vault is not None and self.gate is not None:
+            gaps = consent_gaps(await self.vault.bindings(), self.gate.allows)
+        return mqtt_devices(self._devices(), self.health.healthy(), len(gaps))
 
     async def full_status(self) -> StatusDocument:
         """``edge status`` from the running daemon (local operator view)."""
@@ -455,7 +499,7 @@ class Daemon:
             uplink_state=self._uplink_state(),
             uplink_stats=fwd_stats,
             parts={n: s.status().as_dict() for n, s in self.supervisors.items()},
-            pairing=self.agent.stats() if self.agent is not None else None,
+            pairing=self._pairing_status(),
         )
         return status_document(hub=self.config.hub.id, vault=stats,
                                cert_days=cert_days_left(self.config.uplink, self.clock.now()),

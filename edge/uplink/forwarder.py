@@ -26,7 +26,14 @@ from edge import fhir
 from edge.backoff import Backoff, BackoffPolicy
 from edge.clock import Clock, cancel_and_wait, with_timeout
 from edge.config import UplinkConfig
-from edge.errors import EdgeError, KeyUnavailable, PinMismatch, TlsVerificationError
+from edge.errors import (
+    EdgeError,
+    KeyUnavailable,
+    PinMismatch,
+    TlsVerificationError,
+    VaultCorrupt,
+    VaultError,
+)
 from edge.intake.consent import ConsentCheck
 from edge.log import get_logger
 from edge.uplink.batching import Batcher, Group, Limits, SizeEstimate
@@ -42,7 +49,7 @@ from edge.uplink.ports import (
 )
 from edge.uplink.stats import Counters, ForwarderState, ForwarderStats, snapshot
 from edge.uplink.tls import days_left
-from edge.uplink.topics import TopicRouter, offline_document, status_topic
+from edge.uplink.topics import DegradedWatch, TopicRouter, offline_document, status_topic
 
 log = get_logger("edge.uplink")
 
@@ -98,6 +105,7 @@ class Forwarder:
             rng or random.Random(),  # noqa: S311 -- jitter, not crypto
         )
         self._status_provider = status_provider
+        self._degraded = DegradedWatch()
         self._encode = encoder or fhir_encoder(hub_id)
         #: the MQTT 5 content type of what ``encoder`` makes (application/jose when sealed)
         self._content_type = content_type
@@ -400,24 +408,42 @@ class Forwarder:
     # --- status ----------------------------------------------------------------------------
 
     async def status_document(self) -> dict[str, object]:
-        """The retained online status: queue, devices, certificate — no PHI."""
-        st = await self._outbox.stats()
+        """The retained online status: queue, refusal counts, ``degraded`` (what keeps the hub
+        from doing its job now: recent disk_full / vault_full / no_consent refusals, bound
+        devices without consent, an unhealthy part, a failing vault), devices, certificate
+        — no PHI."""
         now = self._clock.now()
+        degraded: list[str] = []
+        try:
+            st = await self._outbox.stats()
+        except VaultError as exc:  # the status must still go out, saying so
+            log.warning("uplink.status_vault_failed", error=type(exc).__name__)
+            st = None
+            degraded.append("vault_damaged" if isinstance(exc, VaultCorrupt) else "vault_error")
+        refusals = {str(k): int(v) for k, v in (getattr(st, "refusals", None) or {}).items()}
+        degraded += self._degraded.observe(refusals, self._clock.monotonic())
         doc: dict[str, object] = {
             "hub": self._hub,
             "state": "online",
             "at": now.isoformat().replace("+00:00", "Z"),
-            "queue_depth": st.pending,
-            "oldest_pending_age_s": st.oldest_pending_age_s,
+            "queue_depth": None if st is None else st.pending,
+            "oldest_pending_age_s": None if st is None else st.oldest_pending_age_s,
             "delivered": self._counters.readings_delivered,
+            "refusals": refusals,
         }
         if self._cert_not_after is not None:
             doc["cert_days_left"] = days_left(self._cert_not_after, now)
         if self._status_provider is not None:
             try:
-                doc["devices"] = await self._status_provider()
+                devices = await self._status_provider()
+                doc["devices"] = devices
+                if devices.get("without_consent") and "no_consent" not in degraded:
+                    degraded.append("no_consent")
+                if devices.get("healthy") is False:
+                    degraded.append("unhealthy")
             except Exception as exc:  # a status part must never end the session
                 log.warning("uplink.status_provider_failed", error=type(exc).__name__)
+        doc["degraded"] = degraded
         return doc
 
     async def _status_loop(self, link: MqttLink) -> None:

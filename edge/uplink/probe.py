@@ -7,8 +7,11 @@ killed mid-way must not mark the hub offline). A broker that ties client ids to 
 the shipped one does (``use_username_as_clientid``, config/mosquitto/README.md) — replaces
 that id with the certificate's CN, the hub id: the probe then *is* the hub's one session, and
 run while the daemon is connected it would take the daemon's connection over (firing the
-daemon's Will). So the probe is for a hub whose daemon is not connected; the command line
-must not start it against a running daemon. The result names the precise reason when
+daemon's Will). So the probe is for a hub whose daemon is not connected: ``edge uplink
+probe`` first asks the daemon's control socket and, when the daemon answers, refuses (exit 2)
+with the daemon's own uplink state (``edge status`` shows the rest); ``--force`` probes
+anyway, knowingly taking the connection over (the daemon's Will fires until it reconnects).
+This function does not ask: its callers do. The result names the precise reason when
 anything fails.
 """
 

@@ -24,7 +24,7 @@ from edge.errors import KeyUnavailable
 from edge.uplink.envelope import CONTENT_TYPE, seal, thumbprint
 from edge.uplink.forwarder import FHIR_CONTENT_TYPE, fhir_encoder
 from edge.uplink.ports import Encoder, PendingLike
-from edge.uplink.tls import _client_key_path, _passphrase
+from edge.uplink.tls import client_key_path, key_passphrase
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,8 @@ def load_signer(cfg: UplinkConfig, *, environ: Mapping[str, str] | None = None) 
     """The client key and certificate chain; KeyUnavailable (with its fix) when they cannot
     be read, do not belong together, or the key is not P-256 (ES256 needs it)."""
     env = os.environ if environ is None else environ
-    key_path = _client_key_path(cfg, env)
-    password = _passphrase(cfg)
+    key_path = client_key_path(cfg, env)
+    password = key_passphrase(cfg)
     try:
         key = serialization.load_pem_private_key(key_path.read_bytes(), password or None)
     except OSError as exc:

@@ -93,7 +93,7 @@ REASON_HELP: Mapping[str, str] = {
 # --- the context -------------------------------------------------------------------------------
 
 
-def _client_key_path(cfg: UplinkConfig, environ: Mapping[str, str]) -> Path:
+def client_key_path(cfg: UplinkConfig, environ: Mapping[str, str]) -> Path:
     if cfg.client_key_credential:
         creds = environ.get("CREDENTIALS_DIRECTORY")
         if not creds:
@@ -116,7 +116,7 @@ def _client_key_path(cfg: UplinkConfig, environ: Mapping[str, str]) -> Path:
     return cfg.client_key
 
 
-def _passphrase(cfg: UplinkConfig) -> bytes | None:
+def key_passphrase(cfg: UplinkConfig) -> bytes | None:
     if cfg.client_key_passphrase_file is None:
         return None
     try:
@@ -148,8 +148,8 @@ def build_context(
             "uplink.ca_file cannot be loaded — fix: point it at the private CA's PEM "
             "certificate"
         ) from exc
-    key_path = _client_key_path(cfg, env)
-    password = _passphrase(cfg)
+    key_path = client_key_path(cfg, env)
+    password = key_passphrase(cfg)
     try:
         ctx.load_cert_chain(str(cfg.client_cert), str(key_path), password=password or None)
     except (OSError, ssl.SSLError) as exc:

@@ -45,3 +45,31 @@ class TopicRouter:
             self._cache.clear()
         self._cache[patient] = topic
         return topic
+
+
+#: refusal reasons that say the hub itself cannot do its job (not a device's bad input)
+DEGRADING_REFUSALS = frozenset({"disk_full", "vault_full_count", "vault_full_bytes",
+                                "no_consent"})
+#: a refusal reason counts as current this long after its count last rose
+DEGRADED_WINDOW_S = 900.0
+
+
+class DegradedWatch:
+    """Which degrading refusal reasons rose recently: the ``degraded`` part of the status
+    document (pure: counts and monotonic seconds in). The first counts seen are the
+    baseline, so what was refused before a restart does not count as current."""
+
+    def __init__(self, window_s: float = DEGRADED_WINDOW_S) -> None:
+        self._window = window_s
+        self._last: dict[str, int] | None = None
+        self._rose: dict[str, float] = {}
+
+    def observe(self, counts: dict[str, int], now: float) -> list[str]:
+        """The reasons whose count rose within the window, sorted."""
+        if self._last is not None:
+            for reason, n in counts.items():
+                if n > self._last.get(reason, 0):
+                    self._rose[reason] = now
+        self._last = dict(counts)
+        return sorted(r for r, t in self._rose.items()
+                      if r in DEGRADING_REFUSALS and now - t <= self._window)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from edge.clock import Clock
 from edge.config import VaultConfig
-from edge.errors import KeyUnavailable, VaultCorrupt, VaultError, VaultFull
+from edge.errors import VaultCorrupt, VaultError, VaultFull
 from edge.log import Redactor, get_logger
 from edge.vault import cipher, files, schema
 from edge.vault.cipher import Connection, Driver
@@ -120,7 +120,7 @@ class Engine:
         # otherwise the normal connection below checks the key (it cannot be the last one, so
         # a wrong key cannot make it checkpoint).
         if key is not None and not new and alone and not cipher.key_opens(driver, path, key):
-            raise KeyUnavailable(wrong_key)
+            raise cipher.not_opened(path, key, wrong_key)
         try:
             conn = driver.connect(cipher.file_uri(path, "mode=rw"), uri=True,
                                   isolation_level=None)
@@ -137,11 +137,13 @@ class Engine:
             except driver.DatabaseError as exc:
                 code = getattr(exc, "sqlite_errorcode", cipher.SQLITE_NOTADB)
                 if code == cipher.SQLITE_NOTADB:
-                    raise KeyUnavailable(wrong_key) from exc
+                    raise cipher.not_opened(path, key, wrong_key) from exc
                 name = getattr(exc, "sqlite_errorname", type(exc).__name__)
                 raise VaultError(f"vault {path} cannot be read ({name})") from exc
             engine = cls(conn, driver, config, clock)
             engine._configure(new)
+            if key is not None:
+                cipher.record_key_check(path, key)
             return engine
         except BaseException:
             conn.close()
@@ -225,8 +227,9 @@ class Engine:
             return DiskFull()
         if primary in (cipher.SQLITE_CORRUPT, cipher.SQLITE_NOTADB):
             return VaultCorrupt(
-                "the vault failed an integrity check; stop and investigate "
-                "(restore from `edge vault backup`)"
+                "the vault is damaged (an integrity check failed): stop edge and run "
+                "`edge vault salvage NEW_FILE` to copy every readable row into a new vault, "
+                "or restore a backup"
             )
         name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
         return VaultError(f"vault operation failed ({name})")

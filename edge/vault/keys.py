@@ -17,7 +17,8 @@ upper-case hex characters followed by one newline (``openssl rand -hex 32`` writ
 credential may also hold the 32 raw bytes.
 
 Rotation keeps the previous key in ``<key_file>.old`` until the database has been re-keyed
-(see :mod:`edge.vault.rotation`).
+(see :mod:`edge.vault.rotation`), then keeps it as a retired key in ``<key_file>.retired/``
+for the backups it encrypted, until ``edge keys retire KEY_ID`` (:mod:`edge.vault.retired`).
 
 A vault that disappears is never silently replaced by an empty one: the ids (one-way, see
 :func:`key_id`) of the keys that have opened a vault are recorded in a marker — beside the key
@@ -266,6 +267,13 @@ class FileKeyProvider:
         for stale in directory.glob(f".{self.path.name}*.tmp-*"):
             stale.unlink(missing_ok=True)
         if self.old_path.exists():
+            # The replaced key is kept (retired) for the backups it encrypted, until
+            # `edge keys retire` (see edge.vault.retired); never the current key.
+            previous = self._read(self.old_path)
+            if previous != self.load():
+                from edge.vault.retired import keep
+
+                keep(self.path, previous)
             self.old_path.unlink()
         fsync_dir(directory)
 

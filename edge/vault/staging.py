@@ -21,6 +21,7 @@ import bisect
 import errno
 import json
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -41,6 +42,11 @@ T = TypeVar("T")
 #: fits: the log holds a reading in ~150 bytes, the database needs several times that
 _MERGE_ROOM = 2048
 _MERGE_ROOM_MIN = 256 * 1024
+#: a free-space figure that showed at least twice the room needed is trusted this long (real
+#: seconds) for needs up to half of it: one statvfs a second, not one per append. A short one
+#: is always checked again (space returning is seen at once); a disk filled by someone else
+#: meanwhile is still caught by the write's ENOSPC.
+_ROOM_TRUST_S = 1.0
 
 _INSERT = ("INSERT INTO readings(seq, ident, id, patient, kind, payload, stored_at, delivered_at)"
            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
@@ -81,6 +87,18 @@ class Staging:
         self.merged_at = now
         #: the last merge found the disk full: appends are refused until one succeeds
         self.blocked = False
+        #: no reading in the database has an identity time above this (it may be higher than
+        #: the true maximum, never lower): a newer reading needs no duplicate lookup there.
+        #: Refreshed at every merge (other processes may have written meanwhile).
+        self.db_max_ident = _MAX_IDENT
+        #: no undelivered reading in the database has a seq above this (refreshed at every
+        #: merge; between merges only staged readings become pending): ``next_batch`` after
+        #: it needs no query
+        self.db_pending_top = _MAX_SEQ
+        #: the free-space check: where, and up to what need a recent statvfs covers
+        self._room_dir: str | None = None
+        self._room_ok_until = 0
+        self._room_checked_at = 0.0
 
     def held(self) -> int:
         """Readings and marks waiting for the merge."""
@@ -97,14 +115,20 @@ class Staging:
             except DiskFull:
                 raise db.refuse("disk_full", n) from None
         seen: set[str] = set()
-        cand = []
+        cand: list[tuple[AnyReading, int]] = []
+        older: list[AnyReading] = []
+        top = self.db_max_ident
         for r in readings:
             if r.id not in self.by_id and r.id not in seen:
                 seen.add(r.id)
-                cand.append(r)
-        known = _in_database(db, cand) if cand else set()
-        fresh = [r for r in cand if r.id not in known]
-        payloads = tuple(r.__pydantic_serializer__.to_json(r) for r in fresh)
+                ident = identity_time_us(r)
+                cand.append((r, ident))
+                if ident <= top:
+                    older.append(r)
+        # Only a reading no newer than the database's newest can be there already.
+        known = _in_database(db, older) if older else set()
+        fresh = [(r, i) for r, i in cand if r.id not in known] if known else cand
+        payloads = tuple(r.__pydantic_serializer__.to_json(r) for r, _ in fresh)
         nbytes = sum(len(p) for p in payloads)
         if db.pending + len(fresh) > db.config.max_pending:
             raise db.refuse("vault_full_count", n)
@@ -120,21 +144,27 @@ class Staging:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise db.refuse("disk_full", n) from None
                 raise VaultError(f"the side log could not be written ({exc.strerror})") from exc
-            for r, p in zip(fresh, payloads, strict=True):
-                self._stage(Staged(self.next_seq, identity_time_us(r), r.id, r.patient, r.kind,
-                                   p, now))
+            for (r, ident), p in zip(fresh, payloads, strict=True):
+                self._stage(Staged(self.next_seq, ident, r.id, r.patient, r.kind, p, now))
             db.apply(pending=len(fresh), pending_bytes=nbytes)
         self.merge_if_full(db)
         return AppendResult(len(fresh), n - len(fresh))
 
     def _room(self, db: Engine, n: int) -> bool:
         """Whether the disk can take ``n`` more readings AND merge everything staged."""
+        need = (len(self.rows) + n) * _MERGE_ROOM + _MERGE_ROOM_MIN
+        now = time.monotonic()
+        if need <= self._room_ok_until and now - self._room_checked_at < _ROOM_TRUST_S:
+            return True
+        if self._room_dir is None:
+            self._room_dir = str(db.config.path.parent)
         try:
-            st = os.statvfs(db.config.path.parent)
+            st = os.statvfs(self._room_dir)
         except OSError:
             return True
-        need = (len(self.rows) + n) * _MERGE_ROOM + _MERGE_ROOM_MIN
-        return st.f_bavail * st.f_frsize >= need
+        free = st.f_bavail * st.f_frsize
+        self._room_ok_until, self._room_checked_at = free // 2, now
+        return free >= need
 
     def _stage(self, row: Staged) -> None:
         self.rows.append(row)
@@ -161,15 +191,18 @@ class Staging:
     def next_batch(self, db: Engine, limit: int, after_seq: int) -> list[PendingReading]:
         """Database rows not acknowledged, then staged rows; oldest first."""
         limit = max(0, limit)
-        skip = len(self.mark_seqs) - bisect.bisect_right(self.mark_seqs, after_seq)
-        with db.errors():
-            rows = db.conn.execute(
-                "SELECT seq, id, patient, kind, payload FROM readings "
-                "WHERE delivered_at IS NULL AND seq > ? ORDER BY seq LIMIT ?",
-                (after_seq, limit + skip),
-            ).fetchall()
-        out = [PendingReading(seq, rid, patient, kind, bytes(payload))
-               for seq, rid, patient, kind, payload in rows if seq not in self.marks][:limit]
+        out: list[PendingReading] = []
+        if after_seq < self.db_pending_top:
+            skip = len(self.mark_seqs) - bisect.bisect_right(self.mark_seqs, after_seq)
+            with db.errors():
+                rows = db.conn.execute(
+                    "SELECT seq, id, patient, kind, payload FROM readings "
+                    "WHERE delivered_at IS NULL AND seq > ? ORDER BY seq LIMIT ?",
+                    (after_seq, limit + skip),
+                ).fetchall()
+            out = [PendingReading(seq, rid, patient, kind, bytes(payload))
+                   for seq, rid, patient, kind, payload in rows
+                   if seq not in self.marks][:limit]
         i = bisect.bisect_right(self.seqs, after_seq)
         while len(out) < limit and i < len(self.rows):
             s = self.rows[i]
@@ -180,12 +213,14 @@ class Staging:
 
     def oldest_pending(self, db: Engine) -> float | None:
         """``stored_at`` of the oldest reading not acknowledged."""
-        with db.errors():
-            rows = db.conn.execute(
-                "SELECT seq, stored_at FROM readings WHERE delivered_at IS NULL "
-                "ORDER BY seq LIMIT ?",
-                (len(self.marks) + 1,),
-            ).fetchall()
+        rows = []
+        if self.db_pending_top > 0:
+            with db.errors():
+                rows = db.conn.execute(
+                    "SELECT seq, stored_at FROM readings WHERE delivered_at IS NULL "
+                    "ORDER BY seq LIMIT ?",
+                    (len(self.marks) + 1,),
+                ).fetchall()
         for seq, at in rows:
             if seq not in self.marks:
                 return float(at)
@@ -283,6 +318,7 @@ class Staging:
                 if extra is not None:
                     got = extra(c)
                 top = _top(c)
+                max_ident, pending_top = _watermarks(c)
         except DiskFull:
             self.blocked = True
             raise
@@ -293,6 +329,7 @@ class Staging:
         self.rows, self.seqs, self.by_id = [], [], {}
         self.marks, self.mark_seqs, self.touches = {}, [], {}
         self.next_seq = max(self.next_seq, top + 1)
+        self.db_max_ident, self.db_pending_top = max_ident, pending_top
         self.blocked = False
         self.merged_at = db.clock.monotonic()
         db.reload_counters()
@@ -355,6 +392,19 @@ def _top(c: Connection) -> int:
     return int(row[0]) if row else 0
 
 
+#: "unknown": every lookup and query is made
+_MAX_IDENT = 2**63 - 1
+_MAX_SEQ = 2**63 - 1
+
+
+def _watermarks(c: Connection) -> tuple[int, int]:
+    """(the highest identity time, the highest undelivered seq) in the database; both are
+    index lookups (``readings_identity``, ``readings_pending``); 0 when there is none."""
+    ident = c.execute("SELECT max(ident) FROM readings").fetchone()[0]
+    pending = c.execute("SELECT max(seq) FROM readings WHERE delivered_at IS NULL").fetchone()[0]
+    return int(ident or 0), int(pending or 0)
+
+
 def _in_database(db: Engine, readings: Sequence[AnyReading]) -> set[str]:
     keys = json.dumps([[identity_time_us(r), r.id] for r in readings])
     with db.errors():
@@ -388,6 +438,8 @@ def attach(db: Engine, vault_key: bytes) -> bool:
         else:
             sidelog.reset()
             db.reload_counters()  # another process may have written meanwhile
+            with db.errors():
+                staging.db_max_ident, staging.db_pending_top = _watermarks(db.conn)
     except BaseException:
         db.staging = None
         sidelog.close()

@@ -279,6 +279,13 @@ class Vault:
     reclaim = _OnWriter(maintenance.reclaim)
     lock_exclusive = _OnWriter(maintenance.lock_exclusive)
 
+    async def damage_check(self, budget_s: float) -> maintenance.Damage:
+        """The start-up integrity check (:func:`maintenance.find_damage`) on a read-only
+        connection of its own, bounded by ``budget_s``."""
+        key = self._key if self._driver is sqlcipher3 else None
+        return await asyncio.to_thread(
+            maintenance.find_damage, self._driver, self._config.path, key, budget_s)
+
     async def backup(self, dest: Path) -> None:
         """An encrypted, consistent copy at ``dest`` (0600, same key); refuses to overwrite."""
         key = self._key if self._driver is sqlcipher3 else None

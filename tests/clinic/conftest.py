@@ -16,10 +16,18 @@ from clinic import keys
 from clinic.config import ClinicConfig
 from clinic.db.schema import migrate
 from clinic.devdb import DevPostgres
+from devtools.broker import ingest_identity
+from tests.clinic.support import issue_client
 from tests.support.mosquitto import Broker, start_broker
 from tests.support.pki import TestPki, make_pki
 
 CLINIC_ID = "clinic-1"
+#: the ingest workers the broker fixture admits (``clinic ingest --worker NAME``), each with
+#: its own certificate (CN <clinic id>-ingest-<NAME>; the config names it with {worker})
+INGEST_WORKERS = ("1", "2")
+#: hubs the broker lets publish: hub-2 (revoked at the clinic) and hub-9 (never enrolled
+#: there) too, so that the clinic — not the broker — is what refuses them
+BROKER_HUBS = ("hub-1", "hub-2", "hub-9")
 _db_numbers = itertools.count()
 
 
@@ -92,10 +100,10 @@ class ClinicSetup:
 
 @pytest.fixture(scope="module")
 def tpki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
-    # The dev ACL gives a "clinician" read on <prefix>/+/obs/<p> and status: with p = "+"
-    # that is exactly the clinic's grant (see the report for config/mosquitto).
-    return make_pki(tmp_path_factory.mktemp("clinic-pki"), "hub-1", {CLINIC_ID: ["+"]},
-                    hostile=())
+    pki = make_pki(tmp_path_factory.mktemp("clinic-pki"), "hub-1", hostile=())
+    for worker in INGEST_WORKERS:
+        issue_client(pki.dir, pki.ca, ingest_identity(CLINIC_ID, worker))
+    return pki
 
 
 def write_setup(tmp: Path, dsn: str, pki: TestPki, port: int) -> ClinicSetup:
@@ -103,10 +111,12 @@ def write_setup(tmp: Path, dsn: str, pki: TestPki, port: int) -> ClinicSetup:
     kcfg = config_mod.KeysSection(provider="file", dir=kdir)
     ring = keys.initial_ring()
     keys.save(kcfg, ring)
-    ident = pki.clinician(CLINIC_ID)
+    # each worker's own certificate, written by tpki (write_identity: <CN>.crt, <CN>.key)
+    ident = pki.dir / ingest_identity(CLINIC_ID, "{worker}")
     path = tmp / "clinic.toml"
     path.write_text(config_toml(dsn=dsn, keys_dir=kdir, pki=pki, broker_port=port,
-                                clinic_cert=ident.cert, clinic_key=ident.key))
+                                clinic_cert=ident.with_suffix(".crt"),
+                                clinic_key=ident.with_suffix(".key")))
     return ClinicSetup(path, config_mod.load(path), ring, pki)
 
 
@@ -117,7 +127,9 @@ def setup(tmp_path: Path, dsn: str, tpki: TestPki) -> ClinicSetup:
 
 @pytest.fixture
 def broker(tmp_path: Path, tpki: TestPki) -> Iterator[Broker]:
-    b = start_broker(tmp_path, tpki, debug=False)
+    # each ingest worker has its own certificate (CN = MQTT client id, as the broker enforces)
+    b = start_broker(tmp_path, tpki, debug=False, hubs=BROKER_HUBS,
+                     clinic_ids=[ingest_identity(CLINIC_ID, w) for w in INGEST_WORKERS])
     try:
         yield b
     finally:

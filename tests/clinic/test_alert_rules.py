@@ -210,6 +210,18 @@ def test_decide_heart_rate_stale_and_hub() -> None:
     assert [(a, k) for _, a, k in plan2] == [("resolve", Kind.HEART_RATE_HIGH)]
 
 
+def test_only_a_recent_reading_resolves_stale() -> None:
+    now = T0 + dt.timedelta(days=2)
+    old = check_bundle(fhir.bundle_bytes([hr("patient-a", T0, 70)], hub_id="hub-1"),
+                       "patient-a")  # a backlog from two days ago
+    _, plan = decide(_state(), old, {Kind.STALE}, False, TH, now)
+    assert plan == []
+    fresh = check_bundle(fhir.bundle_bytes([hr("patient-a", now - dt.timedelta(minutes=5), 70)],
+                                           hub_id="hub-1"), "patient-a")
+    _, plan = decide(_state(), fresh, {Kind.STALE}, False, TH, now)
+    assert plan == [(now, "resolve", Kind.STALE)]
+
+
 def test_a_reading_from_the_future_counts_as_now() -> None:
     obs = check_bundle(fhir.bundle_bytes([hr("patient-a", T0 + dt.timedelta(days=30), 70)],
                                          hub_id="hub-1"), "patient-a")

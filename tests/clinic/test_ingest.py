@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from clinic.cli import main
 from clinic.db import registry
 from clinic.db.connect import connect
 from clinic.devdb import DevPostgres
@@ -35,7 +37,8 @@ PATIENTS = ("patient-a", "patient-b")
 
 
 class Workers:
-    """``clinic ingest --worker NAME`` subprocesses."""
+    """``clinic ingest --worker NAME`` subprocesses, each with its own certificate (the
+    config's ``{worker}`` paths; the broker makes the certificate's CN the client id)."""
 
     def __init__(self, setup: ClinicSetup, log_dir: Path) -> None:
         self.setup = setup
@@ -184,6 +187,11 @@ async def test_hostile_publishers_are_counted_and_quarantined_while_good_traffic
     clinic: ClinicSetup, broker: Broker, workers: Workers, dsn: str
 ) -> None:
     pki = clinic.pki
+    # The broker drops anything over its message_size_limit (512 KiB; its own tests show
+    # that): the clinic's own limit, set below the broker's here, is what refuses the 400 KiB
+    # message below.
+    clinic.path.write_text(clinic.path.read_text() + "\n[ingest]\nmax_message_bytes = 262144\n")
+    oversize = 400 * 1024
     pub = clinic.ring.e2e[clinic.ring.current_e2e].public_key()
     hub1 = load_issued(pki.hub)
     with connect(dsn) as conn:
@@ -210,7 +218,7 @@ async def test_hostile_publishers_are_counted_and_quarantined_while_good_traffic
         rogue.publish("edge/v1/hub-9/obs/patient-a", sealed_bundle(
             good[:3], "hub-9", load_issued(rogue.identity), pub))  # never enrolled
         hub.publish(t, b"\x00garbage\xff" * 10)
-        hub.publish(t, os.urandom(10 * 1024 * 1024))
+        hub.publish(t, os.urandom(oversize))
         hub.publish(t, sealed_bundle(good[20:], "hub-1", hub1, pub))
     want = {"bad_envelope": 2, "bad_signature": 1, "patient_not_enrolled": 1,
             "hub_revoked": 1, "unknown_hub": 1, "oversize": 1}
@@ -228,7 +236,7 @@ async def test_hostile_publishers_are_counted_and_quarantined_while_good_traffic
     assert audited is not None and audited[0] == 7
     for reason, size, blob in rows:
         if reason == "oversize":
-            assert size == 10 * 1024 * 1024 and blob is None
+            assert size == oversize and blob is None
         else:
             # kept, sealed: not the bytes that came in
             assert blob is not None and b"garbage" not in bytes(blob)
@@ -263,7 +271,7 @@ async def test_postgresql_restart_mid_stream_loses_nothing(
 async def test_alerts_open_and_resolve_end_to_end(
     clinic: ClinicSetup, broker: Broker, workers: Workers, dsn: str
 ) -> None:
-    """Real workers (with their periodic evaluators), real broker: a urgent low opens and
+    """Real workers (with their periodic evaluators), real broker: an urgent low opens and
     resolves from published readings; a hub's Last Will opens hub_offline, online resolves."""
     clinic.path.write_text(clinic.path.read_text() + "\n[alerts]\nhub_offline_after_s = 1\n"
                            "evaluate_interval_s = 1\n")
@@ -302,3 +310,90 @@ async def test_alerts_open_and_resolve_end_to_end(
     assert status(clinic)["alerts_open"] == 0
     logs = workers.logs()
     assert "patient-a" not in logs and "patient-b" not in logs
+
+
+async def test_a_retained_bundle_is_not_replayed_but_the_retained_status_is_read(
+    clinic: ClinicSetup, broker: Broker, workers: Workers, dsn: str
+) -> None:
+    """The observation filter is subscribed with retain handling 2 (mosquitto sends retained
+    messages to shared subscriptions): a stale retained Bundle is not ingested again at each
+    (re)subscription. The status filter keeps the default: the hub's retained status counts."""
+    pub = clinic.ring.e2e[clinic.ring.current_e2e].public_key()
+    signer = load_issued(clinic.pki.hub)
+    stale, live = make_readings(5, ("patient-a",)), make_readings(5, ("patient-a",), start=100)
+    t = "edge/v1/hub-1/obs/patient-a"
+    with hub_client(broker, clinic.pki) as hub:
+        hub.publish(t, sealed_bundle(stale, "hub-1", signer, pub), retain=True)
+        hub.status("edge/v1", "hub-1", state="online", at="2030-01-01T00:00:00Z", queue_depth=3)
+        workers.start("1")
+        await workers.ready("1")
+        # The broker sends retained messages right after the SUBACK, so a replayed Bundle would
+        # reach the worker before this one, in the same batch or an earlier one.
+        hub.publish(t, sealed_bundle(live, "hub-1", signer, pub))
+    await eventually(lambda: scalar(dsn, "SELECT count(*) FROM observations") >= len(live),
+                     within_s=30, what="the live Bundle stored")
+    ids = {r[0] for r in psycopg.connect(dsn).execute("SELECT identifier FROM observations")}
+    assert ids == {r.id for r in live}
+    hubs = status(clinic)["hubs"]
+    assert isinstance(hubs, dict) and hubs["hub-1"]["online"] is True
+    assert hubs["hub-1"]["queue_depth"] == 3
+
+
+def _identity_config(setup: ClinicSetup, cert: Path, key: Path, name: str) -> Path:
+    text = setup.path.read_text()
+    text = text.replace(str(setup.cfg.broker.client_cert), str(cert))
+    text = text.replace(str(setup.cfg.broker.client_key), str(key))
+    path = setup.path.with_name(name)
+    path.write_text(text)
+    return path
+
+
+def test_a_worker_starts_only_with_its_own_certificate(
+    setup: ClinicSetup, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The broker makes a certificate's CN the client id, so a worker holding another
+    worker's (or anyone's) certificate would connect as that identity and take over its
+    session: `clinic ingest` refuses (exit 2, one line) and `clinic check-config` says the
+    same. Only refusals run here; the workers above start with their own certificates."""
+    pki = setup.pki
+
+    def refused(config: Path, *args: str) -> list[str]:
+        capsys.readouterr()
+        assert main(["--config", str(config), *args]) == 2
+        return capsys.readouterr().err.strip().splitlines()
+
+    assert main(["--config", str(setup.path), "check-config"]) == 0  # workers 1 and 2
+    # a worker without a certificate of its own
+    err = refused(setup.path, "ingest", "--worker", "3")
+    assert len(err) == 1 and "clinic-1-ingest-3.crt does not exist" in err[0], err
+    assert refused(setup.path, "ingest", "--worker", "../1") == [
+        "clinic: --worker must be 1-32 letters, digits, '.', '_' or '-' (starting with a "
+        "letter or digit)"]
+    # one certificate without {worker}: worker 1's serves worker 1 only
+    one = _identity_config(setup, pki.dir / "clinic-1-ingest-1.crt",
+                           pki.dir / "clinic-1-ingest-1.key", "one.toml")
+    assert main(["--config", str(one), "check-config"]) == 0
+    err = refused(one, "ingest", "--worker", "2")
+    assert len(err) == 1 and "has CN 'clinic-1-ingest-1', but worker 2 must connect as " \
+        "'clinic-1-ingest-2'" in err[0], err
+    # per-worker paths where worker 3's file holds a clinician's certificate
+    d = tmp_path / "ingest-certs"
+    d.mkdir()
+    for worker, files in (("1", (pki.dir / "clinic-1-ingest-1.crt",
+                                 pki.dir / "clinic-1-ingest-1.key")),
+                          ("3", (pki.clinician("clinician-1").cert,
+                                 pki.clinician("clinician-1").key))):
+        shutil.copy(files[0], d / f"ingest-{worker}.crt")
+        shutil.copy(files[1], d / f"ingest-{worker}.key")
+    mixed = _identity_config(setup, d / "ingest-{worker}.crt", d / "ingest-{worker}.key",
+                             "mixed.toml")
+    from_check = refused(mixed, "check-config")
+    from_ingest = refused(mixed, "ingest", "--worker", "3")
+    assert from_check == from_ingest and len(from_ingest) == 1
+    assert "ingest-3.crt has CN 'clinician-1', but worker 3 must connect as " \
+        "'clinic-1-ingest-3'" in from_ingest[0]
+    # the clinic's old shared identity (CN = clinic.id) is nobody's worker
+    shared = _identity_config(setup, pki.clinician("clinician-1").cert,
+                              pki.clinician("clinician-1").key, "shared.toml")
+    err = refused(shared, "check-config")
+    assert len(err) == 1 and "not an ingest worker's (clinic-1-ingest-NAME)" in err[0], err

@@ -19,7 +19,6 @@ from tests.e2e.harness import (
     obs_id,
     obs_kind,
     obs_patient,
-    observations,
     write_execute_is_denied_in_children,
 )
 from tests.support.mosquitto import subscriber
@@ -38,7 +37,7 @@ def test_every_reading_arrives_once_as_valid_fhir_and_the_log_has_no_phi(
         records = int(sim["SIM-GLU-1"]["records"])
         addresses = [d["address"] for d in sim.values()]
 
-        # the clinician assigned to patient-a, next to the admin subscriber of the harness
+        # a clinician identity, next to the admin (observer) subscriber of the harness
         clinician = subscriber(e.broker, e.pki, identity="clinician-1",
                                topic=f"edge/v1/{HUB_ID}/obs/patient-a",
                                client_id="clinician-1").start()
@@ -89,11 +88,11 @@ def test_every_reading_arrives_once_as_valid_fhir_and_the_log_has_no_phi(
 
         rows = e.vault_rows()
         obs = e.observations()
-        clinician_ids = Counter(obs_id(o) for o in observations(clinician.snapshot()))
+        clinician_got = clinician.snapshot()
         clinician.stop()
-        # the clinician got every reading of its patient, once, and nothing of another
-        assert set(clinician_ids) == {r[0] for r in rows if r[3] == "patient-a"}
-        assert max(clinician_ids.values()) == 1
+        # least privilege: clinicians read nothing on the broker (the clinic service is the
+        # only reader; clinicians use its web application)
+        assert clinician_got == []
         ids = [obs_id(o) for o in obs]
         # no link was lost, so nothing was re-sent: each reading arrived exactly once
         assert [i for i, n in Counter(ids).items() if n > 1] == []

@@ -65,6 +65,7 @@ def _edge(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "edge", *args],
         capture_output=True, text=True, env=env, cwd=REPO, timeout=60, check=False,
+        stdin=subprocess.DEVNULL,  # no terminal: `edge pair` never waits for a typed passkey
     )
 
 

@@ -16,6 +16,7 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.observation import Observation
 
+from devtools.broker import ingest_identity
 from edge.config import UplinkConfig
 from edge.testing import eventually
 from edge.testing.uplink import forwarding
@@ -23,7 +24,16 @@ from edge.uplink.forwarder import FHIR_CONTENT_TYPE, Forwarder
 from edge.uplink.mqtt import TlsMqttConnector
 from edge.uplink.ports import PublishRefused
 from edge.uplink.stats import ForwarderState
-from tests.support.mosquitto import Broker, TcpProxy, ids_in, start_broker, subscriber
+from tests.clinic.support import issue_client
+from tests.support.mosquitto import (
+    Broker,
+    Received,
+    Subscriber,
+    TcpProxy,
+    ids_in,
+    start_broker,
+    subscriber,
+)
 from tests.support.pki import TestPki, make_pki
 from tests.support.uplink_fakes import (
     FakeOutbox,
@@ -94,6 +104,14 @@ async def test_happy_path_every_reading_arrives_in_a_valid_bundle(
             fwd.wake()
             await wait_until(lambda: not outbox.rows)
             assert fwd.state is ForwarderState.CONNECTED
+
+        def offline_last(m: list[Received]) -> bool:
+            status = [x for x in m if x.topic == "edge/v1/hub-1/status"]
+            return bool(status) and json.loads(status[-1].payload)["state"] == "offline"
+
+        # The clean shutdown's retained "offline" is published as the forwarder stops; wait
+        # (bounded) for it to reach the subscriber before looking.
+        assert await asyncio.to_thread(sub.wait_for, offline_last), sub.snapshot()[-3:]
         msgs = sub.snapshot()
     obs = [m for m in msgs if "/obs/" in m.topic]
     got = ids_in(obs)
@@ -186,26 +204,44 @@ async def test_acl_hub_cannot_publish_under_another_hub(broker: Broker, tpki: Te
         assert not any("hub-2" in m.topic for m in sub.snapshot())
 
 
-async def test_acl_clinician_reads_only_assigned_patients(broker: Broker, tpki: TestPki) -> None:
-    cfg = tpki.uplink_config(broker.port)
+async def test_acl_a_clinician_receives_nothing_the_clinic_receives_every_hubs_observations(
+    tmp_path: Path, tpki: TestPki
+) -> None:
+    """The uplink through the shipped ACL (no observer): the clinic's ingest identity is the
+    reader of every hub's observations; a clinician subscribed to everything is sent nothing
+    (clinicians use the clinic's web application). The rest of the ACL is
+    tests/integration/test_broker_acl.py."""
+    ingest = issue_client(tpki.dir, tpki.ca, ingest_identity("clinic-1", "1"))
+    hub2 = issue_client(tpki.dir, tpki.ca, "hub-2")
+    broker = start_broker(tmp_path, tpki, hubs=["hub-1", "hub-2"],
+                          clinic_ids=[ingest_identity("clinic-1", "1")], observers=())
+    clinic = Subscriber(broker=broker, identity=ingest, ca=tpki.ca.cert,
+                        topic="$share/clinic/edge/v1/+/obs/+", client_id="clinic-1-ingest-1")
+    sent = [("hub-1", p) for p in PATIENTS] + [("hub-2", "patient-a")]
     with (
+        broker,
         subscriber(broker, tpki, identity="clinician-1", topic="edge/v1/#") as clin,
-        subscriber(broker, tpki, topic="edge/v1/#") as admin,
+        clinic,
     ):
-        link = await TlsMqttConnector(cfg, tpki.hub_id)(None)
-        try:
-            for patient in ("patient-b", "patient-c", "patient-a"):
-                await asyncio.wait_for(
-                    link.publish(f"edge/v1/hub-1/obs/{patient}", patient.encode()), 10
-                )
-        finally:
-            await link.close()
-        assert await asyncio.to_thread(admin.wait_for, lambda m: len(m) >= 3)
-        assert await asyncio.to_thread(
-            clin.wait_for, lambda m: any(x.topic.endswith("/patient-a") for x in m)
-        )
-        topics = {m.topic for m in clin.snapshot()}
-    assert topics == {"edge/v1/hub-1/obs/patient-a"}
+        for hub, cfg in (("hub-1", tpki.uplink_config(broker.port)),
+                         ("hub-2", tpki.uplink_config(broker.port, client_cert=hub2.cert,
+                                                      client_key=hub2.key))):
+            link = await TlsMqttConnector(cfg, hub)(None)
+            try:
+                for h, patient in sent:
+                    if h == hub:
+                        await asyncio.wait_for(
+                            link.publish(f"edge/v1/{hub}/obs/{patient}", patient.encode()), 10)
+            finally:
+                await link.close()
+        want = {f"edge/v1/{h}/obs/{p}" for h, p in sent}
+        assert await asyncio.to_thread(clinic.wait_for, lambda m: {x.topic for x in m} >= want)
+        # The broker logs each delivery as it routes the message: the clinic's are in the log,
+        # so a delivery to the clinician would be too.
+        log = broker.log_text()
+        assert "Sending PUBLISH to clinic-1-ingest-1 (" in log
+        assert "Sending PUBLISH to clinician-1 (" not in log
+        assert clin.snapshot() == []
 
 
 async def _drain_through_proxy(

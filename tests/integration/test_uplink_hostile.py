@@ -4,10 +4,11 @@ audit) and keeps the readings; `edge uplink probe` names the same reason."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from edge.config import UplinkConfig
+from edge.daemon.control import ControlServer
 from edge.testing import eventually
 from edge.testing.uplink import forwarding
 from edge.uplink.mqtt import TlsMqttConnector
@@ -24,8 +26,11 @@ from edge.uplink.stats import ForwarderState
 from tests.support.mosquitto import (
     REPO,
     Broker,
+    Received,
+    ids_in,
     start_broker,
     start_tls12_only_peer,
+    subscriber,
 )
 from tests.support.pki import TestPki, make_pki
 from tests.support.uplink_fakes import (
@@ -187,7 +192,9 @@ def _gateway_toml(tmp_path: Path, cfg: UplinkConfig, tpki: TestPki, pins: list[s
         f'[uplink]\nhost = "{cfg.host}"\nport = {cfg.port}\n'
         f'ca_file = "{cfg.ca_file}"\nclient_cert = "{cfg.client_cert}"\n'
         f'client_key = "{cfg.client_key}"\npins = [{pin_list}]\n\n'
-        '[e2e]\nmode = "off"\n'
+        '[e2e]\nmode = "off"\n\n'
+        # the probe asks the daemon here first (nobody listens unless a test serves it)
+        f'[daemon]\ncontrol_socket = "{tmp_path / "run" / "control.sock"}"\n'
     )
     return path
 
@@ -307,18 +314,79 @@ async def test_connack_refusal_is_not_authorised(
     assert result.pin_matched == tpki.broker.pin  # the TLS part succeeded
 
 
-async def test_probe_leaves_a_running_gateway_alone(broker: Broker, tpki: TestPki) -> None:
-    cfg = tpki.uplink_config(broker.port)
+async def test_probe_refuses_while_the_gateway_runs_and_force_takes_over(
+    broker: Broker, tpki: TestPki, tmp_path: Path
+) -> None:
+    """One certificate, one session: the broker gives the probe (the hub's certificate) the
+    hub's client id, so a probe would take a running gateway's connection over and the broker
+    would publish the gateway's Last Will. `edge uplink probe` asks the daemon's control
+    socket first and refuses with the daemon's uplink state; `--force` takes over, as its help
+    says."""
+    # A long reconnect delay: after the forced takeover the gateway does not take its session
+    # back while the probe is still at work.
+    cfg = tpki.uplink_config(broker.port, reconnect_base_s=30, reconnect_cap_s=30)
+    outbox = FakeOutbox()
     rec = RecordingConnector(TlsMqttConnector(cfg, tpki.hub_id))
-    fwd = real_forwarder(cfg, tpki.hub_id, FakeOutbox(), connector=rec)
-    async with forwarding(fwd):
-        await wait_until(lambda: fwd.state is ForwarderState.CONNECTED)
-        result = await probe(cfg, tpki.hub_id)
-        assert result.ok, result.lines()
-        assert fwd.state is ForwarderState.CONNECTED and not rec.links[0].is_closed
-        assert fwd.stats().sessions == 1
+    fwd = real_forwarder(cfg, tpki.hub_id, outbox, connector=rec)
+
+    async def daemon_status(request: Mapping[str, object], actor: str) -> object:
+        # the running daemon's `status` answer, its uplink part from the live forwarder
+        return {"source": "daemon", "hub": tpki.hub_id,
+                "uplink": {"state": fwd.stats().state_label, "stats": fwd.stats().as_dict()}}
+
+    control = ControlServer(tmp_path / "run" / "control.sock", {"status": daemon_status})
+    config = _gateway_toml(tmp_path, cfg, tpki, [tpki.broker.pin])
+
+    async def probe_cli(*extra: str) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "edge", "uplink", "probe", "--config", str(config), *extra],
+            capture_output=True, text=True, timeout=60, cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+
+    def states(msgs: list[Received]) -> list[str]:
+        return [json.loads(m.payload)["state"] for m in msgs if m.topic.endswith("/status")]
+
+    await control.start()
+    try:
+        with subscriber(broker, tpki, topic="edge/v1/hub-1/#") as sub:
+            async with forwarding(fwd):
+                await wait_until(lambda: fwd.state is ForwarderState.CONNECTED)
+                assert await asyncio.to_thread(sub.wait_for, lambda m: states(m) == ["online"])
+
+                refused = await probe_cli()
+                assert refused.returncode == 2, refused.stdout + refused.stderr
+                err = refused.stderr.strip().splitlines()
+                assert len(err) == 1 and refused.stdout == "", refused.stderr
+                assert "daemon is running and holds hub-1's broker connection (uplink: " \
+                    "connected)" in err[0]
+                assert "`edge status`" in err[0] and "--force" in err[0]
+                # The gateway kept its session: a reading sent now arrives (in order, after
+                # anything the broker would have published for a takeover), and its status
+                # never left "online".
+                late = outbox.add_readings(make_readings(1, ["patient-a"]))
+                fwd.wake()
+                assert await asyncio.to_thread(sub.wait_for, lambda m: ids_in(m) == late)
+                assert states(sub.snapshot()) == ["online"]
+                assert fwd.state is ForwarderState.CONNECTED and fwd.stats().sessions == 1
+                assert not rec.links[0].is_closed
+
+                forced = await probe_cli("--force")
+                assert forced.returncode == 0, forced.stdout + forced.stderr
+                assert "probe: OK" in forced.stdout
+                # What --force documents: the probe took the session over, so the broker
+                # published the gateway's Will, then the probe's own (non-retained) status.
+                assert await asyncio.to_thread(
+                    sub.wait_for, lambda m: states(m) == ["online", "offline", "probe"]
+                ), states(sub.snapshot())
+                await wait_until(lambda: fwd.state is ForwarderState.BACKOFF)
+    finally:
+        await control.close()
     log = broker.log_text()
-    assert "as hub-1-probe (" in log and "as hub-1 (" in log
-    # The probe carries no Last Will (it must never mark the hub offline); the gateway does.
-    assert log.split("as hub-1-probe (")[1].splitlines()[1].endswith("No will message specified.")
-    assert "Will message specified" in log.split("as hub-1 (")[1].splitlines()[1]
+    # The refused probe never connected: the hub's identity connected twice (gateway, forced
+    # probe); the probe carries no Last Will of its own, the gateway does.
+    assert log.count("as hub-1 (") == 2
+    gateway, probe_connect = log.split("as hub-1 (")[1:3]
+    assert "Will message specified" in gateway.splitlines()[1]
+    assert probe_connect.splitlines()[1].endswith("No will message specified.")

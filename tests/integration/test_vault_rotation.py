@@ -15,10 +15,18 @@ import pytest
 import sqlcipher3
 
 from edge.config import VaultConfig
-from edge.vault import Vault
+from edge.errors import VaultError
+from edge.vault import Vault, cipher
 from edge.vault.keys import decode_key
+from edge.vault.rotation import rotate_key
 from tests.support.vault_proc import REPO, spawn
-from tests.support.vault_support import hr, vault_config, write_gateway_config, write_key
+from tests.support.vault_support import (
+    file_digests,
+    hr,
+    vault_config,
+    write_gateway_config,
+    write_key,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -186,3 +194,58 @@ async def test_commands_run_by_hand_finish_an_interrupted_rotation(
     res = edge_cli(tmp_path, "consent", "list", "--json")
     assert res.returncode == 0, res.stderr
     await check_finished(cfg, k0)
+
+
+def test_recovery_checks_the_room_for_its_key_check_copy_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Finishing a rotation whose re-key sits in the WAL checks the key on a private copy of
+    the database and WAL: with too little free space that is said, with the amount, before
+    anything is written (it was "internal error (OSError)")."""
+    cfg, k0 = asyncio.run(make_vault(tmp_path))
+    proc = spawn(tmp_path, "rotate-die", "rekey_committed", stdout=subprocess.DEVNULL)
+    assert proc.wait(timeout=60) == -9
+    wal_bytes = os.path.getsize(str(cfg.path) + "-wal")
+    assert wal_bytes > 0
+    needed = os.path.getsize(cfg.path) + wal_bytes + cipher.COPY_MARGIN
+    before = file_digests(cfg.path)
+    asked: list[Path] = []
+
+    def nearly_full(directory: Path) -> int:
+        asked.append(directory)
+        return 64 * 1024
+
+    monkeypatch.setattr(cipher, "free_space", nearly_full)
+    with pytest.raises(VaultError) as err:
+        asyncio.run(rotate_key(cfg, actor="admin:test"))
+    text = str(err.value)
+    assert f"({needed} bytes) free in {cfg.path.parent}" in text
+    assert "only 0.1 MiB is free" in text
+    assert asked == [cfg.path.parent]
+    assert file_digests(cfg.path) == before
+    assert not [p for p in os.listdir(cfg.path.parent) if p.startswith(".keycheck-")]
+
+    monkeypatch.undo()
+    outcome = asyncio.run(rotate_key(cfg, actor="admin:test"))
+    assert outcome.recovered and "opened with the NEW key" in outcome.message
+    asyncio.run(check_finished(cfg, k0))
+
+
+def test_the_cli_says_there_is_no_room_not_internal_error(tmp_path: Path) -> None:
+    asyncio.run(make_vault(tmp_path))
+    proc = spawn(tmp_path, "rotate-die", "rekey_committed", stdout=subprocess.DEVNULL)
+    assert proc.wait(timeout=60) == -9
+    # `edge keys rotate` as run by hand, with the free-space probe reporting a nearly full disk
+    env = {"EDGE_TEST_FREE_SPACE": "4096"}
+    res = subprocess.run(
+        [sys.executable, "-c",
+         "import os, sys; import edge.vault.cipher as c; "
+         "c.free_space = lambda d: int(os.environ['EDGE_TEST_FREE_SPACE']); "
+         "from edge.cli import main; sys.exit(main())",
+         "--config", str(tmp_path / "gateway.toml"), "keys", "rotate"],
+        cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), **env),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert res.returncode == 2, res.stderr
+    assert "internal error" not in res.stderr
+    assert "free in" in res.stderr and "MiB" in res.stderr

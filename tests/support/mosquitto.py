@@ -211,7 +211,10 @@ def subscriber(
     broker: Broker, pki: TestPki, *, identity: str | None = None, topic: str = "#",
     client_id: str | None = None, persistent_session: bool = False,
 ) -> Subscriber:
-    """A (not yet started) subscriber as the admin, or as the named clinician."""
+    """A (not yet started) subscriber as the admin — which :func:`start_broker` makes a
+    development observer (reads every topic) unless ``observers=()`` — or as the named
+    clinician, to whom the shipped ACL delivers nothing. The broker replaces ``client_id``
+    with the certificate's CN, so two subscribers with one identity take each other's place."""
     ident = pki.admin if identity is None else pki.clinician(identity)
     return Subscriber(
         broker=broker, identity=ident, ca=pki.ca.cert, topic=topic,

@@ -5,6 +5,7 @@ on a pipe."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import os
 
@@ -229,3 +230,21 @@ async def test_the_terminal_prompter_gives_up_after_its_tries_and_can_be_withdra
     finally:
         os.close(write)
         os.close(read)
+
+
+def test_edge_status_shows_the_agent_and_its_counter_when_the_daemon_holds_one() -> None:
+    from datetime import UTC, datetime
+
+    from edge.daemon.status import DaemonFacts, status_document
+    from edge.vault import VaultStats
+
+    stats = VaultStats(pending=0, oldest_pending_age_s=None, db_bytes=0, pending_bytes=0,
+                       delivered_retained=0, refusals={})
+    facts = DaemonFacts(started_at=datetime(2026, 3, 1, tzinfo=UTC), healthy=True, intake={},
+                        devices=[], uplink_state="connected", uplink_stats=None, parts={},
+                        pairing={"agent": "holding", "unsolicited_pairing_rejected": 4})
+    doc = status_document(hub="hub-1", vault=stats, cert_days=None, daemon=facts)
+    assert doc["pairing"] == {"agent": "holding", "unsolicited_pairing_rejected": 4}
+    without = dataclasses.replace(facts, pairing=None)
+    assert "pairing" not in status_document(hub="hub-1", vault=stats, cert_days=None,
+                                            daemon=without)

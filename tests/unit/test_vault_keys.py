@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from edge.config import VaultConfig
-from edge.errors import ConfigError, KeyUnavailable
-from edge.vault import key_provider, schema
+from edge.errors import ConfigError, KeyUnavailable, UsageError
+from edge.vault import key_provider, retired, schema
 from edge.vault.audit import GENESIS_HASH, audit_hash
 from edge.vault.keys import (
     EnvKeyProvider,
@@ -19,6 +19,7 @@ from edge.vault.keys import (
     SystemdCredentialProvider,
     decode_key,
     encode_key,
+    key_id,
     new_key,
 )
 from edge.vault.models import identity_time_us
@@ -90,7 +91,41 @@ def test_file_provider_rotation_keeps_the_old_key_until_finished(tmp_path: Path)
     assert provider.previous() == old
     provider.finish_rotation()
     assert provider.previous() is None
-    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == ["vault.key"]
+    # the replaced key is retired, not forgotten (old backups need it)
+    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == [
+        "vault.key", "vault.key.retired"]
+
+
+def test_rotation_keeps_the_replaced_key_retired_until_the_installer_retires_it(
+    tmp_path: Path,
+) -> None:
+    cfg = vault_config(tmp_path)
+    old = write_key(cfg)
+    assert cfg.key_file is not None
+    provider = key_provider(cfg)
+    provider.stage_rotation(new_key())
+    provider.finish_rotation()
+    (kept,) = retired.listing(cfg.key_file)
+    assert kept.key_id == key_id(old)
+    assert kept.path.parent == tmp_path / "keys" / "vault.key.retired"
+    assert kept.path.name.endswith(f"-{key_id(old)}.key")
+    assert stat.S_IMODE(kept.path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(kept.path.parent.stat().st_mode) == 0o700
+    assert retired.load(kept) == old
+    assert cfg.path.parent not in kept.path.parents  # apart from the data
+
+    # An interrupted rotation that never stored a new key: the leftover copy is the current
+    # key, which is never "retired".
+    current = provider.load()
+    provider.stage_rotation(current)
+    provider.finish_rotation()
+    assert [k.key_id for k in retired.listing(cfg.key_file)] == [key_id(old)]
+
+    with pytest.raises(UsageError, match=key_id(old)):
+        retired.forget(cfg.key_file, "0" * 16)
+    retired.forget(cfg.key_file, key_id(old))
+    assert retired.listing(cfg.key_file) == []
+    assert list(kept.path.parent.iterdir()) == []
 
 
 def test_env_provider_only_when_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
