@@ -7,12 +7,14 @@ STAMP := $(VENV)/.installed
 # Debian packages the project needs at run and test time (binary -> package).
 APT_NEEDS := /usr/sbin/mosquitto:mosquitto /usr/bin/dbus-daemon:dbus-daemon /usr/bin/openssl:openssl \
   /usr/lib/postgresql/15/bin/initdb:postgresql /usr/bin/bluetoothctl:bluez \
-  /usr/bin/chromium:chromium
+  /usr/bin/chromium:chromium /usr/bin/strace:strace
 # No bluetoothd needs to run: the tests point bluetoothctl and bleak at the simulator's private
 # D-Bus (DBUS_SYSTEM_BUS_ADDRESS); PostgreSQL runs as throwaway clusters the tests start; the
 # browser tests drive Debian's Chromium through Playwright (never a downloaded browser).
 
-.PHONY: setup system-deps test test-unit lint demo bench install clean
+FUZZ_SECONDS ?= 300
+
+.PHONY: setup system-deps test test-unit lint demo bench install clean fuzz sbom
 
 setup: system-deps $(STAMP)
 
@@ -44,14 +46,22 @@ test-unit: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 lint: setup
-	$(VENV)/bin/ruff check edge firmware_sim clinic devtools tests bench
-	$(VENV)/bin/mypy --strict edge firmware_sim clinic devtools tests bench
+	$(VENV)/bin/ruff check edge firmware_sim clinic devtools fuzz tools tests bench
+	$(VENV)/bin/mypy --strict edge firmware_sim clinic devtools fuzz tools tests bench
 
 demo: setup
 	$(PY) -m devtools.demo
 
 bench: setup
 	$(PY) -m bench
+
+fuzz: setup
+	@$(PY) -c 'import atheris' 2>/dev/null || $(PY) -m pip install -q -e '.[fuzz]'
+	$(PY) -m fuzz --total-seconds $(FUZZ_SECONDS)
+
+sbom: setup
+	@test -x $(VENV)/bin/cyclonedx-py || $(PY) -m pip install -q -e '.[sbom]'
+	$(PY) tools/sbom.py
 
 install: setup
 	./systemd/install.sh

@@ -17,7 +17,14 @@ from typing import Annotated, Literal
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from edge.config_checks import environment_problems, key_file_problem, valid_host
@@ -48,14 +55,57 @@ class HubConfig(_Section):
         return v
 
 
+_ADAPTER_RE = re.compile(r"^hci\d{1,3}$")
+
+
 class BleConfig(_Section):
-    adapter: str = "hci0"
+    #: the Bluetooth adapters (BlueZ names) devices are spread over, in order of preference
+    adapters: Annotated[tuple[str, ...], Field(min_length=1, max_length=16)] = ("hci0",)
+    #: the older single-adapter key (``adapter = "hci0"`` means ``adapters = ["hci0"]``); after
+    #: validation always the first of ``adapters`` (``edge pair``/``scan`` use it)
+    adapter: Annotated[str, Field(exclude=True)] = "hci0"
     #: scanning runs in windows of this length while a bound device is missing
     scan_seconds: PositiveFloat = 10.0
     #: give up one connection attempt after this long
     connect_timeout_s: PositiveFloat = 20.0
-    #: adapters have 5-7 connection slots; keep attempts below that
+    #: connection attempts in flight at once, per adapter (adapters have 5-7 connection slots)
     max_concurrent_connects: Annotated[int, Field(ge=1, le=7)] = 3
+    #: an adapter whose StartDiscovery fails (InProgress / NotReady) this many times in a row
+    #: is wedged: it is power-cycled
+    wedge_scan_failures: Annotated[int, Field(ge=1, le=100)] = 3
+    #: ... and so is one that hears no advertisement at all for this many scan windows in a
+    #: row while bound devices are missing
+    wedge_silent_windows: Annotated[int, Field(ge=1, le=1000)] = 6
+    #: an adapter is power-cycled at most once per this many seconds
+    power_cycle_min_interval_s: Annotated[float, Field(ge=1)] = 900.0
+    #: a device in ``needs_pairing`` (it lost its bond) is tried again this rarely (and at once
+    #: when the allow-list is re-read, as ``edge pair`` does)
+    needs_pairing_retry_s: Annotated[float, Field(ge=1)] = 3600.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_adapter_key(cls, data: object) -> object:
+        if not isinstance(data, Mapping):
+            return data
+        if "adapter" in data and "adapters" in data:
+            raise ValueError("set `adapters` or the older `adapter`, not both "
+                             "(e.g. adapters = [\"hci0\", \"hci1\"])")
+        out = dict(data)
+        if "adapter" in out:
+            out["adapters"] = [out["adapter"]]
+        elif isinstance(out.get("adapters"), list | tuple) and out["adapters"]:
+            out["adapter"] = out["adapters"][0]
+        return out
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapter_names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [a for a in v if not _ADAPTER_RE.match(a)]
+        if bad:
+            raise ValueError(f"adapter names look like hci0, got {', '.join(map(repr, bad))}")
+        if len(set(v)) != len(v):
+            raise ValueError("an adapter is listed twice")
+        return v
     reconnect_base_s: PositiveFloat = 1.0
     reconnect_cap_s: PositiveFloat = 60.0
     #: a connected heart-rate session with no notification for this long is restarted

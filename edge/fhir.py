@@ -32,6 +32,12 @@ Decisions worth knowing:
   the newly created Device. A stand-alone :func:`observation` refers to ``Device/<id>``.
 - The Bundle has no ``timestamp`` (not required for a transaction): the same readings always
   give the same bytes, so a re-sent batch is identical. The receive time is ``issued``.
+- Times are UTC (``Z``). A glucose meter keeps local time: the UTC offset its local time had
+  at the measurement (e.g. ``+02:00`` in summer, ``+01:00`` in winter) rides along as the
+  standard ``tz-offset`` extension on ``_effectiveDateTime``, so a clinician can see the
+  time the patient saw on the meter. Derived from the reading itself (local time = device
+  time - clock offset; minus the UTC effective time); omitted for heart rate (no device
+  time) and for an offset no zone has (beyond +/-14 h, or not whole minutes).
 
 Speed: the forwarder serialises tens of thousands of readings a second, so Bundles are written
 straight to JSON text from pre-encoded constant fragments (a few microseconds per reading); the
@@ -45,7 +51,7 @@ import functools
 import json
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from json.encoder import encode_basestring as _s
 from typing import Any
@@ -66,6 +72,7 @@ PHD_CATEGORY = "http://hl7.org/fhir/uv/phd/CodeSystem/PhdObservationCategories"
 DATA_ABSENT_REASON = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 GATEWAY_EXTENSION = "http://hl7.org/fhir/StructureDefinition/observation-gatewayDevice"
+TZ_OFFSET_EXTENSION = "http://hl7.org/fhir/StructureDefinition/tz-offset"
 
 # Fixed namespaces: changing one would change every Device id ever sent.
 SENSOR_NAMESPACE = uuid.UUID("0b6f3f62-5f5e-5c8e-9a55-6a3d0e7d2c41")
@@ -217,6 +224,29 @@ def _time(dt: datetime) -> str:
     return utc.isoformat()[:-6] + "Z"
 
 
+def device_utc_offset(r: GlucoseReading) -> str | None:
+    """The UTC offset (``+hh:mm``) of the meter's local time at the measurement, or None."""
+    local = r.device_time.replace(tzinfo=None) - timedelta(seconds=r.clock_offset_s)
+    offset = local - r.effective_time.astimezone(UTC).replace(tzinfo=None)
+    seconds = round(offset.total_seconds())
+    if seconds % 60 or abs(seconds) > 14 * 3600:
+        return None
+    sign = "-" if seconds < 0 else "+"
+    hours, minutes = divmod(abs(seconds) // 60, 60)
+    return f"{sign}{hours:02d}:{minutes:02d}"
+
+
+def _tz_offset(r: HeartRateReading | GlucoseReading) -> str:
+    """The ``_effectiveDateTime`` member (with its leading comma), or nothing."""
+    if isinstance(r, HeartRateReading):
+        return ""
+    offset = device_utc_offset(r)
+    if offset is None:
+        return ""
+    return (',"_effectiveDateTime":{"extension":[{"url":"' + TZ_OFFSET_EXTENSION
+            + '","valueCode":"' + offset + '"}]}')
+
+
 # --- Observation ---------------------------------------------------------------------------------
 
 
@@ -272,8 +302,8 @@ def _observation_text(
         _OBS_OPEN + gateway_ref + _IDENTIFIER_OPEN + id_text + '"}],"status":"final",'
         + body
         + ',"subject":{"reference":' + _s("Patient/" + r.patient)
-        + '},"effectiveDateTime":"' + _time(r.effective_time)
-        + '","issued":"' + _time(r.received_at)
+        + '},"effectiveDateTime":"' + _time(r.effective_time) + '"' + _tz_offset(r)
+        + ',"issued":"' + _time(r.received_at)
         + '","device":{"reference":' + sensor_ref + "}}"
     )
 

@@ -3,6 +3,13 @@
 A reading's id is derived from (device identity, characteristic, sequence number or device
 time), never random, so the same measurement decoded twice — or re-sent after a crash — has
 the same id, and every store and backend can deduplicate on it.
+
+Ids and the hub clock: a reading's id is fixed when intake accepts it and never changes when
+its time is corrected (the clinic deduplicates on it; a correction must not turn one
+measurement into two). A heart-rate reading received while the hub clock was not
+synchronised has the boot id in its discriminator (:func:`edge.intake.timing.hold`): a hub
+that boots again from the same saved time must not give a new measurement the id of an old
+one.
 """
 
 from __future__ import annotations
@@ -64,6 +71,19 @@ def stable_reading_id(device_id: str, characteristic: str, discriminator: str) -
     return str(uuid.uuid5(READING_ID_NAMESPACE, name))
 
 
+class ClockHold(BaseModel):
+    """Why a reading waits: it was received while the hub clock was not synchronised, so its
+    receive time (and any time derived from the hub clock) is corrected before it is
+    forwarded. See :mod:`edge.hubclock`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: the boot the reading was received in (``/proc/sys/kernel/random/boot_id``)
+    boot_id: str
+    #: the hub's monotonic clock (seconds since that boot) at ``received_at``
+    received_mono_s: float
+
+
 class _Reading(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -78,6 +98,9 @@ class _Reading(BaseModel):
     time_source: TimeSource
     #: when the gateway received it, UTC
     received_at: AwareDatetime
+    #: set while the hub clock was not synchronised at receipt: the reading is held in the
+    #: vault (not forwarded) until its times are corrected; None for every forwarded reading
+    clock_hold: ClockHold | None = None
 
 
 class HeartRateReading(_Reading):

@@ -12,4 +12,8 @@ decoder, :class:`edge.errors.MalformedPayload`; for the envelope, ``EnvelopeErro
 other exception, or a failed oracle (``AssertionError``: a round trip that does not hold, a
 state machine that does not finish), is a crash. ``tests/unit/test_fuzz_targets.py`` runs every
 target over its seed corpus without atheris.
+
+``fuzz/findings/<target>/`` holds the crashing inputs of open findings, not run by default
+(``python -m fuzz --reproduce TARGET fuzz/findings/TARGET/*``); once the code is fixed, move
+them into ``fuzz/corpus/<target>/`` so that the fix stays proven.
 """

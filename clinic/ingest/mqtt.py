@@ -97,6 +97,7 @@ class Subscription:
         Subscription._generations += 1
         self.generation = Subscription._generations
         self.closed = threading.Event()
+        self._closing = threading.Event()
         self.close_reason = ""
         self._ready = threading.Event()
         self._error: BrokerUnavailable | None = None
@@ -157,9 +158,16 @@ class Subscription:
         self._ready.set()
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        # Blocks paho's thread when full: back-pressure instead of an unbounded queue.
-        self._inbox.put(Message(self.generation, msg.mid, msg.topic, bytes(msg.payload),
-                                bool(msg.dup)))
+        # Blocks paho's thread when full: back-pressure instead of an unbounded queue. Not
+        # forever: once this connection is closing nobody may drain the queue, and close()
+        # joins this thread; a message dropped here is unacknowledged, so the broker re-sends.
+        m = Message(self.generation, msg.mid, msg.topic, bytes(msg.payload), bool(msg.dup))
+        while not self._closing.is_set():
+            try:
+                self._inbox.put(m, timeout=0.2)
+                return
+            except queue.Full:
+                continue
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, rc: ReasonCode,
                        props: Any) -> None:
@@ -177,6 +185,7 @@ class Subscription:
 
     def close(self) -> None:
         """DISCONNECT (the session and unacknowledged messages stay with the broker)."""
+        self._closing.set()
         if self._client is not None:
             self._client.disconnect()
             self._client.loop_stop()

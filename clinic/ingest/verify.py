@@ -124,5 +124,6 @@ def parse_status(topic: Topic, payload: bytes, received_at: dt.datetime) -> HubS
             int(qd) if isinstance(qd, int) and not isinstance(qd, bool) else None,
             float(days) if isinstance(days, int | float) and not isinstance(days, bool) else None,
         )
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, OverflowError, RecursionError) as exc:
+        # OverflowError: a 400-digit number as a float; RecursionError: nesting thousands deep
         raise Rejected("invalid_status", "unreadable hub status document") from exc

@@ -121,6 +121,7 @@ class Worker:
         backoff = Backoff(BackoffPolicy(base=b.reconnect_base_s,
                                         cap=max(b.reconnect_cap_s, b.reconnect_base_s)))
         while not self._stop.is_set():
+            self._drain()
             sub = Subscription(self.cfg.broker, client_id(self.cfg, self.name), topics(self.cfg),
                                self._inbox, identity=self.cfg.broker.identity_files(self.name))
             try:
@@ -140,6 +141,15 @@ class Worker:
                 log.warning("ingest.disconnected", reason=sub.close_reason)
         if self._conn is not None:
             self._conn.close()
+
+    def _drain(self) -> None:
+        """Forget messages of dead connections (the broker re-sends them on the next one):
+        left in the inbox they could fill it before the new connection's SUBACK arrives."""
+        while True:
+            try:
+                self._inbox.get_nowait()
+            except queue.Empty:
+                return
 
     def _serve(self, sub: Subscription) -> None:
         while not self._stop.is_set() and not sub.closed.is_set():

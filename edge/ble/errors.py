@@ -31,6 +31,25 @@ AUTH_ERRORS = frozenset(
     }
 )
 
+#: bluetoothd's Connect failure when the device no longer has the bond's key (HCI "PIN or Key
+#: Missing" on encryption): a device that was reset or had its battery changed
+KEY_MISSING = "le-connection-key-missing"
+#: D-Bus errors on connect, encryption or an encrypted read that mean "the bond no longer works"
+BOND_LOST_ERRORS = frozenset(
+    {
+        "org.bluez.Error.AuthenticationFailed",
+        "org.bluez.Error.NotPermitted",
+        "org.bluez.Error.NotAuthorized",
+    }
+)
+#: ATT errors meaning the same: insufficient authentication, insufficient encryption
+BOND_LOST_ATT = frozenset({0x05, 0x0F})
+#: the address-free reasons (:func:`reason_of`) that mean "the bond no longer works"
+BOND_LOST_REASONS = frozenset(
+    {"key_missing", *("dbus:" + e.rsplit(".", 1)[-1] for e in BOND_LOST_ERRORS),
+     *(f"att:0x{c:02x}" for c in BOND_LOST_ATT)}
+)
+
 #: what the translation catches: bleak's own errors, D-Bus timeouts and OS-level failures
 BLE_EXCEPTIONS: tuple[type[BaseException], ...] = (BleakError, TimeoutError, OSError, EOFError)
 
@@ -38,6 +57,9 @@ BLE_EXCEPTIONS: tuple[type[BaseException], ...] = (BleakError, TimeoutError, OSE
 def reason_of(exc: BaseException) -> str:
     """A short, address-free word for an error: ``dbus:InProgress``, ``att:0x80``, ``timeout``."""
     if isinstance(exc, BleakDBusError):
+        if exc.dbus_error == "org.bluez.Error.Failed" and KEY_MISSING in (
+                exc.dbus_error_details or ""):
+            return "key_missing"
         return "dbus:" + exc.dbus_error.rsplit(".", 1)[-1]
     if isinstance(exc, BleakGATTProtocolError):
         return f"att:0x{int(exc.code):02x}"
@@ -80,6 +102,32 @@ def is_auth_error(exc: BaseException) -> bool:
     if isinstance(exc, BleakGATTProtocolError):
         # 0x05 insufficient authentication, 0x0F insufficient encryption
         return int(exc.code) in (0x05, 0x08, 0x0C, 0x0F)
+    return False
+
+
+def is_bond_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was translated from) says the bond no longer works: the
+    device forgot it (reset, battery change), so encryption with the old key fails. Retrying
+    does not fix that; only a new pairing does. ``NotPermitted`` for a characteristic that is
+    simply not readable or writable ("Read not permitted") is not one."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, BleOperationError) and cur.__cause__ is not None:
+            cur = cur.__cause__  # the original says more (e.g. "Read not permitted")
+            continue
+        if isinstance(cur, BleakDBusError):
+            details = (cur.dbus_error_details or "").lower()
+            if "read not permitted" in details or "write not permitted" in details:
+                return False
+            if (cur.dbus_error in BOND_LOST_ERRORS or att_code(cur) in BOND_LOST_ATT
+                    or reason_of(cur) == "key_missing"):
+                return True
+        if isinstance(cur, BleakGATTProtocolError | BleOperationError) and (
+                reason_of(cur) in BOND_LOST_REASONS):
+            return True
+        cur = cur.__cause__
     return False
 
 

@@ -1,14 +1,19 @@
-"""The :class:`BleManager`: the allow-list watcher and one supervisor per bound device."""
+"""The :class:`BleManager`: the adapters (:class:`~edge.ble.adapter_pool.AdapterPool`: one
+allow-list watcher per adapter, presence, placement, wedge recovery) and one supervisor per
+bound device."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, tzinfo
 
+from edge.ble.adapter_pool import AdapterPool, AuditFn
 from edge.ble.link import cancel_and_wait
 from edge.ble.ports import (
+    AdapterControl,
     BindingLike,
     ClientFactory,
     DeviceRegistry,
@@ -17,17 +22,28 @@ from edge.ble.ports import (
 )
 from edge.ble.profiles import normalize_address
 from edge.ble.scanner import AllowListWatcher
-from edge.ble.state import DeviceState
+from edge.ble.state import NEEDS_PAIRING, DeviceState
 from edge.ble.supervisor import GLUCOSE_POLL_S, DeviceSupervisor
 from edge.clock import Clock
 from edge.config import BleConfig
-from edge.log import get_logger
+from edge.log import REDACTOR, get_logger
 
 log = get_logger("edge.ble.supervisor")
 
 
+#: the audit action for a device that lost its bond (subject: its device hash)
+NEEDS_PAIRING_ACTION = "device.needs_pairing"
+
+
 class BleManager:
-    """Runs the allow-list watcher and one supervisor per bound device."""
+    """Runs the adapters' watchers and one supervisor per bound device.
+
+    ``scanner_factory`` / ``client_factory`` serve every adapter (bleak doubles have none);
+    ``scanners_for`` / ``clients_for`` make them per adapter (bleak's real backend:
+    ``bluez={"adapter": "hciN"}``). ``adapter_control`` follows BlueZ's adapters and
+    power-cycles wedged ones (None: every configured adapter is taken as present, none is
+    power-cycled). ``audit(action, subject)`` writes to the vault's audit chain.
+    """
 
     def __init__(
         self,
@@ -41,29 +57,44 @@ class BleManager:
         local_tz: tzinfo | None,
         rng: random.Random | None = None,
         glucose_poll_s: float = GLUCOSE_POLL_S,
+        scanners_for: Callable[[str], ScannerFactory] | None = None,
+        clients_for: Callable[[str], ClientFactory] | None = None,
+        adapter_control: AdapterControl | None = None,
+        audit: AuditFn | None = None,
     ) -> None:
         self._config = config
         self._glucose_poll_s = glucose_poll_s
         self._vault = vault
         self._sink = sink
-        self._client_factory = client_factory
         self._clock = clock
         self._local_tz = local_tz or datetime.now().astimezone().tzinfo or UTC
         self._rng = rng or random.Random()  # noqa: S311 - backoff jitter, not secrecy
-        self._slots = asyncio.Semaphore(config.max_concurrent_connects)
-        self.watcher = AllowListWatcher(scanner_factory, clock, window_s=config.scan_seconds)
         self._supervisors: dict[str, tuple[DeviceSupervisor, asyncio.Task[None]]] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._refresh_lock = asyncio.Lock()
         self.counters: Counter[str] = Counter()
         self._unknown_reported = 0
+        self.adapters = AdapterPool(
+            config,
+            scanners_for=scanners_for or (lambda _name: scanner_factory),
+            clients_for=clients_for or (lambda _name: client_factory),
+            control=adapter_control,
+            clock=clock,
+            counters=self.counters,
+            audit=audit,
+        )
+
+    @property
+    def watcher(self) -> AllowListWatcher:
+        """The first configured adapter's allow-list watcher."""
+        return self.adapters.lanes[self.adapters.order[0]].watcher
 
     async def run(self) -> None:
         """Supervise every bound device until cancelled."""
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             try:
-                tg.create_task(self.watcher.run(), name="ble-watcher")
+                tg.create_task(self.adapters.run(), name="ble-adapters")
                 tg.create_task(self._report_unknown(), name="ble-unknown")
                 await self.refresh()
                 await asyncio.Event().wait()
@@ -83,14 +114,17 @@ class BleManager:
                     wanted[normalize_address(b.address)] = b
                 except ValueError:
                     continue
-            self.watcher.set_allowed(wanted)
+            self.adapters.set_allowed(wanted)
             for address, (sup, task) in list(self._supervisors.items()):
                 now_bound = wanted.get(address)
                 if (now_bound is None or now_bound.kind != sup.kind
                         or now_bound.patient != sup.patient):
                     del self._supervisors[address]
                     await cancel_and_wait(task)
+                    self.adapters.release(address)
                     log.info("ble.supervisor_stopped", address=address)
+                elif sup.bond.lost:
+                    sup.bond.repaired()  # `edge pair` again re-reads the list: try it now
             tg = self._tg
             if tg is None:
                 return
@@ -102,14 +136,13 @@ class BleManager:
                     config=self._config,
                     registry=self._vault,
                     sink=self._sink,
-                    watcher=self.watcher,
-                    client_factory=self._client_factory,
-                    connect_slots=self._slots,
+                    placement=self.adapters,
                     clock=self._clock,
                     local_tz=self._local_tz,
                     rng=self._rng,
                     counters=self.counters,
                     glucose_poll_s=self._glucose_poll_s,
+                    on_needs_pairing=self._needs_pairing,
                 )
                 task = tg.create_task(self._guard(sup), name="ble-supervisor")
                 self._supervisors[address] = (sup, task)
@@ -139,13 +172,24 @@ class BleManager:
 
     async def flush_unknown(self) -> None:
         """Report new unknown-device sightings to intake as ``unknown_device`` refusals."""
-        total = self.watcher.unknown_sightings
+        total = self.adapters.unknown_sightings
         delta = total - self._unknown_reported
         if delta > 0:
             self._unknown_reported = total
             self.counters["unknown_device"] += delta
             log.info("ble.unknown_devices", n=delta)
             await self._sink.refuse("unknown_device", delta)
+
+    def _needs_pairing(self, sup: DeviceSupervisor) -> None:
+        # once per episode (edge.ble.bond); the device only by its keyed hash
+        self.counters[NEEDS_PAIRING] += 1
+        device = REDACTOR.device_hash(sup.address)
+        log.warning("ble.needs_pairing", device=device, kind=sup.kind)
+        self.adapters.audit_later(NEEDS_PAIRING_ACTION, device)
+
+    def adapter_stats(self) -> dict[str, dict[str, object]]:
+        """Per configured adapter: present, devices on it, power-cycles (``edge status``)."""
+        return self.adapters.stats()
 
     def device_states(self) -> dict[str, DeviceState]:
         """Each bound device's state and last seen, by address (for ``edge status``)."""

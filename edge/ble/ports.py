@@ -196,3 +196,34 @@ def bleak_client_factory(adapter: str | None = None) -> ClientFactory:
         return BleakClient(device, disconnected_callback=disconnected_callback, timeout=timeout)
 
     return make
+
+
+class AdapterSnapshot(Protocol):
+    """What BlueZ says about its adapters (``edge.ble.adapters.Snapshot``)."""
+
+    @property
+    def present(self) -> frozenset[str]:
+        """The adapters (hciN) BlueZ has now."""
+
+    def bonded_on(self, address: str) -> frozenset[str]:
+        """The adapters BlueZ holds a bond with ``address`` on."""
+
+
+class AdapterControl(Protocol):
+    """BlueZ's adapters over D-Bus (bleak has no API for them): which are present, changes
+    (``InterfacesAdded`` / ``InterfacesRemoved``), and power-cycling one. Production passes
+    :class:`edge.ble.adapters.BluezAdapters`; tests a fake."""
+
+    async def start(self) -> None:
+        """Connect and follow adapter changes (raises ``BleError`` when BlueZ is out of reach)."""
+
+    async def snapshot(self) -> AdapterSnapshot: ...
+
+    async def wait_changed(self) -> None:
+        """Return after an adapter came or went (since the last return); raise ``BleError``
+        when the bus is lost."""
+
+    async def power_cycle(self, adapter: str) -> None:
+        """``Adapter1.Powered`` false, then true."""
+
+    async def close(self) -> None: ...

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
@@ -106,14 +107,28 @@ async def scan_for(
     return None
 
 
+class ScanObserver(Protocol):
+    """Told how each scan window went (the adapter's wedge detection listens)."""
+
+    def scan_failed(self, reason: str) -> None:
+        """Starting the scan failed with ``reason`` (``dbus:InProgress`` …)."""
+
+    def window_ended(self, heard: int, wanted: bool) -> None:
+        """A window heard ``heard`` advertisements; ``wanted``: devices were missing
+        throughout."""
+
+
 class AllowListWatcher:
     """Scans in windows while some supervisor waits for its device; bound devices only.
 
     ``wait_for(address)`` returns the ``BLEDevice`` of the next sighting (or a recent one).
     """
 
-    def __init__(self, factory: ScannerFactory, clock: Clock, *, window_s: float) -> None:
+    def __init__(self, factory: ScannerFactory, clock: Clock, *, window_s: float,
+                 observer: ScanObserver | None = None) -> None:
         self._factory = factory
+        self._observer = observer
+        self._heard = 0
         self._clock = clock
         self._window_s = window_s
         self._allowed: set[str] = set()
@@ -154,7 +169,16 @@ class AllowListWatcher:
             if not waiters:
                 self._waiters.pop(addr, None)
 
+    def fail_waiters(self, exc: BaseException) -> None:
+        """Every ``wait_for`` raises ``exc`` (the adapter went away); sightings are dropped."""
+        self._latest.clear()
+        for futs in self._waiters.values():
+            for fut in futs:
+                if not fut.done():
+                    fut.set_exception(exc)
+
     def _on_adv(self, device: BLEDevice, adv: AdvertisementData) -> None:
+        self._heard += 1
         try:
             addr = normalize_address(device.address)
         except ValueError:
@@ -185,14 +209,19 @@ class AllowListWatcher:
 
     async def _one_window(self) -> None:
         self._unknown_seen_this_window.clear()
+        self._heard = 0
         scanner: Scanner = self._factory(self._on_adv)
         try:
             await scanner.start()
         except BLE_EXCEPTIONS as exc:
             self.scan_errors += 1
-            log.warning("ble.scan_failed", reason=ble_error("scan", exc).reason)
+            reason = ble_error("scan", exc).reason
+            log.warning("ble.scan_failed", reason=reason)
+            if self._observer is not None:
+                self._observer.scan_failed(reason)
             await self._clock.sleep(self._window_s)
             return
+        whole = False
         try:
             # End the window early once nobody waits any more (no clock needed to stop).
             deadline = asyncio.ensure_future(self._clock.sleep(self._window_s))
@@ -205,11 +234,14 @@ class AllowListWatcher:
                                        return_when=asyncio.FIRST_COMPLETED)
                     waiter.cancel()
                     done_any.cancel()
+                whole = deadline.done()
             finally:
                 deadline.cancel()
         finally:
             with contextlib.suppress(*BLE_EXCEPTIONS):
                 await scanner.stop()
+        if self._observer is not None:
+            self._observer.window_ended(self._heard, whole and self._has_waiters())
 
     async def _any_waiter_done(self) -> None:
         futs = [f for fs in self._waiters.values() for f in fs if not f.done()]

@@ -11,6 +11,15 @@ CONNECTING = "connecting"
 CONNECTED = "connected"
 SYNCING = "syncing"
 BACKOFF = "backoff"
+#: the device lost its bond (reset, battery change): BlueZ's encryption with the old key
+#: fails, retrying does not help; only pairing it again does (see edge.ble.bond)
+NEEDS_PAIRING = "needs_pairing"
+
+
+def pairing_fix(address: str) -> str:
+    """What the operator does about a device in :data:`NEEDS_PAIRING` (local view only)."""
+    return (f"`edge pair {address} --patient PSEUDONYM` again (the patient `edge devices` "
+            "shows), with the device in pairing mode")
 
 
 @dataclass(frozen=True)
@@ -25,10 +34,12 @@ class DeviceState:
     disconnects: int = 0
     last_error: str | None = None
     readings: int = 0
+    #: the adapter (hciN) the device was last placed on; None before the first placement
+    adapter: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         """JSON-friendly form (``last_seen`` ISO 8601)."""
-        return {
+        out: dict[str, object] = {
             "address": self.address,
             "kind": self.kind,
             "state": self.state,
@@ -37,4 +48,8 @@ class DeviceState:
             "disconnects": self.disconnects,
             "last_error": self.last_error,
             "readings": self.readings,
+            "adapter": self.adapter,
         }
+        if self.state == NEEDS_PAIRING:
+            out["fix"] = pairing_fix(self.address)
+        return out

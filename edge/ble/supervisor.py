@@ -1,10 +1,12 @@
 """One supervisor per bound device (the :class:`~edge.ble.manager.BleManager` runs them).
 
-A supervisor loops: wait until the allow-list watcher sees its device, take a connection slot
-(a semaphore shared by all supervisors: adapters have 5-7 connection slots), connect, release
+A supervisor loops: take an adapter (the placement: the one it was on while present, else the
+least loaded, :mod:`edge.ble.adapter_pool`), wait until that adapter's allow-list watcher sees
+its device, take one of the adapter's connection slots (adapters have 5-7), connect, release
 the slot, run the session for the device's kind, and when the session ends — link dropped,
-stalled, transfer failed — back off (capped, jittered) and go again. It never gives up and
-never raises except when cancelled.
+stalled, transfer failed, adapter gone — back off (capped, jittered) and go again. A device
+that lost its bond goes to ``needs_pairing`` instead (:mod:`edge.ble.bond`). It never raises
+except when cancelled.
 """
 
 from __future__ import annotations
@@ -18,26 +20,30 @@ from datetime import datetime, tzinfo
 from typing import TYPE_CHECKING, TypedDict, Unpack
 
 from edge.backoff import Backoff, BackoffPolicy
-from edge.ble.errors import BLE_EXCEPTIONS, BleOperationError, reason_of
+from edge.ble.bond import BondWatch
+from edge.ble.errors import BLE_EXCEPTIONS, BleOperationError, is_bond_lost, reason_of
 from edge.ble.glucose_session import GlucoseSession
 from edge.ble.hr_session import HeartRateSession
 from edge.ble.link import Link, with_timeout
-from edge.ble.ports import (
-    BindingLike,
-    ClientFactory,
-    DeviceRegistry,
-    IntakeSink,
-)
+from edge.ble.ports import BindingLike, DeviceRegistry, IntakeSink
 from edge.ble.profiles import normalize_address
 from edge.ble.ratelimit import RateLimit, TokenBucket
-from edge.ble.scanner import AllowListWatcher
-from edge.ble.state import BACKOFF, CONNECTED, CONNECTING, IDLE, SYNCING, DeviceState
+from edge.ble.state import (
+    BACKOFF,
+    CONNECTED,
+    CONNECTING,
+    IDLE,
+    NEEDS_PAIRING,
+    SYNCING,
+    DeviceState,
+)
 from edge.clock import Clock
 from edge.config import BleConfig
-from edge.errors import EdgeError, PairingRefused, RacpError, Transient
+from edge.errors import BleError, EdgeError, PairingRefused, RacpError, Transient
 from edge.log import get_logger
 
 if TYPE_CHECKING:
+    from edge.ble.adapter_pool import Placement
     from edge.ble.manager import BleManager as BleManager
 
 log = get_logger("edge.ble.supervisor")
@@ -58,6 +64,7 @@ class _StateChanges(TypedDict, total=False):
     disconnects: int
     last_error: str | None
     readings: int
+    adapter: str | None
 
 
 class DeviceSupervisor:
@@ -70,14 +77,13 @@ class DeviceSupervisor:
         config: BleConfig,
         registry: DeviceRegistry,
         sink: IntakeSink,
-        watcher: AllowListWatcher,
-        client_factory: ClientFactory,
-        connect_slots: asyncio.Semaphore,
+        placement: Placement,
         clock: Clock,
         local_tz: tzinfo,
         rng: random.Random,
         counters: Counter[str],
         glucose_poll_s: float = GLUCOSE_POLL_S,
+        on_needs_pairing: Callable[[DeviceSupervisor], None] | None = None,
     ) -> None:
         self._glucose_poll_s = glucose_poll_s
         self.address = normalize_address(binding.address)
@@ -86,9 +92,7 @@ class DeviceSupervisor:
         self._config = config
         self._registry = registry
         self._sink = sink
-        self._watcher = watcher
-        self._client_factory = client_factory
-        self._slots = connect_slots
+        self._placement = placement
         self._clock = clock
         self._local_tz = local_tz
         self._counters = counters
@@ -107,6 +111,10 @@ class DeviceSupervisor:
         self._last_touch: float | None = None
         self._changed = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
+        self.bond = BondWatch(
+            retry_s=config.needs_pairing_retry_s, clock=clock,
+            on_lost=(lambda: on_needs_pairing(self)) if on_needs_pairing else (lambda: None),
+        )
 
     @property
     def state(self) -> DeviceState:
@@ -143,7 +151,13 @@ class DeviceSupervisor:
         """Supervise until cancelled."""
         try:
             while True:
+                if self.bond.lost:
+                    await self.bond.wait()  # no storm: re-paired, or a rare retry
                 healthy = await self._one_connection()
+                if healthy:
+                    self.bond.works()
+                if self.bond.lost:
+                    continue
                 if healthy:
                     self._backoff.reset()
                 delay = self._backoff.next_delay()
@@ -156,13 +170,20 @@ class DeviceSupervisor:
 
     async def _one_connection(self) -> bool:
         """Connect once and run a session. True when the session did useful work."""
-        self._set(state=IDLE)
+        if not self.bond.lost:
+            self._set(state=IDLE)
+        lane = await self._placement.place(self.address)
+        if lane.name != self._state.adapter:
+            self._set(adapter=lane.name)
         # A strap that dropped is reconnected at once from its last sighting; a meter is
         # connected when it advertises (meters advertise when they have something to send, and
         # connecting to one that does not only burns a connection slot until the timeout).
-        device = self._watcher.cached(self.address) if self.kind == "heart_rate" else None
+        device = lane.watcher.cached(self.address) if self.kind == "heart_rate" else None
         if device is None:
-            device = await self._watcher.wait_for(self.address)
+            try:
+                device = await lane.watcher.wait_for(self.address)
+            except BleError:  # the adapter went away: placed again at once
+                return True
         self._seen()
         dropped = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -170,11 +191,11 @@ class DeviceSupervisor:
         def on_disconnect(_client: object) -> None:
             loop.call_soon_threadsafe(dropped.set)
 
-        client = self._client_factory(
+        client = lane.clients(
             device, disconnected_callback=on_disconnect, timeout=self._config.connect_timeout_s
         )
         link = Link(client, dropped)
-        async with self._slots:
+        async with lane.slots:
             self._set(state=CONNECTING)
             self._counters["connect_attempts"] += 1
             try:
@@ -183,8 +204,8 @@ class DeviceSupervisor:
                 )
             except BLE_EXCEPTIONS as exc:
                 # the next attempt waits for a fresh advertisement
-                self._watcher.forget(self.address)
-                self._fail(f"connect:{reason_of(exc)}")
+                lane.watcher.forget(self.address)
+                self._fail(f"connect:{reason_of(exc)}", lost=is_bond_lost(exc))
                 await link.close()
                 return False
         self._set(state=CONNECTED, connects=self._state.connects + 1)
@@ -198,7 +219,7 @@ class DeviceSupervisor:
             # visible in `edge status` next to the reading refusals
             await self._sink.refuse("pairing_refused")
         except BleOperationError as exc:
-            self._fail(f"{exc.operation}:{exc.reason}")
+            self._fail(f"{exc.operation}:{exc.reason}", lost=is_bond_lost(exc))
         except RacpError as exc:
             self._fail("racp")
             log.warning("ble.racp_failed", address=self.address, error=str(exc))
@@ -213,9 +234,14 @@ class DeviceSupervisor:
             log.info("ble.disconnected", address=self.address)
         return healthy
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str, *, lost: bool = False) -> None:
         self._counters[f"error:{reason}"] += 1
-        self._set(state=f"error:{reason}", last_error=reason)
+        if lost or self.bond.lost:  # the bond no longer works: no storm (edge.ble.bond)
+            self._set(state=NEEDS_PAIRING, last_error=reason)
+            if lost:
+                self.bond.mark_lost()
+        else:
+            self._set(state=f"error:{reason}", last_error=reason)
         log.info("ble.session_error", address=self.address, reason=reason)
 
     def _count_readings(self, n: int) -> None:
@@ -262,8 +288,8 @@ class DeviceSupervisor:
         try:
             await session.run()
         except BleOperationError as exc:
-            self._fail(f"{exc.operation}:{exc.reason}")
-        return _did_work(session)
+            self._fail(f"{exc.operation}:{exc.reason}", lost=is_bond_lost(exc))
+        return _did_work(session) and not self.bond.lost
 
 
 def _did_work(session: HeartRateSession | GlucoseSession) -> bool:

@@ -176,6 +176,10 @@ def format_status(status: Mapping[str, Any]) -> str:
     lines.append(f"  uplink:     {uplink.get('state') if isinstance(uplink, dict) else uplink}")
     days = status.get("cert_days_left")
     lines.append(f"  client cert: {days if days is not None else '?'} days left")
+    clock = status.get("clock")
+    if isinstance(clock, dict):
+        lines.append(f"  clock:      {clock.get('state')}; {clock.get('held', 0)} reading(s) "
+                     "held back until it is synchronised")
     if src == "daemon":
         lines.append(f"  healthy:    {'yes' if status.get('healthy') else 'NO'}")
         pairing = status.get("pairing")
@@ -183,12 +187,20 @@ def format_status(status: Mapping[str, Any]) -> str:
             lines.append(f"  pairing:    agent {pairing.get('agent')}; "
                          f"{pairing.get('unsolicited_pairing_rejected', 0)} unsolicited requests "
                          "rejected")
+    adapters = status.get("adapters")
+    if isinstance(adapters, dict) and adapters:
+        lines.append("  adapters:   " + "; ".join(
+            f"{n} {'present' if a.get('present') else 'ABSENT'}, {a.get('devices', 0)} devices, "
+            f"{a.get('power_cycles', 0)} power-cycles"
+            + (f" (looks wedged: {a['suspected_wedge']})" if a.get("suspected_wedge") else "")
+            for n, a in sorted(adapters.items())))
     devices = status.get("devices") or []
     lines.append(f"  devices:    {len(devices)}")
     for d in devices:
         lines.append(
             f"    {d.get('address')}  {d.get('kind', '?'):<10}  {d.get('state')}"
             f"  last seen {d.get('last_seen') or 'never'}"
+            + (f"  via {d['adapter']}" if d.get("adapter") else "")
         )
     lines += [f"  problem:    {p}" for p in status.get("problems") or []]
     return "\n".join(lines) + "\n"

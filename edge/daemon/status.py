@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from edge.ble.state import DeviceState
+from edge.ble.state import NEEDS_PAIRING, DeviceState, pairing_fix
 from edge.config import UplinkConfig
 from edge.daemon.health import one_line
 from edge.intake.plausibility import REFUSAL_REASONS
@@ -53,6 +53,10 @@ class DaemonFacts:
     parts: Mapping[str, Mapping[str, object]]
     #: the standing pairing agent (``agent``, ``unsolicited_pairing_rejected``); None: no agent
     pairing: Mapping[str, object] | None = None
+    #: per configured adapter: ``present``, ``devices``, ``power_cycles`` …; None: unknown
+    adapters: Mapping[str, Mapping[str, object]] | None = None
+    #: the hub clock (``state``, ``steps``, ``last_step_s``: :meth:`HubClock.snapshot`)
+    clock: Mapping[str, object] | None = None
 
 
 def all_refusals(counts: Mapping[str, int]) -> dict[str, int]:
@@ -128,11 +132,34 @@ def status_document(
         doc["devices"] = [binding_json(b) for b in bindings]
         doc["uplink"] = {"state": NOT_RUNNING}
     doc["cert_days_left"] = cert_days
+    # the clock's state only the daemon knows; the readings held back for it, the vault
+    clock = dict(daemon.clock) if daemon is not None and daemon.clock else {"state": NOT_RUNNING}
+    doc["clock"] = {**clock, "held": vault.held}
     if daemon is not None:
         doc["parts"] = {n: dict(p) for n, p in daemon.parts.items()}
         if daemon.pairing is not None:  # the daemon holds a pairing agent
             doc["pairing"] = dict(daemon.pairing)
+        if daemon.adapters is not None:
+            doc["adapters"] = {n: dict(a) for n, a in daemon.adapters.items()}
+        doc = apply_lost_bonds(doc, [d.address for d in daemon.devices
+                                     if d.state == NEEDS_PAIRING])
     return doc
+
+
+def apply_lost_bonds(doc: StatusDocument, addresses: Sequence[str]) -> StatusDocument:
+    """``doc`` with a problem line (and the fix) per device that lost its bond; a daemon's
+    document is then no longer ``healthy`` (those devices send nothing until paired again)."""
+    if not addresses:
+        return doc
+    out = dict(doc)
+    if "healthy" in out:
+        out["healthy"] = False
+    problems = out.get("problems")
+    out["problems"] = [*(problems if isinstance(problems, list) else []), *(
+        f"{a} lost its bond (reset or battery change?) and is no longer reconnected — fix: "
+        f"{pairing_fix(a)}" for a in addresses
+    )]
+    return out
 
 
 async def offline_status(vault: StatusVault, hub: str, uplink: UplinkConfig,

@@ -55,7 +55,9 @@ from edge.daemon.status import (
     status_line,
 )
 from edge.daemon.supervisor import Supervisor, UplinkProgress
+from edge.hubclock import AssumeSynchronised, HubClock, SyncProbe
 from edge.intake import ConsentGate, Intake
+from edge.intake.clockwatch import ClockWatch
 from edge.log import REDACTOR, get_logger
 from edge.uplink.ports import Connector
 
@@ -95,6 +97,7 @@ class Daemon:
         install_signal_handlers: bool = True,
         hard_exit: Callable[[], None] | None = None,
         integrity_budget_s: float = INTEGRITY_BUDGET_S,
+        sync_probe: SyncProbe | None = None,
     ) -> None:
         self.config = config
         self._integrity_budget_s = integrity_budget_s
@@ -116,6 +119,9 @@ class Daemon:
         self._env = os.environ if env is None else env
         self._install_signals = install_signal_handlers
         self.health = Health(self.clock)
+        # Whether the hub clock can be trusted (edge.hubclock); no probe: trusted, as before.
+        self.hub_clock = HubClock(self.clock, sync_probe or AssumeSynchronised())
+        self.clock_watch: ClockWatch | None = None
         self._stop = asyncio.Event()
         self._initialised = asyncio.Event()
         self.ready = asyncio.Event()
@@ -207,15 +213,23 @@ class Daemon:
         if self._ble_factory is not None:
             return self._ble_factory(vault, sink)
         from edge.ble import BleManager
+        from edge.ble.adapters import BluezAdapters
         from edge.ble.ports import bleak_client_factory, bleak_scanner_factory
 
-        adapter = self.config.ble.adapter
+        ble = self.config.ble
+        # bleak's real backend: one scanner and client factory per adapter, and BlueZ's
+        # adapters followed (and wedged ones power-cycled) over the system bus
+        real = self._scanner_factory is None and self._client_factory is None
         return BleManager(
-            self.config.ble,
+            ble,
             vault,
             sink,
-            scanner_factory=self._scanner_factory or bleak_scanner_factory(adapter),
-            client_factory=self._client_factory or bleak_client_factory(adapter),
+            scanner_factory=self._scanner_factory or bleak_scanner_factory(ble.adapter),
+            client_factory=self._client_factory or bleak_client_factory(ble.adapter),
+            scanners_for=bleak_scanner_factory if real else None,
+            clients_for=bleak_client_factory if real else None,
+            adapter_control=BluezAdapters() if real else None,
+            audit=functools.partial(vault.audit, "daemon"),
             clock=self.clock,
             local_tz=datetime.now().astimezone().tzinfo,
         )
@@ -281,7 +295,7 @@ class Daemon:
             vault.use_consent(gate)
             self.intake = Intake(
                 vault, gate, on_appended=self._wake_forwarder, clock=self.clock,
-                config=self.config.intake,
+                config=self.config.intake, hub_clock=self.hub_clock,
             )
             self._initialised.set()
             await self._refresh_status()
@@ -347,8 +361,14 @@ class Daemon:
         return self.vault, self.gate, self.intake
 
     async def _vault_part(self) -> None:
-        # The vault has no loop of its own; this part exists so its probe is supervised.
-        await asyncio.Event().wait()
+        # The vault has no loop of its own; this part exists so its probe is supervised, and
+        # watches the hub clock: held readings are corrected and released once it is trusted.
+        from edge.vault.outbox import releaser
+
+        vault, _, _ = self._open()
+        self.clock_watch = ClockWatch(self.hub_clock, self.clock, releaser(vault),
+                                      on_released=self._wake_forwarder)
+        await self.clock_watch.run()
 
     async def _uplink_part(self) -> None:
         vault, gate, _ = self._open()
@@ -466,6 +486,16 @@ class Daemon:
         return {"agent": "starting", "unsolicited_pairing_rejected": 0} if self._wants_agent \
             else None
 
+    def _adapter_status(self) -> dict[str, dict[str, object]] | None:
+        """Per configured adapter (present, devices, power-cycles); None: not known."""
+        stats = getattr(self.ble, "adapter_stats", None)
+        if stats is None:
+            return None
+        try:
+            return dict(stats())
+        except Exception:  # a part mid-restart: status shows no adapters rather than failing
+            return None
+
     def _uplink_state(self) -> str:
         if self.forwarder is None:
             return "stopped"
@@ -500,6 +530,8 @@ class Daemon:
             uplink_stats=fwd_stats,
             parts={n: s.status().as_dict() for n, s in self.supervisors.items()},
             pairing=self._pairing_status(),
+            adapters=self._adapter_status(),
+            clock=self.hub_clock.snapshot(),
         )
         return status_document(hub=self.config.hub.id, vault=stats,
                                cert_days=cert_days_left(self.config.uplink, self.clock.now()),

@@ -8,6 +8,11 @@ Reading model holds is stored) and the append to the vault. Refusals are counted
 and in memory; nothing raises back into the BLE layer for a refusal or a full vault. A reading
 counts as received only once the vault has committed it.
 
+The hub clock (:class:`edge.hubclock.HubClock`, when given): every submission is stamped
+with it as it arrives; while the clock is not trusted the future bound of the time window is
+not applied (the hub does not know "now") and the readings are held
+(:func:`edge.intake.timing.hold`): stored, not forwarded until their times are corrected.
+
 Consent is the one :class:`~edge.intake.consent.ConsentGate`; appends hold its lock, under
 which grant and revoke run, so a revoke never races an append of that patient's readings.
 """
@@ -22,7 +27,8 @@ from typing import Protocol
 from edge.clock import Clock, SystemClock
 from edge.config import IntakeConfig
 from edge.errors import EdgeError, Implausible, VaultFull
-from edge.intake import plausibility
+from edge.hubclock import HubClock
+from edge.intake import plausibility, timing
 from edge.intake.consent import ConsentGate
 from edge.log import REDACTOR, get_logger
 from edge.readings import GlucoseReading, HeartRateReading
@@ -74,8 +80,10 @@ class Intake:
 
     def __init__(self, vault: IntakeVault, gate: ConsentGate, *,
                  on_appended: Callable[[], None], clock: Clock | None = None,
-                 config: IntakeConfig | None = None) -> None:
+                 config: IntakeConfig | None = None,
+                 hub_clock: HubClock | None = None) -> None:
         cfg = config or IntakeConfig()
+        self._hub_clock = hub_clock
         self._vault = vault
         self._consent = gate
         self._on_appended = on_appended
@@ -86,6 +94,8 @@ class Intake:
         self.received: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
         self.duplicates = 0
+        #: readings accepted while the hub clock was not trusted (held in the vault)
+        self.held = 0
 
     # --- IntakeSink ---------------------------------------------------------------------------
 
@@ -152,7 +162,8 @@ class Intake:
         accepted: list[AnyReading] = []
         refused: Counter[str] = Counter()
         devices: set[str] = set()
-        now = self._clock.now()
+        stamp = self._hub_clock.stamp() if self._hub_clock is not None else None
+        now = self._clock.now() if stamp is None else stamp.wall if stamp.trusted else None
         for r in readings:
             try:
                 plausibility.check(r)
@@ -162,7 +173,8 @@ class Intake:
                 if exc.reason == IMPLAUSIBLE_TIME:
                     devices.add(r.device_id)
                 continue
-            accepted.append(_minimise(r))
+            kept = _minimise(r)
+            accepted.append(kept if stamp is None or stamp.trusted else timing.hold(kept, stamp))
         await self._count(refused)
         if refused[IMPLAUSIBLE_TIME]:
             if address is None and len(devices) == 1:
@@ -202,6 +214,8 @@ class Intake:
         inserted = result.stored
         for r in readings:
             self.received[r.kind] += 1
+            if r.clock_hold is not None:
+                self.held += 1
         self.duplicates += max(0, len(readings) - inserted)
         try:
             self._on_appended()
@@ -214,6 +228,7 @@ class Intake:
             "received": dict(self.received),
             "refused": dict(self.refused),
             "duplicates": self.duplicates,
+            "held_for_clock": self.held,
             "consented_patients": len(self._consent.patients()),
         }
 

@@ -37,6 +37,9 @@ REASON_DISK_FULL = "disk_full"
 REASON_UNKNOWN_DEVICE = "unknown_device"
 REASON_TIME = "implausible_time"
 REASON_RATE_LIMITED = "rate_limited"
+#: held while the hub clock was unsynchronised, in a boot that ended before it synchronised:
+#: the time can never be known (see :mod:`edge.intake.timing`)
+REASON_UNKNOWN_TIME = "unknown_time"
 
 #: every reason under which a reading is refused anywhere, in display order; status displays
 #: show each of them (with 0) so their shape never changes
@@ -52,6 +55,7 @@ REFUSAL_REASONS: tuple[str, ...] = (
     REASON_UNKNOWN_DEVICE,
     REASON_TIME,
     REASON_RATE_LIMITED,
+    REASON_UNKNOWN_TIME,
 )
 
 #: meter status bits meaning "the real value is beyond what I can measure" (HI / LO)
@@ -130,18 +134,21 @@ class TimeWindow:
             return datetime.max.replace(tzinfo=UTC)
 
 
-def check_time(reading: HeartRateReading | GlucoseReading, now: datetime,
+def check_time(reading: HeartRateReading | GlucoseReading, now: datetime | None,
                window: TimeWindow) -> None:
     """Raise :class:`Implausible` (``implausible_time``) if a time the *device* reported
     puts the measurement outside ``window`` around the hub's ``now``.
 
     Readings timed by the gateway's own receipt (heart-rate straps send no time) are not
-    judged here: their time never comes from the device. The message carries no time.
+    judged here: their time never comes from the device. ``now`` None: the hub clock is not
+    synchronised, so only the earliest bound applies (a hub booted from an old saved time
+    must not refuse a meter's correct record as "in the future"). The message carries no
+    time.
     """
     if reading.time_source is TimeSource.GATEWAY:
         return
     when = reading.effective_time
     if when < window.earliest:
         raise Implausible(REASON_TIME, "measurement time before the plausible window")
-    if when > window.latest(now):
+    if now is not None and when > window.latest(now):
         raise Implausible(REASON_TIME, "measurement time after the plausible window")

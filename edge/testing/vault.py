@@ -4,7 +4,8 @@ daemon that need no files.
 Same semantics as :class:`edge.vault.Vault` on that surface: readings deduplicated on their
 id (delivered ones too, until retention purges them), oldest first by a growing ``seq``, the
 same bounds and refusal reasons, the consent hook, revoke purging the patient, the same
-hash-chained audit. Not modelled: disk full, files, keys, re-key, backup.
+hash-chained audit, held readings (not handed out until released with corrected times). Not
+modelled: disk full, files, keys, re-key, backup.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from edge.clock import Clock, SystemClock
 from edge.config import VaultConfig
 from edge.errors import VaultError, VaultFull
 from edge.log import Redactor
-from edge.readings import GlucoseReading
+from edge.readings import GlucoseReading, reading_from_json
 from edge.vault import audit as chain
 from edge.vault.engine import check_reason, vault_full
 from edge.vault.models import (
@@ -32,7 +33,7 @@ from edge.vault.models import (
     PendingReading,
     VaultStats,
 )
-from edge.vault.outbox import NO_CONSENT
+from edge.vault.outbox import NO_CONSENT, UNKNOWN_TIME, Fix, Released
 
 if TYPE_CHECKING:
     from edge.intake.consent import ConsentCheck
@@ -43,6 +44,7 @@ class _Row:
     pending: PendingReading
     stored_at: float
     delivered_at: float | None = None
+    held: bool = False
 
 
 class MemoryVault:
@@ -114,7 +116,7 @@ class MemoryVault:
         for r, payload in fresh.values():
             self._seq += 1
             self._rows[r.id] = _Row(PendingReading(self._seq, r.id, r.patient, r.kind, payload),
-                                    now)
+                                    now, held=r.clock_hold is not None)
         return AppendResult(len(fresh), n - len(fresh))
 
     def _refuse(self, reason: str, n: int) -> VaultFull:
@@ -148,7 +150,8 @@ class MemoryVault:
 
     async def next_batch(self, limit: int, *, after_seq: int = 0) -> list[PendingReading]:
         self._open()
-        rows = sorted((r.pending for r in self._pending() if r.pending.seq > after_seq),
+        rows = sorted((r.pending for r in self._pending()
+                       if r.pending.seq > after_seq and not r.held),
                       key=lambda p: p.seq)
         return rows[: max(0, limit)]
 
@@ -161,6 +164,27 @@ class MemoryVault:
                 row.delivered_at = now
                 done += 1
         return done
+
+    async def release_held(self, fix: Fix, *, actor: str = "system:clock") -> Released:
+        """As :func:`edge.vault.outbox.release_held`: corrected rows get a new seq."""
+        self._open()
+        held = sorted((r for r in self._pending() if r.held), key=lambda r: r.pending.seq)
+        unknown = 0
+        for row in held:
+            p = row.pending
+            fixed = fix(reading_from_json(p.payload))
+            if fixed is None:
+                del self._rows[p.id]
+                unknown += 1
+                continue
+            self._seq += 1
+            self._rows[p.id] = _Row(PendingReading(self._seq, p.id, p.patient, p.kind,
+                                                   fixed.model_dump_json().encode()),
+                                    row.stored_at)
+        self._count(UNKNOWN_TIME, unknown)
+        if unknown:
+            self._record(actor, "clock.unknown_time", f"{unknown} reading(s)")
+        return Released(len(held) - unknown, unknown)
 
     async def flush(self) -> None:
         """Nothing to merge in memory (the real vault merges its side log)."""
@@ -186,6 +210,7 @@ class MemoryVault:
             pending_bytes=pending_bytes,
             delivered_retained=len(self._rows) - len(pending),
             refusals=dict(sorted(self._refusals.items())),
+            held=sum(1 for r in pending if r.held),
         )
 
     def _purge(self, patient: str) -> int:

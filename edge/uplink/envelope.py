@@ -143,7 +143,8 @@ def peek_header(token: str | bytes) -> dict[str, Any]:
         raise EnvelopeError("bad_envelope", "not a compact JWE")
     try:
         return _b64url_json(parts[0])
-    except (ValueError, binascii.Error) as exc:
+    except (ValueError, binascii.Error, RecursionError) as exc:
+        # RecursionError: a header nested thousands deep (found by fuzzing)
         raise EnvelopeError("bad_envelope", "unreadable JWE header") from exc
 
 
@@ -173,7 +174,9 @@ def open_envelope(
         raise EnvelopeError("bad_envelope", "envelope is for a key this clinic does not hold")
     try:
         inner = jwe.decrypt_compact(text, ECKey.import_key(key), registry=_JWE).plaintext
-    except (JoseError, ValueError) as exc:
+    except (JoseError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        # joserfc raises KeyError/TypeError for an ``epk`` with an unknown curve or shape
+        # (found by fuzzing): hostile input, not a bug of ours
         raise EnvelopeError("bad_envelope", "envelope does not decrypt") from exc
     if inner is None:
         raise EnvelopeError("bad_envelope", "envelope has no content")
@@ -192,14 +195,14 @@ def _verify_inner(inner: bytes, kid: str) -> Opened:
         certs = [x509.load_der_x509_certificate(base64.b64decode(c, validate=True)) for c in x5c]
     except EnvelopeError:
         raise
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError) as exc:
         raise EnvelopeError("bad_signature", "unreadable JWS header or x5c") from exc
     leaf_key = certs[0].public_key()
     if not isinstance(leaf_key, ec.EllipticCurvePublicKey):
         raise EnvelopeError("bad_signature", "signer certificate is not an EC key")
     try:
         signed = jws.deserialize_compact(inner, ECKey.import_key(leaf_key), registry=_JWS)
-    except (JoseError, ValueError) as exc:
+    except (JoseError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise EnvelopeError("bad_signature", "signature does not verify") from exc
     return Opened(dict(signed.protected), signed.payload, certs[0], certs[1:], kid)
 

@@ -47,6 +47,8 @@ class VaultStats:
     pending_bytes: int
     delivered_retained: int
     refusals: dict[str, int]
+    #: readings held back until the hub clock is synchronised (counted in ``pending`` too)
+    held: int = 0
 
 
 @dataclass(frozen=True)

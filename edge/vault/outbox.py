@@ -4,17 +4,25 @@ Undelivered readings are never evicted: when a bound is reached new readings are
 a counted reason. With a side log (``flush_interval_s > 0``) appends, delivered marks and
 last-seen times are staged (:mod:`edge.vault.staging`) and merged in batches; without one,
 each call is its own durable transaction.
+
+Held readings (``clock_hold`` set: received while the hub clock was not synchronised) are
+stored with ``held = 1`` and never handed out by :func:`next_batch`; :func:`release_held`
+corrects them (a pure ``fix`` decides, see :func:`edge.intake.timing.correct`) and stores them
+anew, with a new ``seq`` so that a forwarder whose cursor has passed them still sees them.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from edge.errors import VaultError
 from edge.log import get_logger
+from edge.readings import reading_from_json
 from edge.vault import audit, maintenance
 from edge.vault.cipher import Connection
 from edge.vault.engine import DiskFull, Engine, Full
@@ -60,7 +68,7 @@ def append(
     # str round trip.
     rows = [
         (identity_time_us(r), r.id, r.patient, r.kind,
-         r.__pydantic_serializer__.to_json(r), now)
+         r.__pydantic_serializer__.to_json(r), now, int(r.clock_hold is not None))
         for r in readings
     ]
     try:
@@ -79,15 +87,16 @@ def append(
     return AppendResult(stored, n - stored)
 
 
-def _insert(db: Engine, c: Connection, rows: Sequence[tuple[int, str, str, str, bytes, float]],
+def _insert(db: Engine, c: Connection,
+            rows: Sequence[tuple[int, str, str, str, bytes, float, int]],
             cursor: CursorRow | None, now: float) -> tuple[int, int]:
     """Insert ``rows`` (and the cursor) in the caller's transaction; (stored, their bytes)."""
     n = len(rows)
     stored, nbytes = 0, 0
     if rows:
         cur = c.executemany(
-            "INSERT INTO readings(ident, id, patient, kind, payload, stored_at) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(ident, id) DO NOTHING",
+            "INSERT INTO readings(ident, id, patient, kind, payload, stored_at, held) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(ident, id) DO NOTHING",
             rows,
         )
         stored = cur.rowcount
@@ -121,14 +130,15 @@ def _insert(db: Engine, c: Connection, rows: Sequence[tuple[int, str, str, str, 
 
 
 def next_batch(db: Engine, limit: int, *, after_seq: int = 0) -> list[PendingReading]:
-    """Up to ``limit`` undelivered readings with ``seq > after_seq``, oldest first."""
+    """Up to ``limit`` undelivered readings with ``seq > after_seq``, oldest first; held
+    readings are not handed out."""
     if db.staging is not None:
         out = db.staging.next_batch(db, limit, after_seq)
     else:
         with db.errors():
             rows = db.conn.execute(
                 "SELECT seq, id, patient, kind, payload FROM readings "
-                "WHERE delivered_at IS NULL AND seq > ? ORDER BY seq LIMIT ?",
+                "WHERE delivered_at IS NULL AND held = 0 AND seq > ? ORDER BY seq LIMIT ?",
                 (after_seq, max(0, limit)),
             ).fetchall()
         out = [PendingReading(seq, rid, patient, kind, bytes(payload))
@@ -269,4 +279,103 @@ def stats(db: Engine) -> VaultStats:
         pending_bytes=db.pending_bytes,
         delivered_retained=db.delivered,
         refusals=dict(sorted(db.refusals.items())),
+        held=held_count(db),
     )
+
+
+# -- held readings ----------------------------------------------------------------------------
+
+#: decides what a held reading becomes: the reading to forward, or None (refused)
+Fix = Callable[[AnyReading], AnyReading | None]
+#: the refusal reason of held readings whose time can never be known
+UNKNOWN_TIME = "unknown_time"
+
+
+@dataclass(frozen=True)
+class Released:
+    """What :func:`release_held` did: readings corrected and now forwardable, and readings
+    refused ``unknown_time``."""
+
+    released: int
+    unknown_time: int
+
+
+def held_count(db: Engine) -> int:
+    """Readings held back (stored, undelivered, waiting for the hub clock)."""
+    staged = 0
+    if db.staging is not None:
+        staged = sum(1 for s in db.staging.rows if s.held and s.delivered_at is None)
+    with db.errors():
+        row = db.conn.execute(
+            "SELECT count(*) FROM readings WHERE held = 1 AND delivered_at IS NULL"
+        ).fetchone()
+    return staged + int(row[0])
+
+
+def release_held(db: Engine, fix: Fix, *, actor: str = "system:clock") -> Released:
+    """Correct every held reading with ``fix`` in ONE durable transaction: each is stored
+    anew (same id and identity time, a new ``seq``, not held), or deleted and counted
+    ``unknown_time`` when ``fix`` returns None (audited, with the count only)."""
+    if held_count(db) == 0:
+        return Released(0, 0)
+    db.settle()
+    with db.errors():
+        rows = db.conn.execute(
+            "SELECT seq, ident, id, patient, kind, payload, stored_at FROM readings "
+            "WHERE held = 1 AND delivered_at IS NULL ORDER BY seq"
+        ).fetchall()
+    if not rows:
+        return Released(0, 0)
+    out: list[tuple[int, tuple[int, str, str, str, bytes, float] | None, int]] = []
+    for seq, ident, rid, patient, kind, payload, stored_at in rows:
+        fixed = fix(reading_from_json(bytes(payload)))
+        if fixed is None:
+            out.append((seq, None, len(payload)))
+            continue
+        body: bytes = fixed.__pydantic_serializer__.to_json(fixed)
+        out.append((seq, (ident, rid, patient, kind, body, stored_at), len(payload)))
+    unknown = sum(1 for _, new, _ in out if new is None)
+    db.note_refusal(UNKNOWN_TIME, unknown)
+    pend = nbytes = 0
+    try:
+        with db.write() as c:
+            for seq, new, old_size in out:
+                c.execute("DELETE FROM readings WHERE seq = ?", (seq,))
+                if new is None:
+                    pend, nbytes = pend - 1, nbytes - old_size
+                    continue
+                c.execute("INSERT INTO readings(ident, id, patient, kind, payload, stored_at) "
+                          "VALUES (?, ?, ?, ?, ?, ?)", new)
+                nbytes += len(new[4]) - old_size
+            db.bump(pending=pend, pending_bytes=nbytes)
+            if unknown:
+                audit.record(db, actor, "clock.unknown_time", f"{unknown} reading(s)")
+    except DiskFull as exc:
+        raise VaultError("the disk holding the vault is full; held readings kept") from exc
+    db.apply(pending=pend, pending_bytes=nbytes)
+    if db.staging is not None:
+        db.staging.after_direct_write(db)
+    log.info("vault.held_released", released=len(out) - unknown, unknown_time=unknown)
+    return Released(len(out) - unknown, unknown)
+
+
+class _RunsOnWriter(Protocol):
+    async def _run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any: ...
+
+
+def releaser(vault: object) -> Callable[[Fix], Awaitable[Released]] | None:
+    """``vault.release_held`` (MemoryVault has it); for :class:`edge.vault.Vault`, until it
+    exposes ``release_held = _OnWriter(outbox.release_held)``, the same call on its writer
+    thread; None for a vault that holds nothing back (a test double)."""
+    method = getattr(vault, "release_held", None)
+    if method is not None:
+        return method  # type: ignore[no-any-return]
+    if not hasattr(vault, "_run"):
+        return None
+    runner: _RunsOnWriter = vault
+
+    async def release(fix: Fix) -> Released:
+        got: Released = await runner._run(release_held, fix)
+        return got
+
+    return release

@@ -94,7 +94,14 @@ ALTER TABLE bindings ADD COLUMN last_seen REAL;
 CREATE INDEX bindings_patient ON bindings(patient);
 """
 
-MIGRATIONS: tuple[str, ...] = (V1_TO_V2,)
+#: v2 -> v3: readings received while the hub clock was not synchronised are held (stored,
+#: not handed to the forwarder) until their times are corrected (edge.intake.timing).
+V2_TO_V3 = """
+ALTER TABLE readings ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX readings_held ON readings(seq) WHERE held = 1 AND delivered_at IS NULL;
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1_TO_V2, V2_TO_V3)
 
 #: the version this code writes
 CURRENT_VERSION = 1 + len(MIGRATIONS)

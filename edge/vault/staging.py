@@ -48,8 +48,8 @@ _MERGE_ROOM_MIN = 256 * 1024
 #: meanwhile is still caught by the write's ENOSPC.
 _ROOM_TRUST_S = 1.0
 
-_INSERT = ("INSERT INTO readings(seq, ident, id, patient, kind, payload, stored_at, delivered_at)"
-           " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
+_INSERT = ("INSERT INTO readings(seq, ident, id, patient, kind, payload, stored_at, delivered_at,"
+           " held) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
 #: readings of a batch already in the database (delivered ones too), by their unique key
 _EXISTING = ("SELECT r.id FROM json_each(?) AS j JOIN readings AS r "
              "ON r.ident = json_extract(j.value, '$[0]') AND r.id = json_extract(j.value, '$[1]')")
@@ -67,6 +67,8 @@ class Staged:
     payload: bytes
     stored_at: float
     delivered_at: float | None = None
+    #: received on an untrusted hub clock: not handed out until released (outbox)
+    held: bool = False
 
 
 class Staging:
@@ -145,7 +147,8 @@ class Staging:
                     raise db.refuse("disk_full", n) from None
                 raise VaultError(f"the side log could not be written ({exc.strerror})") from exc
             for (r, ident), p in zip(fresh, payloads, strict=True):
-                self._stage(Staged(self.next_seq, ident, r.id, r.patient, r.kind, p, now))
+                self._stage(Staged(self.next_seq, ident, r.id, r.patient, r.kind, p, now,
+                                   held=r.clock_hold is not None))
             db.apply(pending=len(fresh), pending_bytes=nbytes)
         self.merge_if_full(db)
         return AppendResult(len(fresh), n - len(fresh))
@@ -182,7 +185,8 @@ class Staging:
                 if reading.id in self.by_id:
                     continue
                 self._stage(Staged(self.next_seq, identity_time_us(reading), reading.id,
-                                   reading.patient, reading.kind, payload, e.stored_at))
+                                   reading.patient, reading.kind, payload, e.stored_at,
+                                   held=reading.clock_hold is not None))
                 n += 1
         return n
 
@@ -197,7 +201,7 @@ class Staging:
             with db.errors():
                 rows = db.conn.execute(
                     "SELECT seq, id, patient, kind, payload FROM readings "
-                    "WHERE delivered_at IS NULL AND seq > ? ORDER BY seq LIMIT ?",
+                    "WHERE delivered_at IS NULL AND held = 0 AND seq > ? ORDER BY seq LIMIT ?",
                     (after_seq, limit + skip),
                 ).fetchall()
             out = [PendingReading(seq, rid, patient, kind, bytes(payload))
@@ -206,7 +210,7 @@ class Staging:
         i = bisect.bisect_right(self.seqs, after_seq)
         while len(out) < limit and i < len(self.rows):
             s = self.rows[i]
-            if s.delivered_at is None:
+            if s.delivered_at is None and not s.held:
                 out.append(PendingReading(s.seq, s.id, s.patient, s.kind, s.payload))
             i += 1
         return out
@@ -343,6 +347,14 @@ class Staging:
             raise VaultError(f"the side log could not be emptied ({exc.strerror})") from exc
         return got
 
+    def after_direct_write(self, db: Engine) -> None:
+        """Readings were written to the database past staging (held readings released):
+        number from above them, and refresh the watermarks."""
+        with db.errors():
+            top = _top(db.conn)
+            self.db_max_ident, self.db_pending_top = _watermarks(db.conn)
+        self.next_seq = max(self.next_seq, top + 1)
+
     def _insert(self, db: Engine, c: Connection, *, explicit: bool) -> list[tuple[int, str]]:
         """Insert the staged rows (acknowledged ones without payload); bump the counters by
         what was really inserted. Returns (new seq, id) of rows numbered anew."""
@@ -384,7 +396,8 @@ class Staging:
 
 def _row(s: Staged, seq: int | None) -> tuple[object, ...]:
     payload = s.payload if s.delivered_at is None else b""
-    return (seq, s.ident, s.id, s.patient, s.kind, payload, s.stored_at, s.delivered_at)
+    return (seq, s.ident, s.id, s.patient, s.kind, payload, s.stored_at, s.delivered_at,
+            int(s.held))
 
 
 def _top(c: Connection) -> int:

@@ -153,7 +153,7 @@ async def test_no_plaintext_in_any_file_the_write_path_creates(tmp_path: Path) -
         assert log_path(cfg.path).stat().st_size > HEADER_BYTES  # it holds readings
         for p in files:
             data = p.read_bytes()
-            for needle in (marker.encode(), b"heart_rate", b'"bpm":187', b"271"):
+            for needle in (marker.encode(), b"heart_rate", b'"bpm":187', b'"mg_dl":"271"'):
                 assert needle not in data, f"{needle!r} in plaintext in {p.name}"
     finally:
         await v.close()

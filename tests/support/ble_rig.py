@@ -76,6 +76,8 @@ class _CountingClient:
             if c.fail_next > 0:
                 c.fail_next -= 1
                 raise BleakDBusError("org.bluez.Error.Failed", ["le-connection-abort-by-local"])
+            if c.fail_with is not None:
+                raise c.fail_with
             await self._inner.connect()
         finally:
             c.active -= 1
@@ -90,6 +92,8 @@ class _CountingClient:
         await self._inner.unpair()
 
     async def read_gatt_char(self, char: str, /) -> bytearray:
+        if self._counter.read_fail_with is not None:
+            raise self._counter.read_fail_with
         return await self._inner.read_gatt_char(char)
 
     async def write_gatt_char(
@@ -129,6 +133,9 @@ class CountingClients:
     fail_next: int = 0
     racp_busy: int = 0
     racp_writes: list[bytes] = field(default_factory=list)
+    #: every connect (every read) raises this while set, as BlueZ does for a lost bond
+    fail_with: BaseException | None = None
+    read_fail_with: BaseException | None = None
 
     def __call__(
         self,
@@ -157,6 +164,11 @@ class Rig:
     local_tz: tzinfo
     manager: BleManager
     task: asyncio.Task[None] | None = None
+    #: what the manager wrote to the audit chain: (action, subject)
+    audits: list[tuple[str, str]] = field(default_factory=list)
+
+    async def audit(self, action: str, subject: str) -> None:
+        self.audits.append((action, subject))
 
     def new_manager(self) -> BleManager:
         """A fresh manager on the same registry, sink and simulator (a daemon restart)."""
@@ -169,6 +181,7 @@ class Rig:
             clock=self.clock,
             local_tz=self.local_tz,
             rng=random.Random(0),
+            audit=self.audit,
         )
 
     async def restart(self) -> None:
@@ -226,6 +239,11 @@ async def ble_rig(
     registry = FakeRegistry()
     sink = FakeSink(registry)
     clients = CountingClients(sim.Client, clock)
+    audits: list[tuple[str, str]] = []
+
+    async def audit(action: str, subject: str) -> None:
+        audits.append((action, subject))
+
     manager = BleManager(
         config,
         registry,
@@ -235,8 +253,10 @@ async def ble_rig(
         clock=clock,
         local_tz=local_tz,
         rng=random.Random(seed),
+        audit=audit,
     )
-    rig = Rig(fleet, clock, registry, sink, clients, sim.Scanner, config, local_tz, manager)
+    rig = Rig(fleet, clock, registry, sink, clients, sim.Scanner, config, local_tz, manager,
+              audits=audits)
     if start_fleet:
         await fleet.start()
     try:

@@ -11,7 +11,8 @@ from dbus_fast import Message, Variant
 from firmware_sim.bluez.adapter import DiscoveryFilter
 from firmware_sim.bluez.calls import RecordedCall, summarise_options
 from firmware_sim.bluez.errors import to_dbus_error
-from firmware_sim.cli import UsageError, _pairs
+from firmware_sim.cli import UsageError
+from firmware_sim.ctl import _pairs
 from firmware_sim.model.contract import Advertisement, PeripheralError, SimErrorCode, uuid16
 
 
