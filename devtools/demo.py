@@ -1,14 +1,17 @@
 """``make demo`` (``python -m devtools.demo``): simulated devices -> gateway -> local TLS
-broker -> clinic ingest -> PostgreSQL -> clinician view, live.
+broker -> clinic ingest -> PostgreSQL -> clinician view (terminal and web), live.
 
 Everything runs on this machine, on loopback, from a fresh directory (``demo-run/``): a
 development PKI, mosquitto with the shipped TLS + ACL configuration on a free port, a throwaway
 PostgreSQL (``clinic.devdb``) set up with the ``clinic`` command (``db migrate``, ``keys init``,
-the hub and patients enrolled), one ``clinic ingest`` worker, the firmware simulator behind a
-fake BlueZ on a private D-Bus, and the gateway (``edge run``) exactly as a hub runs it, with
-``[e2e] mode = "sign+encrypt"``: the broker carries only sealed envelopes. The terminal view
-shows what the clinic *stored*, read back with the clinic's keys. It runs until Ctrl-C or
-``DEMO_SECONDS`` elapse, then stops every process it started and says where its files are.
+the hub and patients enrolled, a demo clinician assigned to them), one ``clinic ingest``
+worker, ``clinic serve`` (HTTPS on a free port with a certificate from the development CA), the
+firmware simulator behind a fake BlueZ on a private D-Bus, and the gateway (``edge run``)
+exactly as a hub runs it, with ``[e2e] mode = "sign+encrypt"``: the broker carries only sealed
+envelopes. The terminal view shows what the clinic *stored*, read back with the clinic's keys,
+and above it the web app's URL and the demo clinician's sign-in (username, password and the
+current TOTP code, refreshed). It runs until Ctrl-C or ``DEMO_SECONDS`` elapse, then stops
+every process it started and says where its files are.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -28,12 +32,15 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+import pyotp
+
 from clinic import keys as clinic_keys
 from clinic.config import KeysSection
 from clinic.devdb import DevPostgres
-from devtools.broker import Broker, ingest_identity, start_dev_broker
-from devtools.viewer import StoredReader, VitalsBoard
-from edge.uplink.pki import DevPki, write_dev_pki
+from devtools.broker import Broker, free_port, ingest_identity, start_dev_broker
+from devtools.pki import load_issued
+from devtools.viewer import StoredReader, VitalsBoard, sign_in_lines
+from edge.uplink.pki import DevPki, issue, write_cert, write_dev_pki, write_key
 
 HUB_ID = "demo-hub"
 #: the clinic's [clinic] id
@@ -44,7 +51,11 @@ INGEST = ingest_identity(CLINIC_ID, "1")
 # Which simulated device goes to which demo patient (pseudonyms, never names).
 ASSIGNMENT = {"SIM-HR-1": "patient-a", "SIM-GLU-1": "patient-a", "SIM-HR-2": "patient-b"}
 PATIENTS = sorted(set(ASSIGNMENT.values()))
+#: the demo's clinician in the web app (assigned both demo patients)
+CLINICIAN = "demo-clinician"
 STARTUP_TIMEOUT_S = 30.0
+#: processes whose exit ends the demo
+ESSENTIAL = ("gateway", "clinic-ingest", "clinic-serve")
 
 
 def _say(text: str) -> None:
@@ -63,6 +74,10 @@ class Demo:
         self.clinic_dir = workdir / "the-clinic"  # not "clinic": python -m puts cwd on sys.path
         self.clinic_config = self.clinic_dir / "clinic.toml"
         self.recipient_key = self.clinic_dir / "clinic-e2e.pem"
+        self.web_port = free_port()
+        self.web_url = f"https://127.0.0.1:{self.web_port}/"
+        self.password = ""
+        self.totp: pyotp.TOTP | None = None
         self.env = dict(os.environ)
         self.env["EDGE_VAULT_KEY"] = secrets.token_hex(32)
         self.env["EDGE_CONFIG"] = str(workdir / "gateway.toml")
@@ -120,7 +135,7 @@ tls_min_version = "1.3"
 topic_prefix = "edge/v1"
 share_group = "clinic"
 [web]
-listen = "127.0.0.1:8443"
+listen = "127.0.0.1:{self.web_port}"
 tls_cert = "{self.clinic_dir / 'web.pem'}"
 tls_key = "{self.clinic_dir / 'web.key'}"
 idle_timeout_s = 900
@@ -139,6 +154,48 @@ level = "info"
         _say(f"enrolled {HUB_ID} and {len(PATIENTS)} patients; starting clinic ingest")
         self.spawn("clinic-ingest", [sys.executable, "-m", "clinic", "--config",
                                      str(self.clinic_config), "ingest", "--worker", "1"])
+
+    def start_web(self, pki: DevPki) -> None:
+        """A demo clinician (``clinic users add``, assigned the demo patients) and
+        ``clinic serve`` on HTTPS with a server certificate from the development CA."""
+        ca = load_issued(pki.ca)
+        web = issue(ca, "clinic-web", server=True, dns=["localhost"], ips=["127.0.0.1"])
+        write_cert(self.clinic_dir / "web.pem", web.cert)
+        write_key(self.clinic_dir / "web.key", web.key)
+        self.password = secrets.token_urlsafe(12)
+        pw_file = self.clinic_dir / "demo-clinician.password"
+        pw_file.touch(mode=0o600)
+        pw_file.write_text(self.password + "\n")
+        uri = self.clinic("users", "add", CLINICIAN, "--role", "clinician",
+                          "--password-file", str(pw_file)).strip().splitlines()[-1]
+        totp = pyotp.parse_uri(uri)
+        if not isinstance(totp, pyotp.TOTP):
+            raise RuntimeError("`clinic users add` printed no TOTP URI")
+        self.totp = totp
+        for patient in PATIENTS:
+            self.clinic("patients", "assign", patient, "--clinician", CLINICIAN)
+        _say("starting clinic serve (HTTPS, certificate from the development CA)")
+        proc = self.spawn("clinic-serve", [sys.executable, "-m", "clinic", "--config",
+                                           str(self.clinic_config), "serve"])
+        self._wait_listening(proc, self.web_port)
+        _say(f"clinicians' web app: {self.web_url} (CA: {pki.ca.cert})")
+        _say(f"sign in as {CLINICIAN}, password {self.password}, "
+             f"code {self.totp.now()} (refreshed in the view below)")
+
+    @staticmethod
+    def _wait_listening(proc: subprocess.Popen[bytes], port: int) -> None:
+        """Until ``port`` on 127.0.0.1 accepts connections (bounded); the server's exit is
+        an error at once."""
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError("clinic serve exited; see clinic-serve.log")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("clinic serve did not listen in time; see clinic-serve.log")
 
     def clinic(self, *args: str) -> str:
         """Run one ``clinic`` command; its output, or an error naming the command."""
@@ -196,6 +253,10 @@ recipient_key = "{self.recipient_key}"
 [log]
 level = "info"
 format = "json"
+
+[clock]
+# a development machine's clock is trusted as it is (a hub uses "system")
+source = "assume-synchronised"
 
 [daemon]
 control_socket = "{run_dir / 'control.sock'}"
@@ -287,6 +348,9 @@ control_socket = "{run_dir / 'control.sock'}"
                     f"what the clinic stored (e2e sign+encrypt) — {elapsed:4.0f} s — "
                     f"Ctrl-C to stop — files in {self.workdir}"
                 )
+                if self.totp is not None:
+                    head += "\n" + sign_in_lines(self.web_url, CLINICIAN, self.password,
+                                                 self.totp)
                 if tty:
                     sys.stdout.write("\x1b[H\x1b[2J" + head + "\n\n" + table + "\n")
                     sys.stdout.flush()
@@ -295,7 +359,7 @@ control_socket = "{run_dir / 'control.sock'}"
                 if self.seconds is not None and elapsed >= self.seconds:
                     break
                 gone = [n for n, p in self.procs
-                        if n in ("gateway", "clinic-ingest") and p.poll() is not None]
+                        if n in ESSENTIAL and p.poll() is not None]
                 if gone:
                     _say(f"{gone[0]} stopped unexpectedly; see {gone[0]}.log")
                     break
@@ -356,6 +420,7 @@ def main() -> int:
             pki = demo.make_pki()
             broker = demo.start_broker(pki)
             demo.start_clinic(pki, broker)
+            demo.start_web(pki)
             demo.write_config(pki, broker)
             demo.start_simulator()
             demo.pair_devices()

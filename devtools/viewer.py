@@ -3,16 +3,20 @@
 :class:`VitalsBoard` is pure (FHIR resources or Bundles in, a table out). :class:`StoredReader`
 is its source in the demo: what the clinic *stored* in PostgreSQL, read with the clinic's own
 key ring (the broker only carries sealed envelopes, which a subscriber cannot read).
+:func:`sign_in_lines` is the web app's URL and the demo clinician's sign-in, with the current
+TOTP code, shown above the table.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import psycopg
+import pyotp
 
 from clinic import status
 from clinic.keys import KeyRing, decrypt
@@ -132,6 +136,17 @@ class VitalsBoard:
             lines.append("(waiting for the first observations)")
         lines.append(footer or f"messages {self.messages}, duplicates absorbed {self.duplicates}")
         return "\n".join(lines)
+
+
+def sign_in_lines(url: str, username: str, password: str, totp: pyotp.TOTP,
+                  now: float | None = None) -> str:
+    """The web app's URL and a sign-in with the code current at ``now`` (seconds since the
+    epoch; default: the clock) and how long it stays current."""
+    now = time.time() if now is None else now
+    left = totp.interval - int(now) % totp.interval
+    return (f"web: {url}\n"
+            f"sign in: username {username}  password {password}  "
+            f"code {totp.at(int(now))} ({left:2d} s left)")
 
 
 class StoredReader:

@@ -61,9 +61,6 @@ _ADAPTER_RE = re.compile(r"^hci\d{1,3}$")
 class BleConfig(_Section):
     #: the Bluetooth adapters (BlueZ names) devices are spread over, in order of preference
     adapters: Annotated[tuple[str, ...], Field(min_length=1, max_length=16)] = ("hci0",)
-    #: the older single-adapter key (``adapter = "hci0"`` means ``adapters = ["hci0"]``); after
-    #: validation always the first of ``adapters`` (``edge pair``/``scan`` use it)
-    adapter: Annotated[str, Field(exclude=True)] = "hci0"
     #: scanning runs in windows of this length while a bound device is missing
     scan_seconds: PositiveFloat = 10.0
     #: give up one connection attempt after this long
@@ -91,11 +88,14 @@ class BleConfig(_Section):
             raise ValueError("set `adapters` or the older `adapter`, not both "
                              "(e.g. adapters = [\"hci0\", \"hci1\"])")
         out = dict(data)
-        if "adapter" in out:
-            out["adapters"] = [out["adapter"]]
-        elif isinstance(out.get("adapters"), list | tuple) and out["adapters"]:
-            out["adapter"] = out["adapters"][0]
+        if "adapter" in out:  # the older single-adapter key
+            out["adapters"] = [out.pop("adapter")]
         return out
+
+    @property
+    def adapter(self) -> str:
+        """The first adapter (``edge pair`` and ``edge scan`` use it)."""
+        return self.adapters[0]
 
     @field_validator("adapters")
     @classmethod
@@ -233,6 +233,16 @@ class DaemonConfig(_Section):
     control_idle_timeout_s: Annotated[float, Field(gt=0, le=300)] = 5.0
 
 
+class ClockConfig(_Section):
+    """Where the daemon learns whether the hub's wall clock can be trusted."""
+
+    #: "system": systemd-timesyncd's flag, else the kernel's NTP status (readings received
+    #: before the clock is synchronised wait in the vault and are forwarded with corrected
+    #: times); "assume-synchronised": trust the wall clock as it is (test rigs and machines
+    #: whose clock is set by other means)
+    source: Literal["system", "assume-synchronised"] = "system"
+
+
 E2E_MODES = ("sign+encrypt", "off")
 #: the one-line fix for a missing or unknown e2e mode: every deployment decides
 E2E_FIX = (
@@ -265,6 +275,7 @@ class GatewayConfig(_Section):
     e2e: E2eConfig
     log: LogConfig = LogConfig()
     daemon: DaemonConfig = DaemonConfig()
+    clock: ClockConfig = ClockConfig()
 
 
 # --- loading and reporting ---------------------------------------------------------------------

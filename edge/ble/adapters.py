@@ -129,7 +129,9 @@ class BluezAdapters:
         if bus is None:
             raise BleError("not connected to the system D-Bus")
         changed = asyncio.ensure_future(self._changed.wait())
-        gone = asyncio.ensure_future(bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
+        # shielded: cancelling this waiter must not cancel the bus's own disconnect future
+        gone = asyncio.ensure_future(
+            asyncio.shield(bus.wait_for_disconnect()))  # type: ignore[no-untyped-call]
         try:
             await asyncio.wait({changed, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:

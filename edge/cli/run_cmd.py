@@ -93,7 +93,12 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         os._exit(0)
 
-    daemon = Daemon(cfg, notifier=notifier, hard_exit=hard_exit)
+    from edge.hubclock import AssumeSynchronised, SyncProbe, SystemSyncProbe
+
+    probe: SyncProbe = (
+        AssumeSynchronised() if cfg.clock.source == "assume-synchronised" else SystemSyncProbe()
+    )
+    daemon = Daemon(cfg, notifier=notifier, hard_exit=hard_exit, sync_probe=probe)
     try:
         rc = asyncio.run(daemon.run())
     finally:
@@ -176,10 +181,13 @@ def format_status(status: Mapping[str, Any]) -> str:
     lines.append(f"  uplink:     {uplink.get('state') if isinstance(uplink, dict) else uplink}")
     days = status.get("cert_days_left")
     lines.append(f"  client cert: {days if days is not None else '?'} days left")
-    clock = status.get("clock")
-    if isinstance(clock, dict):
-        lines.append(f"  clock:      {clock.get('state')}; {clock.get('held', 0)} reading(s) "
-                     "held back until it is synchronised")
+    intake, figures = status.get("intake"), status.get("vault")
+    clock = intake.get("clock") if isinstance(intake, dict) else None
+    if isinstance(clock, dict) or isinstance(figures, dict):
+        state = clock.get("state") if isinstance(clock, dict) else "daemon not running"
+        held = figures.get("held", 0) if isinstance(figures, dict) else "?"
+        lines.append(f"  clock:      {state}; {held} reading(s) held back until it is "
+                     "synchronised")
     if src == "daemon":
         lines.append(f"  healthy:    {'yes' if status.get('healthy') else 'NO'}")
         pairing = status.get("pairing")

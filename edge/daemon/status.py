@@ -55,8 +55,6 @@ class DaemonFacts:
     pairing: Mapping[str, object] | None = None
     #: per configured adapter: ``present``, ``devices``, ``power_cycles`` …; None: unknown
     adapters: Mapping[str, Mapping[str, object]] | None = None
-    #: the hub clock (``state``, ``steps``, ``last_step_s``: :meth:`HubClock.snapshot`)
-    clock: Mapping[str, object] | None = None
 
 
 def all_refusals(counts: Mapping[str, int]) -> dict[str, int]:
@@ -132,9 +130,6 @@ def status_document(
         doc["devices"] = [binding_json(b) for b in bindings]
         doc["uplink"] = {"state": NOT_RUNNING}
     doc["cert_days_left"] = cert_days
-    # the clock's state only the daemon knows; the readings held back for it, the vault
-    clock = dict(daemon.clock) if daemon is not None and daemon.clock else {"state": NOT_RUNNING}
-    doc["clock"] = {**clock, "held": vault.held}
     if daemon is not None:
         doc["parts"] = {n: dict(p) for n, p in daemon.parts.items()}
         if daemon.pairing is not None:  # the daemon holds a pairing agent

@@ -531,7 +531,6 @@ class Daemon:
             parts={n: s.status().as_dict() for n, s in self.supervisors.items()},
             pairing=self._pairing_status(),
             adapters=self._adapter_status(),
-            clock=self.hub_clock.snapshot(),
         )
         return status_document(hub=self.config.hub.id, vault=stats,
                                cert_days=cert_days_left(self.config.uplink, self.clock.now()),

@@ -229,6 +229,8 @@ class Intake:
             "refused": dict(self.refused),
             "duplicates": self.duplicates,
             "held_for_clock": self.held,
+            # the hub clock (edge.hubclock): state, steps, last step
+            **({} if self._hub_clock is None else {"clock": self._hub_clock.snapshot()}),
             "consented_patients": len(self._consent.patients()),
         }
 

@@ -3,7 +3,10 @@
 One SQLCipher database (SQLCipher 4 defaults, raw 256-bit key, WAL, synchronous=FULL,
 incremental auto-vacuum) and its encrypted side log. All database work runs on ONE dedicated
 writer thread that owns the connection; the async methods hand work to it and await the
-result, so the event loop never blocks on disk and there is exactly one writer.
+result, so the event loop never blocks on disk and there is exactly one writer. Calls that
+queue up while the writer is busy are handed over as one group (:class:`_Writer`): each runs
+as its own call, in order, with its own result or error, but the group costs one wake-up of
+the writer and one of the event loop instead of one per call.
 
 Durability (``vault.flush_interval_s`` > 0, the default): when :meth:`Vault.append` returns,
 the readings are in the side log, so a process crash loses none; the flusher that
@@ -18,13 +21,16 @@ evicted: when a bound is reached new readings are refused with a counted reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import threading
 from collections.abc import Callable, Coroutine, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
+from queue import Empty, SimpleQueue
 from typing import (
     TYPE_CHECKING,
+    Any,
     ClassVar,
     Concatenate,
     Generic,
@@ -56,6 +62,83 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+#: one call queued for the writer thread: its loop, its future, and the call itself
+_Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]]
+#: a finished call: its future, and its result or its exception
+_Done = tuple["asyncio.Future[Any]", Any, BaseException | None]
+
+
+class _Writer:
+    """The vault's one writer thread, with group handoff.
+
+    :meth:`call` queues ``fn()`` and returns an asyncio future for its outcome. The thread
+    takes every call queued at that moment, runs them one by one in queue order (each with its
+    own result or exception, exactly as if alone), then hands all the outcomes back to the
+    event loop in ONE ``call_soon_threadsafe``. Calls made while it is busy wait in the queue
+    and form the next group: under load, one thread wake-up and one self-pipe write serve many
+    calls; alone, a call is handed over at once (no linger). A call whose caller was cancelled
+    before it started is not run (as with an executor)."""
+
+    def __init__(self, name: str = "vault-writer") -> None:
+        self._jobs: SimpleQueue[_Job | None] = SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def call(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Queue ``fn`` for the writer thread; await the returned future for its outcome."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._jobs.put((loop, fut, fn))
+        return fut
+
+    def stop(self) -> None:
+        """Let the thread end once the calls queued before this one have run."""
+        self._jobs.put(None)
+
+    def _serve(self) -> None:
+        jobs = self._jobs
+        while True:
+            first = jobs.get()
+            group: list[_Job] = []
+            job = first
+            while job is not None:
+                group.append(job)
+                try:
+                    job = jobs.get_nowait()
+                except Empty:
+                    break
+            self._run_group(group)
+            if job is None:
+                return
+
+    @staticmethod
+    def _run_group(group: list[_Job]) -> None:
+        done: dict[asyncio.AbstractEventLoop, list[_Done]] = {}
+        for loop, fut, fn in group:
+            if fut.cancelled():
+                continue
+            try:
+                outcome: _Done = (fut, fn(), None)
+            except BaseException as exc:  # it belongs to the caller, as with an executor
+                outcome = (fut, None, exc)
+            done.setdefault(loop, []).append(outcome)
+        for loop, outcomes in done.items():
+            # A closed loop raises RuntimeError: nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, outcomes)
+
+
+def _settle(outcomes: list[_Done]) -> None:
+    """On the event loop: complete each caller's future with its own outcome."""
+    for fut, result, exc in outcomes:
+        if fut.done():
+            continue  # cancelled while it ran
+        if exc is None:
+            fut.set_result(result)
+        else:
+            fut.set_exception(exc)
+
+
 class _OnWriter(Generic[P, T]):
     """A Vault method that runs ``fn(engine, ...)`` on the writer thread and awaits it.
 
@@ -82,7 +165,7 @@ class _OnWriter(Generic[P, T]):
         fn = self._fn
 
         async def method(*args: P.args, **kwargs: P.kwargs) -> T:
-            return await vault._run(fn, *args, **kwargs)
+            return await vault._call(fn, *args, **kwargs)
 
         method.__doc__ = fn.__doc__
         method.__name__ = method.__qualname__ = fn.__name__
@@ -97,11 +180,11 @@ class Vault:
     _driver: ClassVar[Driver] = sqlcipher3
 
     def __init__(
-        self, engine: Engine, executor: ThreadPoolExecutor, config: VaultConfig, key: bytes
+        self, engine: Engine, writer: _Writer, config: VaultConfig, key: bytes
     ) -> None:
         self._engine = engine
         self._key = key
-        self._executor = executor
+        self._writer = writer
         self._config = config
         self._closed = False
         self._consent: ConsentCheck | None = None
@@ -117,23 +200,22 @@ class Vault:
         encrypted = cls._driver is sqlcipher3
         if encrypted and len(key) != 32:
             raise KeyUnavailable(f"{config.key_provider} provider: a vault key is 32 bytes")
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vault-writer")
+        writer = _Writer()
         loop = asyncio.get_running_loop()
         try:
-            engine = await loop.run_in_executor(
-                executor,
+            engine = await writer.call(
                 functools.partial(
                     Engine.open, config, key if encrypted else None, clock or SystemClock(),
                     cls._driver, config.key_provider,
                 ),
             )
-            await loop.run_in_executor(executor, staging.attach, engine, key)
+            await writer.call(functools.partial(staging.attach, engine, key))
         except BaseException:
-            executor.shutdown(wait=False)
+            writer.stop()
             raise
         log.info("vault.opened", schema_version=engine.schema_version, pending=engine.pending,
                  side_log=engine.staging is not None)
-        vault = cls(engine, executor, config, key)
+        vault = cls(engine, writer, config, key)
         if config.flush_interval_s > 0:
             vault._flusher = loop.create_task(vault._flush_forever(), name="vault-flusher")
         return vault
@@ -160,12 +242,14 @@ class Vault:
     async def _run(self, fn: Callable[Concatenate[Engine, P], T], /,
                    *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn(engine, *args, **kwargs)`` on the writer thread."""
+        return await self._call(fn, *args, **kwargs)
+
+    def _call(self, fn: Callable[Concatenate[Engine, P], T], /,
+              *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[T]:
+        """Queue ``fn(engine, *args, **kwargs)`` for the writer thread (see :class:`_Writer`)."""
         if self._closed:
             raise VaultError("the vault is closed")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, functools.partial(fn, self._engine, *args, **kwargs)
-        )
+        return self._writer.call(functools.partial(fn, self._engine, *args, **kwargs))
 
     async def close(self) -> None:
         """Close the connection (the WAL is checkpointed) and stop the writer thread."""
@@ -179,7 +263,7 @@ class Vault:
             await self._run(Engine.close)
         finally:
             self._closed = True
-            self._executor.shutdown(wait=False)
+            self._writer.stop()
 
     async def __aenter__(self) -> Vault:
         return self
@@ -217,7 +301,7 @@ class Vault:
         the refusal; then nothing of the batch was stored. Readings the consent gate refuses
         (see :meth:`use_consent`) are dropped and counted, never stored."""
         kept, refused = self._consented(readings)
-        return await self._run(outbox.append, kept, no_consent=refused)
+        return await self._call(outbox.append, kept, no_consent=refused)
 
     async def commit_glucose(
         self,
@@ -246,13 +330,14 @@ class Vault:
 
     async def mark_delivered(self, ids: Sequence[str]) -> int:
         """Mark readings acknowledged by the backend; returns how many were pending."""
-        return await self._run(outbox.mark_delivered, list(ids))
+        return await self._call(outbox.mark_delivered, list(ids))
 
     next_batch = _OnWriter(outbox.next_batch)
     purge_patient = _OnWriter(outbox.purge_patient)
     purge_delivered = _OnWriter(outbox.purge_delivered)
     count_refusal = _OnWriter(outbox.count_refusal)
     stats = _OnWriter(outbox.stats)
+    release_held = _OnWriter(outbox.release_held)
 
     # -- bindings, consent, cursors --------------------------------------------------------------
 

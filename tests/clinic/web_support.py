@@ -126,6 +126,18 @@ def seed(dsn: str) -> World:
     return w
 
 
+def add_clinician(dsn: str, ring: keys.KeyRing, name: str, patients: list[str]) -> User:
+    """A clinician (password :data:`PASSWORD`, a fresh TOTP secret) assigned ``patients``,
+    e.g. beside a clinic that ingest fills (the end-to-end browser test)."""
+    secret = pyotp.random_base32()
+    with connect(dsn) as conn:
+        registry.add_user(conn, ring, name, "clinician", PasswordHasher().hash(PASSWORD),
+                          secret, "test")
+        for p in patients:
+            registry.assign(conn, p, name, "test")
+    return User(name, "clinician", secret)
+
+
 def write_tls_pair(cert: Path, key: Path) -> None:
     """A self-signed certificate for 127.0.0.1 / localhost."""
     k = ec.generate_private_key(ec.SECP256R1())

@@ -1,5 +1,7 @@
 """A BleManager wired to the simulator's in-process bleak double, a fake registry and sink, all
-on one virtual clock (the simulator's ManualClock, which the gateway's Clock protocol fits)."""
+on one virtual clock (the simulator's ManualClock, which the gateway's Clock protocol fits);
+and :func:`live_manager`: one on bleak's REAL backend with the daemon's adapter parts
+(per-adapter factories, ``BluezAdapters``), for tests against the fake BlueZ."""
 
 from __future__ import annotations
 
@@ -8,12 +10,13 @@ import contextlib
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta, timezone, tzinfo
+from datetime import UTC, timedelta, timezone, tzinfo
 
 from bleak.args.bluez import BlueZNotifyArgs
 from bleak.backends.device import BLEDevice
 from bleak.exc import BleakDBusError, BleakGATTProtocolError
 
+from edge.ble.adapters import BluezAdapters
 from edge.ble.ports import (
     BleClient,
     ClientFactory,
@@ -21,10 +24,13 @@ from edge.ble.ports import (
     GattServices,
     NotifyCallback,
     ScannerFactory,
+    bleak_client_factory,
+    bleak_scanner_factory,
 )
 from edge.ble.profiles import RACP
 from edge.ble.state import DeviceState
 from edge.ble.supervisor import BleManager, DeviceSupervisor
+from edge.clock import SystemClock
 from edge.config import BleConfig
 from edge.testing import settle
 from edge.testing.ble import FakeBinding, FakeRegistry, FakeSink
@@ -267,3 +273,57 @@ async def ble_rig(
             await asyncio.gather(rig.task, return_exceptions=True)
         if start_fleet:
             await fleet.stop()
+
+
+
+@dataclass
+class Live:
+    """A running manager on the real backend and what it did."""
+
+    manager: BleManager
+    registry: FakeRegistry
+    sink: FakeSink
+    #: (adapter, kind of target) of every client made: one per connection attempt
+    attempts: list[str] = field(default_factory=list)
+    audits: list[tuple[str, str]] = field(default_factory=list)
+
+    def state(self, address: str) -> str:
+        return self.manager.device_states()[address.upper()].state
+
+    def adapter_of(self, address: str) -> str | None:
+        return self.manager.device_states()[address.upper()].adapter
+
+
+@contextlib.asynccontextmanager
+async def live_manager(config: BleConfig, bindings: list[FakeBinding]) -> AsyncIterator[Live]:
+    registry = FakeRegistry(bindings)
+    sink = FakeSink(registry)
+    live = Live(None, registry, sink)  # type: ignore[arg-type]
+
+    def clients_for(name: str) -> ClientFactory:
+        inner = bleak_client_factory(name)
+
+        def make(device: BLEDevice | str, /, *,
+                 disconnected_callback: DisconnectedCallback | None = None,
+                 timeout: float = 20.0) -> BleClient:
+            live.attempts.append(name)
+            return inner(device, disconnected_callback=disconnected_callback, timeout=timeout)
+
+        return make
+
+    async def audit(action: str, subject: str) -> None:
+        live.audits.append((action, subject))
+
+    live.manager = BleManager(
+        config, registry, sink,
+        scanner_factory=bleak_scanner_factory(), client_factory=bleak_client_factory(),
+        scanners_for=bleak_scanner_factory, clients_for=clients_for,
+        adapter_control=BluezAdapters(), audit=audit,
+        clock=SystemClock(), local_tz=UTC, glucose_poll_s=3600.0,
+    )
+    task = asyncio.create_task(live.manager.run())
+    try:
+        yield live
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from edge.gatt.heart_rate import decode_heart_rate
+from edge.gatt.heart_rate import decode_heart_rate_measurement
 from edge.gatt.to_reading import heart_rate_reading
 from edge.hubclock import FakeSyncProbe, HubClock
 from edge.readings import HeartRateReading
@@ -38,6 +38,6 @@ class Hub:
 
     def strap(self, bpm: int = 70, patient: str = "pt-alpha") -> HeartRateReading:
         """A heart-rate notification received now (the BLE layer stamps the wall clock)."""
-        m = decode_heart_rate(bytes([0x00, bpm]))
+        m = decode_heart_rate_measurement(bytes([0x00, bpm]))
         return heart_rate_reading(m, device_id=STRAP, patient=patient,
                                   received_at=self.clock.now())
