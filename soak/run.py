@@ -201,11 +201,14 @@ class Runner:
         finally:
             gate.open.set()
 
-    def sample(self, gw: Gateway, note: str = "") -> None:
+    def sample(self, gw: Gateway, note: str = "", *, keep: bool = True) -> None:
+        """Print one sample line; ``keep`` it for the figures (the samples taken while the
+        devices are there: removing them at the end would hide a leak tied to a device)."""
         pid = gw.proc.pid
         t = time.monotonic() - self.t0
         rss, fds = rss_mb(pid), open_fds(pid)
-        self.samples.append((t, rss, fds))
+        if keep:
+            self.samples.append((t, rss, fds))
         queue: object = "?"
         delivered: object = "?"
         try:
@@ -292,8 +295,9 @@ def _soak(cfg: SoakConfig, e2e: E2E, observer: IdObserver, out: TextIO, workdir:
     up = wait_connected(gw, n, cfg.connect_timeout_s)
     runner.say(f"{up}/{n} devices connected; soak of {seconds:g} s begins (seed {cfg.seed})")
     setup_s = time.monotonic() - t_setup
-    names = sorted(e2e.sim_devices())
-    actions = build_schedule(cfg.seed, seconds, names, cfg.rates)
+    kinds = {name: str(d["kind"]) for name, d in e2e.sim_devices().items()}
+    names = sorted(kinds)
+    actions = build_schedule(cfg.seed, seconds, kinds, cfg.rates)
     runner.sample(gw, "  (start)")
     t_run = time.monotonic()
     alive = runner.run_schedule(gw, actions, seconds)
@@ -329,7 +333,7 @@ def _soak(cfg: SoakConfig, e2e: E2E, observer: IdObserver, out: TextIO, workdir:
             observer.wait_distinct(intake_accepted(status.get("intake") or {}), 30)
             status = gw.status()
             drain_s = time.monotonic() - t_drain
-            runner.sample(gw, "  (drained)")
+            runner.sample(gw, "  (drained; not in the figures)", keep=False)
             rc = gw.stop(15)
             if rc != 0:
                 runner.problems.append(f"edge run exited with {rc} on SIGTERM; "

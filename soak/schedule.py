@@ -12,7 +12,11 @@ daemon starts and ends the soak in calm conditions:
 - ``malformed``: for a window of seconds, one device sends broken measurement notifications
   (``malformed=<kind> malformed_every=<n>``), then behaves again. Each window is two actions,
   ``malformed_on`` and ``malformed_off``; one device never has two windows at once, and every
-  window is closed before the quiet end.
+  window is closed before the quiet end. The windows go to heart-rate straps when there are
+  any (they notify every second; a meter sends records only when it syncs), broken in a way
+  the hub must refuse (:data:`MALFORMED_FOR`): a truncated Heart Rate Measurement. A strap's
+  reserved flag bits are not a refusal (the specification says to ignore them), so they are
+  not used: every malformed window should show up in ``refusals.malformed``.
 
 When the window is long enough for it, every kind appears at least once (a kind whose Poisson
 draw came out empty gets one fault at a uniformly drawn time), so a short soak still proves
@@ -23,7 +27,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,6 +44,11 @@ KIND_OF: dict[str, FaultKind | None] = {
     "malformed_off": None,
 }
 FAULT_KINDS: tuple[FaultKind, ...] = ("link_drop", "broker_restart", "malformed")
+#: the malformations used per device kind (the simulator's ``describe()["kind"]``)
+MALFORMED_FOR: dict[str, tuple[str, ...]] = {
+    "heart_rate": ("truncated",),
+    "glucose": tuple(sorted(MALFORMED_KINDS)),
+}
 
 
 @dataclass(frozen=True)
@@ -109,15 +118,21 @@ def _arrivals(rng: random.Random, mean: float, lo: float, hi: float) -> list[flo
     return out
 
 
-def build_schedule(seed: int, duration_s: float, devices: Sequence[str],
+def build_schedule(seed: int, duration_s: float, devices: Mapping[str, str],
                    rates: Rates | None = None) -> tuple[Action, ...]:
-    """The actions of one soak, sorted by time (the same for the same arguments)."""
+    """The actions of one soak, sorted by time (the same for the same arguments).
+    ``devices``: name -> kind (``heart_rate`` or ``glucose``)."""
     if duration_s <= 0:
         raise ValueError("duration_s must be > 0")
     if not devices:
         raise ValueError("a soak needs at least one device")
+    unknown = sorted(k for k in set(devices.values()) if k not in MALFORMED_FOR)
+    if unknown:
+        raise ValueError(f"unknown device kinds {unknown}; known: {sorted(MALFORMED_FOR)}")
     r = rates or Rates()
-    names = sorted(set(devices))
+    names = sorted(devices)
+    straps = [n for n in names if devices[n] == "heart_rate"]
+    targets = straps or names
     lo, hi = r.quiet_start_s, duration_s - r.quiet_end_s
     if hi <= lo:
         return ()
@@ -133,18 +148,17 @@ def build_schedule(seed: int, duration_s: float, devices: Sequence[str],
             actions.append(Action(round(t, 3), "restart_broker"))
             last = t
 
-    busy_until = dict.fromkeys(names, -float("inf"))
-    kinds = sorted(MALFORMED_KINDS)
+    busy_until = dict.fromkeys(targets, -float("inf"))
     wlo, whi = r.malformed_window_s
     for t in _arrivals(rng, r.malformed_every_s, lo, hi):
-        free = [n for n in names if busy_until[n] < t]
+        free = [n for n in targets if busy_until[n] < t]
         if not free:
             continue
         device = rng.choice(free)
         end = min(t + rng.uniform(wlo, whi), hi)
         if end <= t:
             continue
-        on = Action(round(t, 3), "malformed_on", device, rng.choice(kinds),
+        on = Action(round(t, 3), "malformed_on", device, rng.choice(MALFORMED_FOR[devices[device]]),
                     rng.randint(*r.malformed_nth))
         off_at = max(round(end, 3), on.at_s)
         actions += [on, Action(off_at, "malformed_off", device)]

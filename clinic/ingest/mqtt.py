@@ -162,6 +162,11 @@ class Subscription:
         # forever: once this connection is closing nobody may drain the queue, and close()
         # joins this thread; a message dropped here is unacknowledged, so the broker re-sends.
         m = Message(self.generation, msg.mid, msg.topic, bytes(msg.payload), bool(msg.dup))
+        # A resumed session's messages can come before the SUBACK (the subscription lives in
+        # the session): they prove the connection works, so let open() return and the caller
+        # drain the inbox — else a full inbox would hold the SUBACK behind it until open()
+        # gave up, and the worker would reconnect for ever.
+        self._ready.set()
         while not self._closing.is_set():
             try:
                 self._inbox.put(m, timeout=0.2)

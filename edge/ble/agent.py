@@ -348,8 +348,9 @@ class HubAgent:
                 self.state = "holding"
                 log.info("ble.agent_holding")
                 lost = asyncio.ensure_future(shell.bluez_changed.wait())
-                gone = asyncio.ensure_future(
-                    shell.bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
+                # shielded: cancelling our wait must not cancel the bus's own disconnect future
+                gone = asyncio.ensure_future(asyncio.shield(
+                    shell.bus.wait_for_disconnect()))  # type: ignore[no-untyped-call]
                 try:
                     await asyncio.wait({lost, gone}, return_when=asyncio.FIRST_COMPLETED)
                 finally:

@@ -23,7 +23,13 @@ from bleak.exc import BleakDBusError
 
 from edge.ble.agent import Prompter, pairing_agent
 from edge.ble.agent_policy import PASSKEY_MAX, AgentLog, Method, Outcome, PairingPolicy, Why
-from edge.ble.errors import BLE_EXCEPTIONS, ble_error, is_auth_error, stack_error
+from edge.ble.errors import (
+    BLE_EXCEPTIONS,
+    ble_error,
+    is_auth_error,
+    is_bond_lost,
+    stack_error,
+)
 from edge.ble.ports import BleClient, ClientFactory, ScannerFactory
 from edge.ble.profiles import (
     DEVICE_INFORMATION,
@@ -264,7 +270,20 @@ async def pair_device(
     try:
         await client.connect()
     except BLE_EXCEPTIONS as exc:
-        raise stack_error("connect", exc) from exc
+        if not is_bond_lost(exc):
+            raise stack_error("connect", exc) from exc
+        # The device forgot its bond (battery change, factory reset) while BlueZ kept its
+        # half: BlueZ refuses every connect until the stale bond is removed. Remove it, find
+        # the device again and pair afresh: this is what "edge pair ... again" promises.
+        log.info("ble.pair_stale_bond_removed", address=address)
+        with contextlib.suppress(*BLE_EXCEPTIONS):
+            await client.unpair()
+        target = await _find(scanner_factory, clock, address, connect_timeout_s)
+        client = client_factory(target, timeout=connect_timeout_s)
+        try:
+            await client.connect()
+        except BLE_EXCEPTIONS as exc2:
+            raise stack_error("connect", exc2) from exc2
     try:
         seen: AgentLog | None = None
         try:

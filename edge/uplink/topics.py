@@ -73,3 +73,43 @@ class DegradedWatch:
         self._last = dict(counts)
         return sorted(r for r, t in self._rose.items()
                       if r in DEGRADING_REFUSALS and now - t <= self._window)
+
+
+def online_document(
+    hub_id: str,
+    at: datetime,
+    queue: QueueLike | None,
+    *,
+    delivered: int,
+    degraded: list[str],
+    cert_days_left: int | None = None,
+    devices: dict[str, object] | None = None,
+) -> dict[str, object]:
+    """The retained online status (no PHI). ``queue`` is the outbox's stats (None when the
+    vault failed: ``degraded`` then says so); ``degraded`` grows by ``no_consent`` /
+    ``unhealthy`` when ``devices`` says so."""
+    doc: dict[str, object] = {
+        "hub": hub_id,
+        "state": "online",
+        "at": at.isoformat().replace("+00:00", "Z"),
+        "queue_depth": None if queue is None else queue.pending,
+        "oldest_pending_age_s": None if queue is None else queue.oldest_pending_age_s,
+        "delivered": delivered,
+        "refusals": refusal_counts(queue),
+    }
+    if cert_days_left is not None:
+        doc["cert_days_left"] = cert_days_left
+    degraded = list(degraded)
+    if devices is not None:
+        doc["devices"] = devices
+        if devices.get("without_consent") and "no_consent" not in degraded:
+            degraded.append("no_consent")
+        if devices.get("healthy") is False:
+            degraded.append("unhealthy")
+    doc["degraded"] = degraded
+    return doc
+
+
+def refusal_counts(queue: object | None) -> dict[str, int]:
+    """The outbox stats' refusal counts by reason ({} when there are none)."""
+    return {str(k): int(v) for k, v in (getattr(queue, "refusals", None) or {}).items()}

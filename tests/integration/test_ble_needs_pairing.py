@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edge.ble.manager import NEEDS_PAIRING_ACTION
-from edge.ble.pairing import pair_device, unpair_device
+from edge.ble.pairing import pair_device
 from edge.ble.ports import bleak_client_factory, bleak_scanner_factory
 from edge.ble.state import NEEDS_PAIRING
 from edge.clock import SystemClock
@@ -70,8 +70,7 @@ async def test_a_meter_that_lost_its_bond_needs_pairing_and_is_not_hammered(
             assert isinstance(problems, list) and len(problems) == 1
             assert f"edge pair {paired.address} --patient" in problems[0]
 
-            # the fix: BlueZ forgets its half, the meter is paired again, the daemon told
-            assert await unpair_device(bleak_client_factory(), meter.address)
+            # the fix: `edge pair` again removes BlueZ's stale half itself and pairs afresh
             await pair_device(bleak_client_factory(), meter.address, kind="glucose",
                               clock=clock, scanner_factory=bleak_scanner_factory(),
                               connect_timeout_s=10)

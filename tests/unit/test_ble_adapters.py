@@ -79,7 +79,8 @@ def test_adapters_key_and_the_older_adapter_key() -> None:
     both = BleConfig.model_validate({"adapters": ["hci1", "hci0"]})
     assert (both.adapters, both.adapter) == (("hci1", "hci0"), "hci1")
     assert "adapter" not in both.model_dump()
-    for bad in ({"adapter": "hci0", "adapters": ["hci0"]}, {"adapters": []},
-                {"adapters": ["usb0"]}, {"adapters": ["hci0", "hci0"]}):
+    bads: list[dict[str, object]] = [{"adapter": "hci0", "adapters": ["hci0"]}, {"adapters": []},
+                                      {"adapters": ["usb0"]}, {"adapters": ["hci0", "hci0"]}]
+    for bad in bads:
         with pytest.raises(ValidationError):
             BleConfig.model_validate(bad)
