@@ -13,8 +13,9 @@ APT_NEEDS := /usr/sbin/mosquitto:mosquitto /usr/bin/dbus-daemon:dbus-daemon /usr
 # browser tests drive Debian's Chromium through Playwright (never a downloaded browser).
 
 FUZZ_SECONDS ?= 300
+SOAK_MINUTES ?= 30
 
-.PHONY: setup system-deps test test-unit lint demo bench install clean fuzz sbom
+.PHONY: setup system-deps test test-unit lint demo bench install clean fuzz sbom soak
 
 setup: system-deps $(STAMP)
 
@@ -46,8 +47,8 @@ test-unit: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 lint: setup
-	$(VENV)/bin/ruff check edge firmware_sim clinic devtools fuzz tools tests bench
-	$(VENV)/bin/mypy --strict edge firmware_sim clinic devtools fuzz tools tests bench
+	$(VENV)/bin/ruff check edge firmware_sim clinic devtools fuzz tools soak tests bench
+	$(VENV)/bin/mypy --strict edge firmware_sim clinic devtools fuzz tools soak tests bench
 
 demo: setup
 	$(PY) -m devtools.demo
@@ -58,6 +59,9 @@ bench: setup
 fuzz: setup
 	@$(PY) -c 'import atheris' 2>/dev/null || $(PY) -m pip install -q -e '.[fuzz]'
 	$(PY) -m fuzz --total-seconds $(FUZZ_SECONDS)
+
+soak: setup
+	$(PY) -m soak --minutes $(SOAK_MINUTES)
 
 sbom: setup
 	@test -x $(VENV)/bin/cyclonedx-py || $(PY) -m pip install -q -e '.[sbom]'

@@ -211,8 +211,10 @@ def summarize(raw: str, top: int = 30) -> list[str]:
         c = int(count)
         frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
         # idle: the event loop waiting in select/epoll, executor threads waiting for work
+        # (the vault's writer waits in ``_Writer._serve`` itself: a C-level queue get)
         leaf = frames[-1]
-        if any(w in leaf for w in ("select (", "poll (", "wait (", "_worker (", "sleep (")):
+        if any(w in leaf for w in ("select (", "poll (", "wait (", "_worker (", "sleep (",
+                                   "_Writer._serve (")):
             continue
         n += c
         own[leaf] += c

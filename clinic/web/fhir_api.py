@@ -66,7 +66,7 @@ def _codes(values: list[str]) -> list[str]:
     for v in values:
         for tok in v.split(","):
             system, _, code = tok.rpartition("|")
-            if system not in ("", LOINC):
+            if system not in ("", LOINC) or "\x00" in code:  # PostgreSQL text has no NUL
                 continue
             codes.append(code)
     return codes
@@ -144,6 +144,8 @@ def read(request: Request, form: Form) -> Response:
     oid = str(request.path_params["id"])
     with st.pool.conn() as conn:
         username, role = _user(request, conn)
+        if "\x00" in oid:  # no stored id holds NUL (PostgreSQL text cannot): not found
+            raise HTTPException(404)
         row = conn.execute("SELECT identifier, patient, key_id, resource_enc FROM observations "
                            "WHERE identifier = %s", (oid,)).fetchone()
         if row is None or access.decide(

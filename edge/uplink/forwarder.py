@@ -42,6 +42,7 @@ from edge.uplink.ports import (
     Encoder,
     MqttLink,
     Outbox,
+    OutboxStats,
     PendingLike,
     PublishRefused,
     StatusProvider,
@@ -49,7 +50,14 @@ from edge.uplink.ports import (
 )
 from edge.uplink.stats import Counters, ForwarderState, ForwarderStats, snapshot
 from edge.uplink.tls import days_left
-from edge.uplink.topics import DegradedWatch, TopicRouter, offline_document, status_topic
+from edge.uplink.topics import (
+    DegradedWatch,
+    TopicRouter,
+    offline_document,
+    online_document,
+    refusal_counts,
+    status_topic,
+)
 
 log = get_logger("edge.uplink")
 
@@ -60,6 +68,10 @@ AUDIT_REPEAT_S = 3600.0
 OFFLINE_TIMEOUT_S = 1.0
 FLUSH_TIMEOUT_S = 5.0
 CLOSE_TIMEOUT_S = 2.0
+#: acknowledged readings are marked delivered with the pump's next outbox read (one handoff to
+#: the vault's writer for both), or at the latest this long (real time) after their PUBACK.
+#: Only the bookkeeping waits: the PUBACK has come, and a crash before the mark re-sends them.
+ACK_FLUSH_DELAY_S = 0.1
 
 
 def fhir_encoder(hub_id: str) -> Encoder:
@@ -122,6 +134,7 @@ class Forwarder:
         self._batcher: Batcher | None = None
         self._acked: list[str] = []
         self._flush_task: asyncio.Task[None] | None = None
+        self._flush_timer: asyncio.TimerHandle | None = None
         self._flush_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self._end: asyncio.Future[None] | None = None
@@ -308,6 +321,7 @@ class Forwarder:
                     return
                 read = batcher.next_read() if fetch is None else None
                 if read is not None:
+                    self._flush_soon()  # the marks ride in the same handoff as the read
                     fetch = asyncio.ensure_future(
                         self._outbox.next_batch(read.limit, after_seq=read.after_seq)
                     )
@@ -377,12 +391,27 @@ class Forwarder:
         self._counters.messages_acked += 1
         self._acked.extend(ids)
         self._backoff.reset()
-        if self._flush_task is None or self._flush_task.done():
+        if self._flush_timer is None and not self._flushing():
+            self._flush_timer = asyncio.get_running_loop().call_later(
+                ACK_FLUSH_DELAY_S, self._flush_soon)
+
+    def _flushing(self) -> bool:
+        return self._flush_task is not None and not self._flush_task.done()
+
+    def _flush_soon(self) -> None:
+        """Start marking what was acknowledged, unless a flush already runs (it takes them)."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if self._acked and not self._flushing():
             self._flush_task = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
         """Mark every acknowledged reading delivered; PUBACKs arriving meanwhile are batched
         into the next outbox transaction."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
         async with self._flush_lock:
             while self._acked:
                 ids, self._acked = self._acked, []
@@ -411,40 +440,25 @@ class Forwarder:
         """The retained online status: queue, refusal counts, ``degraded`` (what keeps the hub
         from doing its job now: recent disk_full / vault_full / no_consent refusals, bound
         devices without consent, an unhealthy part, a failing vault), devices, certificate
-        — no PHI."""
+        — no PHI (built by :func:`~edge.uplink.topics.online_document`)."""
         now = self._clock.now()
         degraded: list[str] = []
         try:
-            st = await self._outbox.stats()
+            st: OutboxStats | None = await self._outbox.stats()
         except VaultError as exc:  # the status must still go out, saying so
             log.warning("uplink.status_vault_failed", error=type(exc).__name__)
             st = None
             degraded.append("vault_damaged" if isinstance(exc, VaultCorrupt) else "vault_error")
-        refusals = {str(k): int(v) for k, v in (getattr(st, "refusals", None) or {}).items()}
-        degraded += self._degraded.observe(refusals, self._clock.monotonic())
-        doc: dict[str, object] = {
-            "hub": self._hub,
-            "state": "online",
-            "at": now.isoformat().replace("+00:00", "Z"),
-            "queue_depth": None if st is None else st.pending,
-            "oldest_pending_age_s": None if st is None else st.oldest_pending_age_s,
-            "delivered": self._counters.readings_delivered,
-            "refusals": refusals,
-        }
-        if self._cert_not_after is not None:
-            doc["cert_days_left"] = days_left(self._cert_not_after, now)
+        degraded += self._degraded.observe(refusal_counts(st), self._clock.monotonic())
+        devices = None
         if self._status_provider is not None:
             try:
                 devices = await self._status_provider()
-                doc["devices"] = devices
-                if devices.get("without_consent") and "no_consent" not in degraded:
-                    degraded.append("no_consent")
-                if devices.get("healthy") is False:
-                    degraded.append("unhealthy")
             except Exception as exc:  # a status part must never end the session
                 log.warning("uplink.status_provider_failed", error=type(exc).__name__)
-        doc["degraded"] = degraded
-        return doc
+        cert = None if self._cert_not_after is None else days_left(self._cert_not_after, now)
+        return online_document(self._hub, now, st, delivered=self._counters.readings_delivered,
+                               degraded=degraded, cert_days_left=cert, devices=devices)
 
     async def _status_loop(self, link: MqttLink) -> None:
         while True:

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edge.uplink.ports import OutboxStats
 
 #: the router forgets its cache past this many patients (a bound, not a policy)
 _ROUTE_CACHE_MAX = 10_000
@@ -78,12 +84,12 @@ class DegradedWatch:
 def online_document(
     hub_id: str,
     at: datetime,
-    queue: QueueLike | None,
+    queue: OutboxStats | None,
     *,
     delivered: int,
     degraded: list[str],
-    cert_days_left: int | None = None,
-    devices: dict[str, object] | None = None,
+    cert_days_left: float | None = None,
+    devices: Mapping[str, object] | None = None,
 ) -> dict[str, object]:
     """The retained online status (no PHI). ``queue`` is the outbox's stats (None when the
     vault failed: ``degraded`` then says so); ``degraded`` grows by ``no_consent`` /

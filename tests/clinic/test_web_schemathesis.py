@@ -1,7 +1,7 @@
 """The FHIR API against its own published OpenAPI (``/fhir/r4/openapi.json``), with
 schemathesis driving the ASGI app in-process (a real PostgreSQL behind it) and a bearer token
 from ``clinic tokens create``: no server error (5xx), and every response conforms to the
-document (status code, content type, body schema). Bounded: 40 valid and 40 invalid
+document (status code, content type, body schema). Bounded: 100 valid and 100 invalid
 inputs per operation."""
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def test_fhir_api_conforms_to_its_openapi(api_schema: OpenApiSchema, token: str)
         for mode in modes:
 
             @given(case=op.as_strategy(generation_mode=mode))
-            @settings(max_examples=40, deadline=None, database=None,
+            @settings(max_examples=100, deadline=None, database=None,
                       suppress_health_check=list(HealthCheck))
             def run(case: Case[Any]) -> None:
                 case.call_and_validate(headers=auth, checks=CHECKS)

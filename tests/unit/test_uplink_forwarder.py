@@ -97,12 +97,10 @@ async def test_groups_by_patient_and_marks_delivered_only_after_its_own_puback()
         # Nothing is delivered before a PUBACK.
         assert outbox.delivered == []
         link.ack(msgs[2])
-        await settle()
-        assert outbox.delivered == b
+        await eventually(lambda: outbox.delivered == b, what="b marked delivered")
         assert outbox.pending_ids() == set(a)
         link.ack(msgs[0], msgs[1])
-        await settle()
-        assert not outbox.rows
+        await eventually(lambda: not outbox.rows, what="a marked delivered")
         assert fwd.stats().readings_delivered == 5
         assert fwd.state is ForwarderState.CONNECTED
 
@@ -125,7 +123,7 @@ async def test_window_limits_messages_awaiting_puback() -> None:
             link.ack(pending[0])
             await settle()
             assert len(link.obs()) == min(acked + 2, 10)
-        assert not outbox.rows
+        await eventually(lambda: not outbox.rows, what="every reading marked delivered")
         assert len(link.obs()) == 10
         # Every message carried a full batch of three.
         assert all(len(m.ids) == 3 for m in link.obs())
@@ -142,8 +140,7 @@ async def test_lost_connection_resends_exactly_the_unacknowledged() -> None:
         first = connector.link
         m1, m2, m3 = first.obs()
         first.ack(m2)
-        await settle()
-        assert set(outbox.delivered) == set(m2.ids)
+        await eventually(lambda: set(outbox.delivered) == set(m2.ids), what="m2 marked")
         first.drop()
         await settle()
         assert fwd.state is ForwarderState.BACKOFF
@@ -156,8 +153,7 @@ async def test_lost_connection_resends_exactly_the_unacknowledged() -> None:
         resent = [i for m in second.obs() for i in m.ids]
         assert resent == m1.ids + m3.ids  # oldest first, nothing acknowledged re-sent
         second.ack(*second.obs())
-        await settle()
-        assert not outbox.rows
+        await eventually(lambda: not outbox.rows, what="every reading marked delivered")
         assert sorted(outbox.delivered) == sorted(ids)
 
 
@@ -414,8 +410,7 @@ async def test_a_row_that_does_not_encode_stays_pending_and_the_rest_goes() -> N
         link = connector.link
         assert [m.ids for m in link.obs()] == [[good[0]], [good[1]], more]
         link.ack(*link.obs())
-        await settle()
-        assert outbox.pending_ids() == set(bad)
+        await eventually(lambda: outbox.pending_ids() == set(bad), what="the rest marked")
         assert fwd.stats().unencodable == 1
         assert fwd.state is ForwarderState.CONNECTED
 
@@ -481,7 +476,7 @@ async def test_begin_drain_sends_nothing_new_but_settles_what_is_in_flight() -> 
         link.ack(in_flight)
         await settle()
         assert link.obs() == [in_flight]
-        assert outbox.delivered == in_flight.ids
+        await eventually(lambda: outbox.delivered == in_flight.ids, what="in flight marked")
         assert len(outbox.pending_ids()) == 4  # stays pending for the next start
         assert len(outbox.batch_calls) == reads  # nothing new was read
         assert fwd.stats().in_flight == 0
@@ -496,3 +491,89 @@ def test_stats_as_dict_keeps_the_status_keys() -> None:
         "messages_acked": 0, "readings_sent": 0, "readings_delivered": 0, "ack_timeouts": 0,
         "publish_refusals": 0, "unroutable": 0, "unencodable": 0, "last_error": None,
     }
+
+
+class CallLog(FakeOutbox):
+    """A FakeOutbox that records the order of its reads and delivery marks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, list[str]]] = []
+
+    async def next_batch(self, limit: int, *, after_seq: int = 0) -> list[Any]:
+        self.calls.append(("read", []))
+        return await super().next_batch(limit, after_seq=after_seq)
+
+    async def mark_delivered(self, ids: Sequence[str]) -> int:
+        self.calls.append(("mark", list(ids)))
+        return await super().mark_delivered(ids)
+
+
+async def test_acks_are_marked_together_with_the_next_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import edge.uplink.forwarder as forwarder
+
+    monkeypatch.setattr(forwarder, "ACK_FLUSH_DELAY_S", 3600.0)
+    outbox = CallLog()
+    outbox.add("p", 2)
+    connector = FakeConnector()
+    fwd, _ = make(outbox, connector, inflight_window=5, batch_max_readings=1)
+    async with forwarding(fwd):
+        await connected(connector)
+        await settle()
+        link = connector.link
+        m1, m2 = link.obs()
+        link.ack(m1)
+        await settle()
+        link.ack(m2)
+        await settle()
+        assert outbox.delivered == []  # acknowledged, not yet marked: still pending
+        outbox.calls.clear()
+        late = outbox.add("p", 1)
+        fwd.wake()
+        await eventually(lambda: len(link.obs()) == 3, what="the new reading sent")
+        # One mark for both PUBACKs, queued just before the read (one handoff to the vault).
+        assert outbox.calls[:2] == [("mark", m1.ids + m2.ids), ("read", [])]
+        assert sorted(outbox.delivered) == sorted(m1.ids + m2.ids)
+        assert outbox.pending_ids() == set(late)
+
+
+async def test_acks_are_marked_without_a_next_read_too() -> None:
+    outbox = CallLog()
+    outbox.add("p", 3)
+    connector = FakeConnector()
+    fwd, _ = make(outbox, connector, inflight_window=5, batch_max_readings=1)
+    async with forwarding(fwd):
+        await connected(connector)
+        await settle()
+        link = connector.link
+        link.ack(*link.obs())
+        await eventually(lambda: not outbox.rows, what="every reading marked delivered")
+        assert fwd.stats().readings_delivered == 3
+
+
+async def test_acks_not_yet_marked_are_marked_before_the_next_connection_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import edge.uplink.forwarder as forwarder
+
+    monkeypatch.setattr(forwarder, "ACK_FLUSH_DELAY_S", 3600.0)
+    outbox = CallLog()
+    ids = outbox.add("p", 2)
+    connector = FakeConnector()
+    fwd, clock = make(outbox, connector, inflight_window=5, batch_max_readings=1)
+    async with forwarding(fwd):
+        await connected(connector)
+        await settle()
+        first = connector.link
+        m1, _ = first.obs()
+        first.ack(m1)
+        await settle()
+        first.drop()
+        await settle()
+        assert outbox.delivered == m1.ids
+        clock.step(60)
+        await connected(connector, 2)
+        # The next connection re-sends only what was not acknowledged.
+        assert [i for m in connector.links[1].obs() for i in m.ids] == ids[1:]
