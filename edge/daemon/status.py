@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from edge.ble.state import NEEDS_PAIRING, DeviceState, pairing_fix
 from edge.config import UplinkConfig
@@ -20,6 +20,10 @@ from edge.daemon.health import one_line
 from edge.intake.plausibility import REFUSAL_REASONS
 from edge.log import REDACTOR
 from edge.vault import Binding, Consent, VaultStats
+
+if TYPE_CHECKING:
+    from edge.ble.agent import StandingAgent
+    from edge.daemon.ports import BleLike
 
 #: device states that count as connected
 CONNECTED_STATES = frozenset({"connected", "syncing"})
@@ -225,3 +229,34 @@ def mqtt_devices(devices: Sequence[DeviceState], healthy: bool,
 
 def _iso(when: datetime | None) -> str | None:
     return None if when is None else when.isoformat()
+
+
+# --- what the running parts report (a part mid-restart shows nothing rather than failing) -----
+
+
+def devices_of(ble: BleLike | None) -> list[DeviceState]:
+    """Every bound device's state, as the BLE manager reports it."""
+    if ble is None:
+        return []
+    try:
+        return list(ble.device_states().values())
+    except Exception:
+        return []
+
+
+def pairing_of(agent: StandingAgent | None, *, wants_agent: bool) -> dict[str, object] | None:
+    """The standing pairing agent and its counter (None: this daemon holds none)."""
+    if agent is not None:
+        return agent.stats()
+    return {"agent": "starting", "unsolicited_pairing_rejected": 0} if wants_agent else None
+
+
+def adapters_of(ble: BleLike | None) -> dict[str, dict[str, object]] | None:
+    """Per configured adapter (present, devices, power-cycles); None: not known."""
+    stats = getattr(ble, "adapter_stats", None)
+    if stats is None:
+        return None
+    try:
+        return dict(stats())
+    except Exception:
+        return None

@@ -26,13 +26,14 @@ import os
 import signal
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from datetime import UTC, datetime
+from datetime import UTC
 
 from edge.ble.agent import StandingAgent, StandingAgentFactory
 from edge.ble.ports import ClientFactory, ScannerFactory
 from edge.ble.state import DeviceState
-from edge.clock import Clock, SystemClock, with_timeout
+from edge.clock import Clock, SystemClock
 from edge.config import GatewayConfig
+from edge.daemon import build
 from edge.daemon.control import ControlHandlers, ControlServer
 from edge.daemon.health import Health, watchdog
 from edge.daemon.ports import (
@@ -45,12 +46,16 @@ from edge.daemon.ports import (
     VaultFactory,
 )
 from edge.daemon.sdnotify import Notifier, NullNotifier, watchdog_interval_s
+from edge.daemon.shutdown import shutdown
 from edge.daemon.status import (
     DaemonFacts,
     StatusDocument,
+    adapters_of,
     cert_days_left,
     consent_gaps,
+    devices_of,
     mqtt_devices,
+    pairing_of,
     status_document,
     status_line,
 )
@@ -65,12 +70,8 @@ log = get_logger("edge.daemon")
 
 #: how often delivered readings past retention are purged
 PURGE_INTERVAL_S = 3600.0
-#: the part of the shutdown budget given to BLE before the forwarder drains
-BLE_STOP_SHARE = 0.3
 #: after the shutdown budget, this much more before the process is ended regardless
 HARD_EXIT_MARGIN_S = 1.5
-#: how often shutdown looks whether the forwarder's in-flight messages were acknowledged
-DRAIN_POLL_S = 0.05
 #: the start-up integrity check's time budget (past it the daemon starts, with a warning)
 INTEGRITY_BUDGET_S = 30.0
 
@@ -175,91 +176,25 @@ class Daemon:
     # --- building the parts ------------------------------------------------------------------
 
     async def _open_vault(self) -> DaemonVault:
-        if self._vault_factory is not None:
-            return await self._vault_factory()
-        if self._key is None:
-            # The configured provider's key; an interrupted `edge keys rotate` is finished here.
-            from edge.vault.rotation import open_vault
-
-            return await open_vault(self.config.vault, clock=self.clock, actor="daemon")
-        from edge.vault import Vault
-
-        return await Vault.open(self.config.vault, self._key, clock=self.clock)
+        return await build.open_vault(self.config, key=self._key, factory=self._vault_factory,
+                                      clock=self.clock)
 
     async def _refuse_a_damaged_vault(self, vault: DaemonVault) -> None:
-        """The start-up integrity check, bounded in time: a damaged vault is refused naming
-        the damage and the recovery (found later, by the first consent revoke that touches a
-        bad page, it would fail that and every vault operation after it)."""
-        check = getattr(vault, "damage_check", None)
-        if check is None:  # a fake vault
-            return
-        from edge.errors import VaultCorrupt
-        from edge.vault.maintenance import Damage, damaged_message
-
-        try:
-            damage: Damage = await check(self._integrity_budget_s)
-        except BaseException:
-            await self._close_vault()
-            raise
-        if not damage.complete:
-            log.warning("daemon.integrity_check_incomplete", budget_s=self._integrity_budget_s)
-        if damage.damaged:
-            log.error("daemon.vault_damaged", hmac_pages=len(damage.hmac_pages),
-                      tables=",".join(damage.tables))
-            await self._close_vault()
-            raise VaultCorrupt(damaged_message(self.config.vault.path, damage))
+        await build.refuse_a_damaged_vault(vault, budget_s=self._integrity_budget_s,
+                                           path=self.config.vault.path, close=self._close_vault)
 
     def _make_ble(self, vault: DaemonVault, sink: Intake) -> BleLike:
         if self._ble_factory is not None:
             return self._ble_factory(vault, sink)
-        from edge.ble import BleManager
-        from edge.ble.adapters import BluezAdapters
-        from edge.ble.ports import bleak_client_factory, bleak_scanner_factory
-
-        ble = self.config.ble
-        # bleak's real backend: one scanner and client factory per adapter, and BlueZ's
-        # adapters followed (and wedged ones power-cycled) over the system bus
-        real = self._scanner_factory is None and self._client_factory is None
-        return BleManager(
-            ble,
-            vault,
-            sink,
-            scanner_factory=self._scanner_factory or bleak_scanner_factory(ble.adapter),
-            client_factory=self._client_factory or bleak_client_factory(ble.adapter),
-            scanners_for=bleak_scanner_factory if real else None,
-            clients_for=bleak_client_factory if real else None,
-            adapter_control=BluezAdapters() if real else None,
-            audit=functools.partial(vault.audit, "daemon"),
-            clock=self.clock,
-            local_tz=datetime.now().astimezone().tzinfo,
-        )
+        return build.make_ble(self.config, vault, sink, scanner_factory=self._scanner_factory,
+                              client_factory=self._client_factory, clock=self.clock)
 
     def _make_forwarder(self, vault: DaemonVault, gate: ConsentGate) -> ForwarderLike:
         if self._forwarder_factory is not None:
             return self._forwarder_factory(vault, gate, self.status_devices)
-        from edge.uplink.forwarder import Forwarder
-        from edge.uplink.mqtt import TlsMqttConnector
-        from edge.uplink.sealing import encoding_for
-        from edge.uplink.tls import client_cert_not_after
-
-        uplink, hub = self.config.uplink, self.config.hub.id
-        not_after = None
-        with contextlib.suppress(OSError, ValueError):  # unreadable: status shows no expiry
-            not_after = client_cert_not_after(uplink)
-        # [e2e]: plain FHIR or sealed Bundles; keys are read here, once per forwarder start
-        encoding = encoding_for(self.config, environ=self._env)
-        return Forwarder(
-            uplink,
-            hub,
-            vault,
-            connector=self._connector or TlsMqttConnector(uplink, hub),
-            clock=self.clock,
-            consent=gate,
-            status_provider=self.status_devices,
-            encoder=encoding.encode,
-            content_type=encoding.content_type,
-            cert_not_after=not_after,
-        )
+        return build.make_forwarder(self.config, vault, gate, connector=self._connector,
+                                    clock=self.clock, env=self._env,
+                                    status_provider=self.status_devices)
 
     def _supervisor(
         self, name: str, start: Callable[[], Awaitable[None]],
@@ -431,39 +366,12 @@ class Daemon:
 
     async def _shutdown(self, tasks: dict[str, asyncio.Task[None]],
                         pets: asyncio.Task[None]) -> None:
-        budget = self.config.daemon.shutdown_timeout_s
-        deadline = self.clock.monotonic() + budget
-        # 0. the forwarder starts nothing new; what is in flight may still be acknowledged.
+        # the forwarder starts nothing new; what is in flight may still be acknowledged
         self._draining = True
         if self.forwarder is not None:
             self.forwarder.begin_drain()
-        # 1. no new readings: BLE first.
-        await self._cancel(tasks["ble"], budget * BLE_STOP_SHARE)
-        # 2. let in-flight publishes finish.
-        await self._drain_forwarder(deadline)
-        # 3. everything else.
-        for name in ("agent", "uplink", "purger", "control", "vault"):
-            if name in tasks:
-                await self._cancel(tasks[name], max(0.1, deadline - self.clock.monotonic()))
-        pets.cancel()
-
-    async def _cancel(self, task: asyncio.Task[None], timeout_s: float) -> None:
-        if task.done():
-            return
-        task.cancel()
-        try:
-            # asyncio.wait neither raises the part's outcome nor cancels it again on timeout
-            await with_timeout(self.clock, timeout_s, asyncio.wait({task}))
-        except TimeoutError:
-            log.warning("daemon.part_slow_to_stop", part=task.get_name())
-
-    async def _drain_forwarder(self, deadline: float) -> None:
-        """Give the forwarder until ``deadline`` to get its in-flight messages acknowledged."""
-        fwd = self.forwarder
-        if fwd is None:
-            return
-        while self.clock.monotonic() < deadline and fwd.stats().in_flight > 0:
-            await self.clock.sleep(DRAIN_POLL_S)
+        await shutdown(self.clock, tasks, pets, forwarder=self.forwarder,
+                       budget_s=self.config.daemon.shutdown_timeout_s)
 
     # --- status ------------------------------------------------------------------------------
 
@@ -472,29 +380,13 @@ class Daemon:
         self._pending = (await vault.stats()).pending
 
     def _devices(self) -> list[DeviceState]:
-        if self.ble is None:
-            return []
-        try:
-            return list(self.ble.device_states().values())
-        except Exception:  # a part mid-restart: status shows no devices rather than failing
-            return []
+        return devices_of(self.ble)
 
     def _pairing_status(self) -> dict[str, object] | None:
-        """The standing pairing agent and its counter (None: this daemon holds none)."""
-        if self.agent is not None:
-            return self.agent.stats()
-        return {"agent": "starting", "unsolicited_pairing_rejected": 0} if self._wants_agent \
-            else None
+        return pairing_of(self.agent, wants_agent=self._wants_agent)
 
     def _adapter_status(self) -> dict[str, dict[str, object]] | None:
-        """Per configured adapter (present, devices, power-cycles); None: not known."""
-        stats = getattr(self.ble, "adapter_stats", None)
-        if stats is None:
-            return None
-        try:
-            return dict(stats())
-        except Exception:  # a part mid-restart: status shows no adapters rather than failing
-            return None
+        return adapters_of(self.ble)
 
     def _uplink_state(self) -> str:
         if self.forwarder is None:

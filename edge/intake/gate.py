@@ -20,7 +20,7 @@ which grant and revoke run, so a revoke never races an append of that patient's 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -160,7 +160,8 @@ class Intake:
         """Plausibility, the time window and minimisation; refusals counted by their named
         reason, refused measurement times audited once for the whole submission."""
         accepted: list[AnyReading] = []
-        refused: Counter[str] = Counter()
+        # a plain dict, made only on a refusal: this runs once per notification
+        refused: dict[str, int] | None = None
         devices: set[str] = set()
         stamp = self._hub_clock.stamp() if self._hub_clock is not None else None
         now = self._clock.now() if stamp is None else stamp.wall if stamp.trusted else None
@@ -169,17 +170,19 @@ class Intake:
                 plausibility.check(r)
                 plausibility.check_time(r, now, self._window)
             except Implausible as exc:
-                refused[exc.reason] += 1
+                refused = refused if refused is not None else {}
+                refused[exc.reason] = refused.get(exc.reason, 0) + 1
                 if exc.reason == IMPLAUSIBLE_TIME:
                     devices.add(r.device_id)
                 continue
             kept = _minimise(r)
             accepted.append(kept if stamp is None or stamp.trusted else timing.hold(kept, stamp))
-        await self._count(refused)
-        if refused[IMPLAUSIBLE_TIME]:
-            if address is None and len(devices) == 1:
-                address = devices.pop()
-            await self._audit_times(address, refused[IMPLAUSIBLE_TIME])
+        if refused:
+            await self._count(refused)
+            if refused.get(IMPLAUSIBLE_TIME):
+                if address is None and len(devices) == 1:
+                    address = devices.pop()
+                await self._audit_times(address, refused[IMPLAUSIBLE_TIME])
         return accepted
 
     async def _audit_times(self, address: str | None, n: int) -> None:
@@ -197,7 +200,7 @@ class Intake:
             await self._count(Counter({NO_CONSENT: len(readings) - len(accepted)}))
         return accepted
 
-    async def _count(self, counts: Counter[str]) -> None:
+    async def _count(self, counts: Mapping[str, int]) -> None:
         for reason, n in counts.items():
             if n <= 0:
                 continue

@@ -37,6 +37,7 @@ from edge.errors import (
 from edge.intake.consent import ConsentCheck
 from edge.log import get_logger
 from edge.uplink.batching import Batcher, Group, Limits, SizeEstimate
+from edge.uplink.delivery import ACK_FLUSH_DELAY_S, DeliveryMarks
 from edge.uplink.ports import (
     Connector,
     Encoder,
@@ -68,10 +69,6 @@ AUDIT_REPEAT_S = 3600.0
 OFFLINE_TIMEOUT_S = 1.0
 FLUSH_TIMEOUT_S = 5.0
 CLOSE_TIMEOUT_S = 2.0
-#: acknowledged readings are marked delivered with the pump's next outbox read (one handoff to
-#: the vault's writer for both), or at the latest this long (real time) after their PUBACK.
-#: Only the bookkeeping waits: the PUBACK has come, and a crash before the mark re-sends them.
-ACK_FLUSH_DELAY_S = 0.1
 
 
 def fhir_encoder(hub_id: str) -> Encoder:
@@ -105,6 +102,7 @@ class Forwarder:
         content_type: str = FHIR_CONTENT_TYPE,
         cert_not_after: datetime | None = None,
         on_delivered: Callable[[Sequence[str]], None] | None = None,
+        ack_flush_delay_s: float = ACK_FLUSH_DELAY_S,
     ) -> None:
         self._cfg = config
         self._hub = hub_id
@@ -122,7 +120,6 @@ class Forwarder:
         #: the MQTT 5 content type of what ``encoder`` makes (application/jose when sealed)
         self._content_type = content_type
         self._cert_not_after = cert_not_after
-        self._on_delivered = on_delivered
         self._limits = Limits.from_config(config)
         self._router = TopicRouter(config.topic_prefix, hub_id)
         self._estimate = SizeEstimate()
@@ -132,13 +129,10 @@ class Forwarder:
         #: set by PUBACKs, finished outbox reads, wake() and begin_drain(): the pump looks again
         self._kick = asyncio.Event()
         self._batcher: Batcher | None = None
-        self._acked: list[str] = []
-        self._flush_task: asyncio.Task[None] | None = None
-        self._flush_timer: asyncio.TimerHandle | None = None
-        self._flush_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self._end: asyncio.Future[None] | None = None
         self._counters = Counters()
+        self._marks = DeliveryMarks(outbox, self._counters, on_delivered, ack_flush_delay_s)
         self._last_audit: tuple[str, str, float] | None = None
         self._status_topic = status_topic(config.topic_prefix, hub_id)
         self._will = Will(self._status_topic, offline_document(hub_id))
@@ -264,7 +258,7 @@ class Forwarder:
             link.abort()
             # Everything acknowledged is marked before the next connection's cursor restarts
             # at the oldest pending reading, so nothing acknowledged is ever sent again.
-            await self._flush()
+            await self._marks.flush()
             self._batcher = None
         if self._state is not ForwarderState.REFUSED:
             self._state = ForwarderState.BACKOFF
@@ -298,7 +292,7 @@ class Forwarder:
                 fut = link.publish(self._status_topic, offline_document(self._hub), retain=True)
                 await with_timeout(clock, OFFLINE_TIMEOUT_S, fut)
         with contextlib.suppress(Exception):
-            await with_timeout(clock, FLUSH_TIMEOUT_S, self._flush())
+            await with_timeout(clock, FLUSH_TIMEOUT_S, self._marks.flush())
         with contextlib.suppress(Exception):
             await with_timeout(clock, CLOSE_TIMEOUT_S, link.close())
         link.abort()
@@ -321,7 +315,7 @@ class Forwarder:
                     return
                 read = batcher.next_read() if fetch is None else None
                 if read is not None:
-                    self._flush_soon()  # the marks ride in the same handoff as the read
+                    self._marks.soon()  # the marks ride in the same handoff as the read
                     fetch = asyncio.ensure_future(
                         self._outbox.next_batch(read.limit, after_seq=read.after_seq)
                     )
@@ -389,41 +383,8 @@ class Forwarder:
 
     def _acknowledged(self, ids: list[str]) -> None:
         self._counters.messages_acked += 1
-        self._acked.extend(ids)
+        self._marks.acknowledged(ids)
         self._backoff.reset()
-        if self._flush_timer is None and not self._flushing():
-            self._flush_timer = asyncio.get_running_loop().call_later(
-                ACK_FLUSH_DELAY_S, self._flush_soon)
-
-    def _flushing(self) -> bool:
-        return self._flush_task is not None and not self._flush_task.done()
-
-    def _flush_soon(self) -> None:
-        """Start marking what was acknowledged, unless a flush already runs (it takes them)."""
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-            self._flush_timer = None
-        if self._acked and not self._flushing():
-            self._flush_task = asyncio.get_running_loop().create_task(self._flush())
-
-    async def _flush(self) -> None:
-        """Mark every acknowledged reading delivered; PUBACKs arriving meanwhile are batched
-        into the next outbox transaction."""
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-            self._flush_timer = None
-        async with self._flush_lock:
-            while self._acked:
-                ids, self._acked = self._acked, []
-                try:
-                    await self._outbox.mark_delivered(ids)
-                except EdgeError as exc:
-                    # They stay pending and are sent again: a duplicate, never a loss.
-                    log.error("uplink.mark_delivered_failed", n=len(ids), error=type(exc).__name__)
-                    continue
-                self._counters.readings_delivered += len(ids)
-                if self._on_delivered is not None:
-                    self._on_delivered(ids)
 
     async def _ack_watchdog(self, batcher: Batcher) -> None:
         while True:

@@ -124,6 +124,8 @@ def test_demo_shows_vitals_of_both_patients_serves_the_web_app_and_stops_everyth
             proc.wait(30)
     out.join(30)
     err.join(30)
+    proc.stdout.close()
+    proc.stderr.close()
     text = out.text()
     assert rc == 0, text + err.text()
     final = text[text.rindex("patient  "):]  # the last table the clinician saw

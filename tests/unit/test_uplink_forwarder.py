@@ -55,12 +55,14 @@ def make(
     *,
     consent: ConsentCheck | None = None,
     encoder: Encoder = ids_encoder,
+    ack_flush_delay_s: float = 0.1,
     **cfg: Any,
 ) -> tuple[Forwarder, RecordingClock]:
     clock = RecordingClock()
     fwd = Forwarder(
         make_cfg(**cfg), "hub-1", outbox, connector=connector, clock=clock,
         consent=consent or AllowAll(), rng=random.Random(7), encoder=encoder,
+        ack_flush_delay_s=ack_flush_delay_s,
     )
     return fwd, clock
 
@@ -509,16 +511,12 @@ class CallLog(FakeOutbox):
         return await super().mark_delivered(ids)
 
 
-async def test_acks_are_marked_together_with_the_next_read(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import edge.uplink.forwarder as forwarder
-
-    monkeypatch.setattr(forwarder, "ACK_FLUSH_DELAY_S", 3600.0)
+async def test_acks_are_marked_together_with_the_next_read() -> None:
     outbox = CallLog()
     outbox.add("p", 2)
     connector = FakeConnector()
-    fwd, _ = make(outbox, connector, inflight_window=5, batch_max_readings=1)
+    fwd, _ = make(outbox, connector, inflight_window=5, batch_max_readings=1,
+                  ack_flush_delay_s=3600.0)
     async with forwarding(fwd):
         await connected(connector)
         await settle()
@@ -553,16 +551,12 @@ async def test_acks_are_marked_without_a_next_read_too() -> None:
         assert fwd.stats().readings_delivered == 3
 
 
-async def test_acks_not_yet_marked_are_marked_before_the_next_connection_reads(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import edge.uplink.forwarder as forwarder
-
-    monkeypatch.setattr(forwarder, "ACK_FLUSH_DELAY_S", 3600.0)
+async def test_acks_not_yet_marked_are_marked_before_the_next_connection_reads() -> None:
     outbox = CallLog()
     ids = outbox.add("p", 2)
     connector = FakeConnector()
-    fwd, clock = make(outbox, connector, inflight_window=5, batch_max_readings=1)
+    fwd, clock = make(outbox, connector, inflight_window=5, batch_max_readings=1,
+                      ack_flush_delay_s=3600.0)
     async with forwarding(fwd):
         await connected(connector)
         await settle()
