@@ -6,12 +6,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from clinic.errors import Rejected
-from edge.fhir import to_json
 
 RFC3986 = "urn:ietf:rfc:3986"
 LOINC = "http://loinc.org"
@@ -53,7 +53,35 @@ def _parse_time(value: Any) -> dt.datetime:
     return t
 
 
-def _observation(res: dict[str, Any], patient: str) -> Obs:
+class _Writer:
+    """Compact UTF-8 JSON of one Bundle's resources, byte for byte what ``edge.fhir.to_json``
+    writes (Decimal values become JSON numbers with every digit kept: ``5.50`` stays
+    ``5.50``), with one encoder and one random marker per Bundle instead of per resource.
+
+    Decimals are first written as marked strings, then the quotes and markers are cut away;
+    the marker is a random UUID drawn after the Bundle was received, so no input string can
+    forge one."""
+
+    def __init__(self) -> None:
+        mark = uuid.uuid4().hex
+        self._open, self._close = f'"{mark}<', f'>{mark}"'
+
+        def default(o: object) -> str:
+            if isinstance(o, Decimal) and o.is_finite():
+                return f"{mark}<{o:f}>{mark}"
+            raise TypeError(f"{type(o).__name__} value cannot be written as FHIR JSON")
+
+        self._encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False,
+                                        default=default).encode
+
+    def __call__(self, obj: object) -> bytes:
+        text = self._encode(obj)
+        if self._open in text:
+            text = text.replace(self._open, "").replace(self._close, "")
+        return text.encode()
+
+
+def _observation(res: dict[str, Any], patient: str, to_json: _Writer) -> Obs:
     if res.get("status") not in ("final", "amended", "corrected", "preliminary"):
         raise _invalid("Observation status")
     idents = [i for i in res.get("identifier") or [] if isinstance(i, dict)
@@ -104,13 +132,14 @@ def check_bundle(payload: bytes, patient: str) -> list[Obs]:
     if not isinstance(entries, list) or not entries or len(entries) > MAX_ENTRIES:
         raise _invalid("entry list missing, empty or too long")
     out: list[Obs] = []
+    to_json = _Writer()
     for e in entries:
         res = e.get("resource") if isinstance(e, dict) else None
         if not isinstance(res, dict):
             raise _invalid("entry without a resource")
         kind = res.get("resourceType")
         if kind == "Observation":
-            out.append(_observation(res, patient))
+            out.append(_observation(res, patient, to_json))
         elif kind != "Device":
             raise _invalid("unexpected resource type")
     if not out:

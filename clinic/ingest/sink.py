@@ -73,12 +73,37 @@ class Lookups:
             raise StoreUnavailable("PostgreSQL unreachable during lookup") from exc
 
 
+#: the batch's rows go in by binary COPY (dumped in C, one round trip) into a temporary table
+#: of the session, emptied at every commit, then one INSERT … SELECT: the unique constraint
+#: still arbitrates duplicates and RETURNING names exactly the rows this batch added.
+_CREATE_STAGE = (
+    "CREATE TEMPORARY TABLE IF NOT EXISTS ingest_obs_stage (identifier text, patient text,"
+    " hub_id text, code text, effective_at timestamptz, received_at timestamptz, key_id text,"
+    " resource_enc bytea) ON COMMIT DELETE ROWS"
+)
+_COPY_STAGE = (
+    "COPY ingest_obs_stage (identifier, patient, hub_id, code, effective_at, received_at, key_id,"
+    " resource_enc) FROM STDIN (FORMAT BINARY)"
+)
+_STAGE_TYPES = ["text", "text", "text", "text", "timestamptz", "timestamptz", "text", "bytea"]
+# ORDER BY: rows are inserted in identifier order, so two workers inserting overlapping
+# identifiers wait for each other in one order and cannot deadlock.
 _INSERT_OBS = (
     "INSERT INTO observations (identifier, patient, hub_id, code, effective_at, received_at,"
-    " key_id, resource_enc) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[],"
-    " %s::text[], %s::timestamptz[], %s::timestamptz[], %s::text[], %s::bytea[])"
+    " key_id, resource_enc) SELECT * FROM ingest_obs_stage ORDER BY identifier"
     " ON CONFLICT (identifier) DO NOTHING RETURNING identifier"
 )
+
+
+def _insert_observations(conn: Conn, ordered: Sequence[tuple[Any, ...]]) -> list[str]:
+    """Insert ``ordered`` (inside the caller's transaction); the identifiers actually added."""
+    conn.execute(_CREATE_STAGE)  # once per session in effect; rows never outlive a commit
+    with conn.cursor() as cur:
+        with cur.copy(_COPY_STAGE) as copy:
+            copy.set_types(_STAGE_TYPES)
+            for row in ordered:
+                copy.write_row(row)
+        return [str(r[0]) for r in cur.execute(_INSERT_OBS)]
 
 
 def commit_batch(conn: Conn, ring: KeyRing, worker: str, batch: Sequence[Judged],
@@ -112,8 +137,7 @@ def commit_batch(conn: Conn, ring: KeyRing, worker: str, batch: Sequence[Judged]
         with conn.transaction():
             inserted: list[Obs] = []
             if ordered:
-                cols = [list(c) for c in zip(*ordered, strict=True)]
-                inserted = [obs[str(r[0])] for r in conn.execute(_INSERT_OBS, cols)]
+                inserted = [obs[i] for i in _insert_observations(conn, ordered)]
             result.stored = len(inserted)
             result.duplicates = attempted - result.stored
             # only rows this INSERT added count: a duplicate is never rolled up twice

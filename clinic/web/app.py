@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -19,7 +20,15 @@ from clinic.errors import ClinicError, StoreUnavailable, UsageError
 from clinic.keys import KeyRing
 from clinic.web import admin, events, fhir_api, pages, signin
 from clinic.web import security as sec
-from clinic.web.common import HERE, Pool, SignInNeeded, WebState, redirect, render
+from clinic.web.common import (
+    HERE,
+    UNSTORABLE_MESSAGE,
+    Pool,
+    SignInNeeded,
+    WebState,
+    redirect,
+    render,
+)
 
 log = logging.getLogger("clinic.web")
 
@@ -67,9 +76,23 @@ async def _sign_in_needed(request: Request, exc: Exception) -> Response:
     return redirect("/signin")
 
 
+def _bad_data(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or was raised (``raise ... from``) from, a psycopg ``DataError``:
+    input PostgreSQL cannot store (NUL in text, a value out of range), not an unavailable
+    database."""
+    e: BaseException | None = exc
+    for _ in range(8):
+        if e is None or isinstance(e, psycopg.DataError):
+            break
+        e = e.__cause__
+    return isinstance(e, psycopg.DataError)
+
+
 async def _clinic_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ClinicError)
-    if isinstance(exc, UsageError):
+    assert isinstance(exc, ClinicError | psycopg.DataError)
+    if _bad_data(exc):  # the database's own message is never shown
+        status, msg = 400, UNSTORABLE_MESSAGE
+    elif isinstance(exc, UsageError):
         status, msg = 400, str(exc)
     elif isinstance(exc, StoreUnavailable):
         status, msg = 503, "The database is unavailable; try again shortly."
@@ -106,7 +129,8 @@ def build_app(cfg: ClinicConfig, ring: KeyRing, **overrides: Any) -> Starlette:
     """The app over ``cfg.db.dsn``; ``overrides`` replace WebState fields (tests)."""
     web = WebState(cfg, ring, Pool(cfg.db.dsn), **overrides)
     app = Starlette(routes=routes(), exception_handlers={
-        HTTPException: _http_error, SignInNeeded: _sign_in_needed, ClinicError: _clinic_error})
+        HTTPException: _http_error, SignInNeeded: _sign_in_needed, ClinicError: _clinic_error,
+        psycopg.DataError: _clinic_error})
     app.state.web = web
     app.add_middleware(SecurityHeaders)
     return app

@@ -51,13 +51,22 @@ def _frame(title: str, t0: dt.datetime, t1: dt.datetime, lo: float, hi: float, t
 
 def hr_chart(buckets: Sequence[Bucket], t0: dt.datetime, t1: dt.datetime, tz: ZoneInfo,
              title: str) -> str:
-    """Heart rate: mean line with a min–max band per bucket."""
+    """Heart rate: mean line with a min–max band per bucket; a lone bucket (no line to draw
+    through it) is a dot on a min–max bar."""
     lo, hi = 30.0, 180.0
     if buckets:
         lo = min(lo, float(min(b.low for b in buckets)) - 5)
         hi = max(hi, float(max(b.high for b in buckets)) + 5)
     out = _frame(title, t0, t1, lo, hi, tz, [40, 60, 100, 130, 160], "bpm", "hr")
-    if buckets:
+    if len(buckets) == 1:
+        b = buckets[0]
+        x = _x(b.start, t0, t1)
+        out.append(f'<line class="hr-range" x1="{x:.1f}" x2="{x:.1f}" '
+                   f'y1="{_y(b.high, lo, hi):.1f}" y2="{_y(b.low, lo, hi):.1f}" '
+                   'stroke="#f4c7c3" stroke-width="4"/>')
+        out.append(f'<circle class="hr-mean" cx="{x:.1f}" cy="{_y(b.mean, lo, hi):.1f}" r="3" '
+                   'fill="#c0392b"/>')
+    elif buckets:
         upper = " ".join(f"{_x(b.start, t0, t1):.1f},{_y(b.high, lo, hi):.1f}" for b in buckets)
         lower = " ".join(f"{_x(b.start, t0, t1):.1f},{_y(b.low, lo, hi):.1f}"
                          for b in reversed(buckets))

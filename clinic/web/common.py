@@ -1,5 +1,6 @@
 """What every handler shares: the app's state (config, keys, a small connection pool,
-templates), the session gate, CSRF, rendering, and the one 404."""
+templates), input that PostgreSQL could not store refused at the door, the session gate,
+CSRF, rendering, and the one 404."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import contextlib
 import datetime as dt
 import functools
 import queue
-from collections.abc import Awaitable, Callable, Iterator
+import re
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from clinic.config import ClinicConfig
 from clinic.db.connect import Conn, connect
-from clinic.errors import ClinicError, StoreUnavailable
+from clinic.errors import ClinicError, StoreUnavailable, UsageError
 from clinic.keys import KeyRing
 from clinic.web import access, auth, clinical
 from clinic.web import security as sec
@@ -31,10 +33,34 @@ from clinic.web import security as sec
 HERE = Path(__file__).parent
 MAX_FORM_BYTES = 64 * 1024
 Form = dict[str, str]
+#: what PostgreSQL text cannot hold (NUL) or psycopg cannot encode (an unpaired surrogate)
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+UNSTORABLE_MESSAGE = "The request contains a character that cannot be stored."
+
+
+def unstorable(text: str) -> bool:
+    """Whether ``text`` holds something no PostgreSQL text column can (NUL, a surrogate)."""
+    return _UNSTORABLE.search(text) is not None
+
+
+class BadInput(UsageError):
+    """A path, query or form value no database column could hold: answered 400."""
+
+
+def check_storable(request: Request, form: Form, lenient: Collection[str] = ()) -> None:
+    """:class:`BadInput` if a path parameter, query parameter or form field (name or value)
+    holds NUL or an unpaired surrogate. The values of ``lenient`` parameters are the
+    handler's own business (it treats them as matching nothing)."""
+    items = [*request.path_params.items(), *request.query_params.multi_items(), *form.items()]
+    for name, value in items:
+        if unstorable(name) or (name not in lenient and unstorable(str(value))):
+            raise BadInput(UNSTORABLE_MESSAGE)
 
 
 class Pool:
-    """A few reusable autocommit connections; a broken one is dropped, not reused."""
+    """A few reusable autocommit connections; a broken one is dropped, not reused. Data
+    PostgreSQL cannot take (``DataError``) is :class:`BadInput`, any other refusal
+    :class:`StoreUnavailable`."""
 
     def __init__(self, dsn: str, size: int = 8) -> None:
         self._dsn = dsn
@@ -50,6 +76,8 @@ class Pool:
         try:
             yield c
             ok = True
+        except psycopg.DataError as exc:  # the input, not the database: never its message
+            raise BadInput(UNSTORABLE_MESSAGE) from exc
         except psycopg.Error as exc:
             raise StoreUnavailable("PostgreSQL refused the request") from exc
         finally:
@@ -107,12 +135,10 @@ def now() -> dt.datetime:
 
 
 Handler = Callable[[Request, Form], Response]
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def threaded(fn: Handler) -> Callable[[Request], Awaitable[Response]]:
-    """An async endpoint that reads a POSTed urlencoded form (bounded), then runs ``fn``
-    (blocking database work) in the thread pool."""
-
+def _endpoint(fn: Handler, lenient: frozenset[str]) -> Endpoint:
     @functools.wraps(fn)
     async def endpoint(request: Request) -> Response:
         form: Form = {}
@@ -126,9 +152,23 @@ def threaded(fn: Handler) -> Callable[[Request], Awaitable[Response]]:
                 form = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
             except UnicodeDecodeError as exc:
                 raise HTTPException(400) from exc
+        check_storable(request, form, lenient)
         return await run_in_threadpool(fn, request, form)
 
     return endpoint
+
+
+def threaded(fn: Handler) -> Endpoint:
+    """An async endpoint that reads a POSTed urlencoded form (bounded), refuses input
+    PostgreSQL could not store (:func:`check_storable`), then runs ``fn`` (blocking database
+    work) in the thread pool."""
+    return _endpoint(fn, frozenset())
+
+
+def threaded_lenient(*params: str) -> Callable[[Handler], Endpoint]:
+    """:func:`threaded`, except that the named parameters' values are not checked: the
+    handler itself treats a value no row can hold as matching nothing."""
+    return lambda fn: _endpoint(fn, frozenset(params))
 
 
 def session_of(request: Request, conn: Conn) -> auth.Session | None:

@@ -17,7 +17,7 @@ from clinic.db.registry import check_pseudonym
 from clinic.errors import ClinicError
 from clinic.web import access, auth, clinical
 from clinic.web import security as sec
-from clinic.web.common import SignInNeeded, state
+from clinic.web.common import SignInNeeded, check_storable, state
 
 Fingerprint = tuple[int, tuple[int, ...]]
 
@@ -48,6 +48,7 @@ def _look(request: Request, patient: str | None) -> Fingerprint:
 
 
 async def events(request: Request) -> Response:
+    check_storable(request, {})
     p = request.query_params.get("patient")
     if p is not None:
         try:

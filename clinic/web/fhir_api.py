@@ -16,7 +16,7 @@ from starlette.routing import Route
 from clinic.db.connect import Conn
 from clinic.errors import UsageError
 from clinic.web import access, auth, clinical
-from clinic.web.common import Form, SignInNeeded, state, threaded
+from clinic.web.common import Form, SignInNeeded, state, threaded_lenient, unstorable
 from clinic.web.fhir_docs import capability, openapi
 from edge.fhir import to_json
 
@@ -66,7 +66,7 @@ def _codes(values: list[str]) -> list[str]:
     for v in values:
         for tok in v.split(","):
             system, _, code = tok.rpartition("|")
-            if system not in ("", LOINC) or "\x00" in code:  # PostgreSQL text has no NUL
+            if system not in ("", LOINC) or unstorable(code):  # PostgreSQL text has no NUL
                 continue
             codes.append(code)
     return codes
@@ -81,7 +81,7 @@ def _int(request: Request, name: str, default: int, hi: int) -> int:
     return max(0, min(n, hi))
 
 
-@threaded
+@threaded_lenient("code")  # a NUL code matches nothing (_codes skips it)
 def search(request: Request, form: Form) -> Response:
     st = state(request)
     q = request.query_params
@@ -138,13 +138,13 @@ def search(request: Request, form: Form) -> Response:
     return _fhir(bundle)
 
 
-@threaded
+@threaded_lenient("id")  # a NUL id is one that does not exist: 404
 def read(request: Request, form: Form) -> Response:
     st = state(request)
     oid = str(request.path_params["id"])
     with st.pool.conn() as conn:
         username, role = _user(request, conn)
-        if "\x00" in oid:  # no stored id holds NUL (PostgreSQL text cannot): not found
+        if unstorable(oid):  # no stored id holds NUL (PostgreSQL text cannot): not found
             raise HTTPException(404)
         row = conn.execute("SELECT identifier, patient, key_id, resource_enc FROM observations "
                            "WHERE identifier = %s", (oid,)).fetchone()

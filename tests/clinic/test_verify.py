@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from decimal import Decimal
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -142,3 +143,16 @@ def test_status_documents() -> None:
     off = parse_status(t, b'{"hub":"hub-1","state":"offline"}', NOW)
     assert (off.online, off.at) == (False, NOW)
     assert reason(lambda: parse_status(t, b"[]", NOW)) == "invalid_status"
+
+
+def test_stored_resources_are_edges_own_json_with_every_digit() -> None:
+    readings = make_readings(10, ("patient-a",))
+    doc = json.loads(fhir.bundle_bytes(readings, hub_id="hub-a"), parse_float=Decimal)
+    doc["entry"][-1]["resource"]["valueQuantity"]["value"] = Decimal("5.50")
+    doc["entry"][-1]["resource"]["note"] = [{"text": "é \"quoted\" <x>"}]
+    payload = fhir.to_json(doc)
+    obs = check_bundle(payload, "patient-a")
+    expected = [fhir.to_json(e["resource"]) for e in doc["entry"]
+                if e["resource"]["resourceType"] == "Observation"]
+    assert [o.resource for o in obs] == expected
+    assert b'"value":5.50' in obs[-1].resource

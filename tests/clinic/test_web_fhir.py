@@ -143,3 +143,28 @@ def test_metadata_and_openapi(client: TestClient) -> None:
     CapabilityStatement.model_validate(json.loads(r.text))
     spec = client.get(f"{API}/openapi.json").json()
     assert spec["openapi"].startswith("3.") and f"{API}/Observation" in spec["paths"]
+
+
+def test_nul_in_a_search_is_a_400_outcome_and_views_nothing(
+        world: World, client: TestClient, token_for: Callable[..., str]) -> None:
+    t = token_for("doc1")
+
+    def views() -> int:
+        with world.conn() as conn:
+            row = conn.execute("SELECT count(*) FROM audit_log "
+                               "WHERE action LIKE 'view.%'").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    before = views()
+    for query in ("subject=Patient/pt-a%00", "patient=pt-a%00", "subject=Patient/pt-a&date=%00",
+                  "subject=Patient/pt-a&_count=5%00"):
+        status, doc = get(client, f"{API}/Observation?{query}", t)
+        assert status == 400, query
+        assert doc["resourceType"] == "OperationOutcome"
+        assert "cannot be stored" in doc["issue"][0]["diagnostics"]
+    assert views() == before
+    # kept: a NUL code matches nothing, a NUL id is an Observation that does not exist
+    status, doc = get(client, f"{API}/Observation?patient=pt-a&code=8867-4%00", t)
+    assert status == 200 and doc["total"] == 0
+    assert get(client, f"{API}/Observation/abc%00", t)[0] == 404

@@ -8,12 +8,15 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
 from clinic import audit
+from clinic.web import common
 from clinic.web import security as sec
 from clinic.web.app import build_app
+from clinic.web.common import BadInput, Pool
 from tests.clinic.web_support import PASSWORD, World, seed, web_cfg
 
 CSRF_RE = re.compile(r'name="csrf" value="([^"]+)"')
@@ -261,3 +264,66 @@ def test_admin_assigns_and_auditor_reads_the_log(world: World,
     log = aud.get("/audit").text
     assert "Chain intact" in log and "patient.assign" in log and "web:adm" in log
     assert "view.patient" in log
+
+
+def _audit_count(world: World) -> int:
+    with world.conn() as conn:
+        row = conn.execute("SELECT count(*) FROM audit_log").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _bad_request_page(r: httpx.Response) -> None:
+    assert r.status_code == 400, (r.request.url, r.status_code)
+    assert r.headers["content-type"].startswith("text/html")
+    assert "cannot be stored" in r.text
+    assert "0x00" not in r.text and "PostgreSQL" not in r.text  # never the database's words
+
+
+def test_nul_in_a_path_query_or_form_is_a_400_not_an_outage(
+        world: World, make_client: Callable[[], TestClient]) -> None:
+    anon = make_client()
+    page = anon.get("/signin")
+    m = CSRF_RE.search(page.text)
+    assert m
+    before = _audit_count(world)
+    _bad_request_page(anon.post("/signin", data={
+        "csrf": m.group(1), "username": "doc1\x00", "password": PASSWORD,
+        "otp": world.users["doc1"].otp()}))
+    assert sec.SESSION_COOKIE not in anon.cookies
+    assert _audit_count(world) == before  # no sign-in attempt was recorded either
+    c = make_client()
+    assert sign_in(c, world, "doc1")[0] == 303
+    before = _audit_count(world)
+    for path in ("/patients/pt-a%00", "/patients?x=%00", "/alerts?sort=a%00b",
+                 "/events?patient=pt-a%00"):
+        _bad_request_page(c.get(path))
+    _bad_request_page(c.post("/me", data={"csrf": csrf_of(c), "unit": "mg/dL\x00"}))
+    _bad_request_page(c.post(f"/patients/pt-b/alerts/{world.alert_id}/ack",
+                             data={"csrf": csrf_of(c), "note": "called\x00"}))
+    assert _audit_count(world) == before  # nothing viewed, nothing changed
+    assert c.get("/patients/pt-a").status_code == 200  # and the pool is still healthy
+
+
+def test_a_database_data_error_is_a_400_without_its_message(
+        world: World, make_client: Callable[[], TestClient],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # the boundary check out of the way: what reaches PostgreSQL is answered 400, not 503
+    monkeypatch.setattr(common, "check_storable", lambda *a, **k: None)
+    c = make_client()
+    page = c.get("/signin")
+    m = CSRF_RE.search(page.text)
+    assert m
+    _bad_request_page(c.post("/signin", data={
+        "csrf": m.group(1), "username": "doc1\x00", "password": PASSWORD,
+        "otp": world.users["doc1"].otp()}))
+    adm = make_client()
+    assert sign_in(adm, world, "adm")[0] == 303
+    _bad_request_page(adm.post("/admin/user-disable",
+                               data={"csrf": csrf_of(adm, "/admin"), "username": "doc1\x00"}))
+    pool = Pool(world.dsn)
+    try:
+        with pytest.raises(BadInput), pool.conn() as conn:
+            conn.execute("SELECT %s::text", ("a\x00b",))
+    finally:
+        pool.close()

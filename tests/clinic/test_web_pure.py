@@ -9,8 +9,9 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
+from starlette.requests import Request
 
-from clinic.web import access, charts, stats
+from clinic.web import access, charts, common, stats
 from clinic.web import security as sec
 from clinic.web.access import Area, Decision
 
@@ -118,3 +119,46 @@ def test_charts_are_well_formed_svg_with_escaped_text() -> None:
     assert ">3.9<" in g and ">10.0<" in g  # the 70 and 180 mg/dL ticks in mmol/L
     empty = charts.glucose_chart([], T0, T0 + dt.timedelta(days=1), tz, "G", "mg/dL")
     assert "no data" in empty
+
+
+def test_a_lone_heart_rate_bucket_is_drawn_as_a_dot() -> None:
+    tz = ZoneInfo("UTC")
+    t1 = T0 + dt.timedelta(days=1)
+    one = stats.buckets(_pts("72"), dt.timedelta(hours=1))
+    assert len(one) == 1
+    svg = charts.hr_chart(one, T0, t1, tz, "HR")
+    root = ET.fromstring(svg)
+    dots = [e for e in root.iter() if e.tag.endswith("circle")]
+    assert len(dots) == 1
+    dot = dots[0]
+    assert float(dot.get("r", "0")) > 0 and dot.get("fill") not in (None, "none")
+    assert float(dot.get("cx", "nan")) == pytest.approx(charts._x(one[0].start, T0, t1), abs=0.1)
+    assert float(dot.get("cy", "nan")) == pytest.approx(charts._y(72, 30, 180), abs=0.1)
+    assert "style" not in svg and "no data" not in svg
+    # two buckets make a line again, with no dots
+    two = charts.hr_chart(stats.buckets(_pts("72", "80"), dt.timedelta(hours=1)), T0, t1, tz,
+                          "HR")
+    troot = ET.fromstring(two)
+    assert not [e for e in troot.iter() if e.tag.endswith("circle")]
+    line = next(e for e in troot.iter() if e.tag.endswith("polyline"))
+    assert len(line.get("points", "").split()) == 2
+    # glucose readings are dots already: a lone reading shows
+    g = ET.fromstring(charts.glucose_chart(_pts("100"), T0, t1, tz, "G", "mg/dL"))
+    assert len([e for e in g.iter() if e.tag.endswith("circle")]) == 1
+
+
+def test_input_postgresql_cannot_store_is_refused() -> None:
+    def request(query: bytes, **path: str) -> Request:
+        return Request({"type": "http", "method": "GET", "path": "/", "headers": [],
+                        "query_string": query, "path_params": path})
+
+    common.check_storable(request(b"q=ok%C3%A9", p="pt-a"), {"note": "fine, é"})
+    for req, form in ((request(b"", p="pt\x00a"), {}), (request(b"q=a%00"), {}),
+                      (request(b"a%00=q"), {}), (request(b""), {"note": "x\x00"}),
+                      (request(b""), {"note": "\ud800"}), (request(b"", p="\udfff"), {})):
+        with pytest.raises(common.BadInput):
+            common.check_storable(req, form)
+    # a lenient parameter's value is the handler's business, not its name
+    common.check_storable(request(b"code=a%00"), {}, lenient={"code"})
+    with pytest.raises(common.BadInput):
+        common.check_storable(request(b"code%00=a"), {}, lenient={"code"})

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -65,9 +65,6 @@ def broker(tmp_path: Path, tpki: TestPki) -> Iterator[Broker]:
         b.stop()
 
 
-async def wait_until(pred: Callable[[], bool], limit_s: float = 20.0) -> None:
-    await eventually(pred, within_s=limit_s)
-
 
 def make_forwarder(
     cfg: UplinkConfig, outbox: FakeOutbox, tpki: TestPki
@@ -96,13 +93,13 @@ async def test_happy_path_every_reading_arrives_in_a_valid_bundle(
     fwd, rec = make_forwarder(cfg, outbox, tpki)
     with subscriber(broker, tpki, topic="edge/v1/#") as sub:
         async with forwarding(fwd):
-            await wait_until(lambda: not outbox.rows)
+            await eventually(lambda: not outbox.rows, within_s=20.0)
             await asyncio.to_thread(sub.wait_for, lambda m: len(ids_in(m)) >= len(expected))
             # A reading appended now goes out at once.
             late = make_readings(1, PATIENTS, start=1000)
             outbox.add_readings(late)
             fwd.wake()
-            await wait_until(lambda: not outbox.rows)
+            await eventually(lambda: not outbox.rows, within_s=20.0)
             assert fwd.state is ForwarderState.CONNECTED
 
         def offline_last(m: list[Received]) -> bool:
@@ -153,18 +150,18 @@ async def test_broker_restart_loses_nothing_and_only_resends_unacknowledged(
     with broker, subscriber(broker, tpki, topic="edge/v1/+/obs/#", persistent_session=True) as sub:
         async with forwarding(fwd):
             # Stop the broker in the middle of the drain.
-            await wait_until(lambda: len(outbox.delivered) >= 50)
+            await eventually(lambda: len(outbox.delivered) >= 50, within_s=20.0)
             rec.gate = asyncio.Event()
             sub.reset_subscribed()
             broker.stop()
-            await wait_until(lambda: fwd.state is not ForwarderState.CONNECTED)
+            await eventually(lambda: fwd.state is not ForwarderState.CONNECTED, within_s=20.0)
             assert outbox.rows  # the rest is still pending
             second = outbox.add_readings(make_readings(100, PATIENTS, start=400))
             fwd.wake()
             broker.start()
             await asyncio.to_thread(sub.wait_subscribed, 15.0)
             rec.gate.set()  # the forwarder may reconnect once the subscriber is back
-            await wait_until(lambda: not outbox.rows, limit_s=30)
+            await eventually(lambda: not outbox.rows, within_s=30)
             await asyncio.to_thread(
                 sub.wait_for, lambda m: set(ids_in(m)) >= set(first) | set(second), 15.0
             )
@@ -255,14 +252,14 @@ async def _drain_through_proxy(
     try:
         with subscriber(broker, tpki, topic="edge/v1/+/obs/#") as sub:
             async with forwarding(fwd):
-                await wait_until(lambda: len(outbox.delivered) >= 100)
+                await eventually(lambda: len(outbox.delivered) >= 100, within_s=20.0)
                 if fault == "reset":
                     # Reset while messages are in flight. A PUBACK already inside the client
                     # can still land first, so repeat (bounded) until a reset has caught an
                     # unanswered message: that is what the test is about.
                     for _ in range(10):
                         proxy.blackhole(True)
-                        await wait_until(lambda: fwd.stats().in_flight > 0)
+                        await eventually(lambda: fwd.stats().in_flight > 0, within_s=20.0)
                         sessions = fwd.stats().sessions
                         proxy.cut()
                         proxy.blackhole(False)
@@ -270,17 +267,17 @@ async def _drain_through_proxy(
                         def reconnected(before: int = sessions) -> bool:
                             return fwd.stats().sessions > before
 
-                        await wait_until(reconnected)
+                        await eventually(reconnected, within_s=20.0)
                         if any(p.acked is False for p in rec.log):
                             break
                 else:
                     proxy.blackhole(True)
                     # PUBACKs stop; the forwarder notices by its ack timeout.
-                    await wait_until(lambda: fwd.stats().ack_timeouts >= 1)
+                    await eventually(lambda: fwd.stats().ack_timeouts >= 1, within_s=20.0)
                     proxy.blackhole(False)
                 held = set(outbox.pending_ids())
                 assert held and not held & set(outbox.delivered)
-                await wait_until(lambda: not outbox.rows, limit_s=30)
+                await eventually(lambda: not outbox.rows, within_s=30)
                 await asyncio.to_thread(sub.wait_for, lambda m: set(ids_in(m)) >= set(ids), 15.0)
             got = Counter(ids_in(sub.snapshot()))
     finally:
@@ -313,7 +310,7 @@ async def test_mqtt_311_is_selectable(broker: Broker, tpki: TestPki) -> None:
     fwd, rec = make_forwarder(cfg, outbox, tpki)
     with subscriber(broker, tpki, topic="edge/v1/+/obs/#") as sub:
         async with forwarding(fwd):
-            await wait_until(lambda: not outbox.rows)
+            await eventually(lambda: not outbox.rows, within_s=20.0)
             assert rec.links[0].info.mqtt_version == "3.1.1"
             await asyncio.to_thread(sub.wait_for, lambda m: set(ids_in(m)) >= expected)
         msgs = sub.snapshot()
@@ -337,7 +334,7 @@ async def test_last_will_says_offline_when_the_link_dies(broker: Broker, tpki: T
             )
             # The broker sends the will as soon as the socket closes, which can be before the
             # forwarder's loop has read the EOF: wait (bounded) for it to notice.
-            await wait_until(lambda: fwd.state is ForwarderState.BACKOFF, limit_s=10)
+            await eventually(lambda: fwd.state is ForwarderState.BACKOFF, within_s=10)
         docs = [json.loads(m.payload) for m in sub.snapshot()]
     offline = docs[1]
     assert offline == {"hub": "hub-1", "state": "offline"}

@@ -75,9 +75,6 @@ def hostile_peer(kind: str, tmp_path: Path, tpki: TestPki) -> Iterator[Peer]:
         broker.stop()
 
 
-async def wait_until(pred: Callable[[], bool], limit_s: float = 15.0) -> None:
-    await eventually(pred, within_s=limit_s)
-
 
 CASES = [
     ("same_ca_other_key", "pin_mismatch", "uplink.pin_mismatch"),
@@ -102,7 +99,7 @@ async def test_hostile_broker_gets_nothing(
         fwd = real_forwarder(cfg, tpki.hub_id, outbox, connector=rec)
         with capture_logs() as logs:
             async with forwarding(fwd):
-                await wait_until(lambda: len(rec.errors) >= 2)
+                await eventually(lambda: len(rec.errors) >= 2, within_s=15.0)
                 assert fwd.stats().state_label == f"refused:{reason}", rec.errors
         result = await probe(cfg, tpki.hub_id, step_timeout=5)
         log_text = peer.log()
@@ -352,7 +349,7 @@ async def test_probe_refuses_while_the_gateway_runs_and_force_takes_over(
     try:
         with subscriber(broker, tpki, topic="edge/v1/hub-1/#") as sub:
             async with forwarding(fwd):
-                await wait_until(lambda: fwd.state is ForwarderState.CONNECTED)
+                await eventually(lambda: fwd.state is ForwarderState.CONNECTED, within_s=15.0)
                 assert await asyncio.to_thread(sub.wait_for, lambda m: states(m) == ["online"])
 
                 refused = await probe_cli()
@@ -380,7 +377,7 @@ async def test_probe_refuses_while_the_gateway_runs_and_force_takes_over(
                 assert await asyncio.to_thread(
                     sub.wait_for, lambda m: states(m) == ["online", "offline", "probe"]
                 ), states(sub.snapshot())
-                await wait_until(lambda: fwd.state is ForwarderState.BACKOFF)
+                await eventually(lambda: fwd.state is ForwarderState.BACKOFF, within_s=15.0)
     finally:
         await control.close()
     log = broker.log_text()

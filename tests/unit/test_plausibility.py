@@ -128,7 +128,7 @@ def test_refusal_reasons_list_every_reason_once() -> None:
     assert set(reasons) == {
         "malformed", "heart_rate_out_of_range", "glucose_out_of_range", "control_solution",
         "no_consent", "vault_full_count", "vault_full_bytes", "disk_full", "unknown_device",
-        "implausible_time", "rate_limited",
+        "implausible_time", "rate_limited", "unknown_time",
     }
 
 
