@@ -8,7 +8,8 @@ import os
 import pwd
 import sys
 
-from edge.config import GatewayConfig, load_checked, resolve_config_path
+from edge.config import GatewayConfig, resolve_config_path
+from edge.config_env import load_checked
 
 
 def config_from_args(args: argparse.Namespace) -> GatewayConfig:

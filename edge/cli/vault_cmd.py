@@ -14,7 +14,8 @@ from typing import TypeVar
 import sqlcipher3
 
 from edge.cli.common import admin_actor, print_json
-from edge.config import GatewayConfig, check_environment, load_config, resolve_config_path
+from edge.config import GatewayConfig, load_config, resolve_config_path
+from edge.config_env import check_environment
 from edge.errors import ConfigError, KeyUnavailable, UsageError
 from edge.log import configure_logging
 from edge.vault import Vault, cipher, maintenance, retired

@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from edge import fhir
-from edge.config import E2eConfig, GatewayConfig, UplinkConfig, read_recipient_key
+from edge.config import E2eConfig, GatewayConfig, UplinkConfig
+from edge.config_env import read_recipient_key
 from edge.errors import KeyUnavailable
 from edge.uplink.envelope import CONTENT_TYPE, seal, thumbprint
 from edge.uplink.forwarder import FHIR_CONTENT_TYPE, fhir_encoder

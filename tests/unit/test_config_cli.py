@@ -10,7 +10,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from edge.cli import main
-from edge.config import DEFAULT_CONFIG_PATH, load_checked, resolve_config_path
+from edge.config import DEFAULT_CONFIG_PATH, resolve_config_path
+from edge.config_env import load_checked
 from edge.errors import ConfigError
 
 PIN = "sha256/" + "A" * 43 + "="

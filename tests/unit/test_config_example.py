@@ -10,7 +10,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from edge.config import GatewayConfig, check_environment, parse_config
+from edge.config import GatewayConfig, parse_config
+from edge.config_env import check_environment
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "gateway.example.toml"
 

@@ -18,8 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from edge.cli import main
-from edge.config import check_environment, load_config
+from edge.config import load_config
 from edge.config_checks import valid_host
+from edge.config_env import check_environment
 
 PIN = "sha256/" + "A" * 43 + "="
 OTHER_UID = 54321  # no such user on a test machine
