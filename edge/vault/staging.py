@@ -32,7 +32,7 @@ from edge.readings import reading_from_json
 from edge.vault.cipher import Connection
 from edge.vault.engine import DiskFull, Engine
 from edge.vault.models import AnyReading, AppendResult, PendingReading, identity_time_us
-from edge.vault.sidelog import Entry, SideLog, log_path
+from edge.vault.sidelog import Entry, SideLog
 
 log = get_logger("edge.vault")
 
@@ -305,7 +305,7 @@ class Staging:
         got: T | None = None
         try:
             with db.write() as c:
-                top = _top(c)
+                top = top_seq(c)
                 moved = self._insert(db, c, explicit=not self.rows or self.rows[0].seq > top)
                 if self.marks:
                     acked = [s for (s,) in c.execute(
@@ -321,8 +321,8 @@ class Staging:
                               (seen, address))
                 if extra is not None:
                     got = extra(c)
-                top = _top(c)
-                max_ident, pending_top = _watermarks(c)
+                top = top_seq(c)
+                max_ident, pending_top = watermarks(c)
         except DiskFull:
             self.blocked = True
             raise
@@ -351,8 +351,8 @@ class Staging:
         """Readings were written to the database past staging (held readings released):
         number from above them, and refresh the watermarks."""
         with db.errors():
-            top = _top(db.conn)
-            self.db_max_ident, self.db_pending_top = _watermarks(db.conn)
+            top = top_seq(db.conn)
+            self.db_max_ident, self.db_pending_top = watermarks(db.conn)
         self.next_seq = max(self.next_seq, top + 1)
 
     def _insert(self, db: Engine, c: Connection, *, explicit: bool) -> list[tuple[int, str]]:
@@ -400,7 +400,7 @@ def _row(s: Staged, seq: int | None) -> tuple[object, ...]:
             int(s.held))
 
 
-def _top(c: Connection) -> int:
+def top_seq(c: Connection) -> int:
     row = c.execute("SELECT seq FROM sqlite_sequence WHERE name = 'readings'").fetchone()
     return int(row[0]) if row else 0
 
@@ -410,7 +410,7 @@ _MAX_IDENT = 2**63 - 1
 _MAX_SEQ = 2**63 - 1
 
 
-def _watermarks(c: Connection) -> tuple[int, int]:
+def watermarks(c: Connection) -> tuple[int, int]:
     """(the highest identity time, the highest undelivered seq) in the database; both are
     index lookups (``readings_identity``, ``readings_pending``); 0 when there is none."""
     ident = c.execute("SELECT max(ident) FROM readings").fetchone()[0]
@@ -422,58 +422,3 @@ def _in_database(db: Engine, readings: Sequence[AnyReading]) -> set[str]:
     keys = json.dumps([[identity_time_us(r), r.id] for r in readings])
     with db.errors():
         return {rid for (rid,) in db.conn.execute(_EXISTING, (keys,))}
-
-
-# -- attaching and detaching ------------------------------------------------------------------
-
-
-def attach(db: Engine, vault_key: bytes) -> bool:
-    """Take the side log if no other process has it: replay it into the database (a torn
-    tail dropped), empty it, and stage from now on. False: another process owns it (this one
-    writes through, each append its own durable transaction)."""
-    if db.staging is not None:
-        return True
-    if db.config.flush_interval_s <= 0:
-        return False
-    sidelog = SideLog.acquire(log_path(db.config.path), vault_key)
-    if sidelog is None:
-        return False
-    try:
-        entries = sidelog.replay()
-        with db.errors():
-            top = _top(db.conn)
-        staging = Staging(sidelog, top + 1, db.clock.monotonic())
-        n = staging.load(db, entries)
-        db.staging = staging
-        if n:
-            staging.merge(db)
-            log.info("vault.sidelog_replayed", readings=n)
-        else:
-            sidelog.reset()
-            db.reload_counters()  # another process may have written meanwhile
-            with db.errors():
-                staging.db_max_ident, staging.db_pending_top = _watermarks(db.conn)
-    except BaseException:
-        db.staging = None
-        sidelog.close()
-        raise
-    return True
-
-
-def detach(db: Engine) -> None:
-    """Stop staging: merge what is held (if that fails, it stays safe in the synced log for
-    the next open) and release the log."""
-    staging = db.staging
-    if staging is None:
-        return
-    try:
-        staging.merge(db)
-    except VaultError as exc:
-        log.warning("vault.unmerged_at_close", error=type(exc).__name__, held=staging.held())
-        try:
-            staging.log.sync()
-        except VaultError:
-            log.error("vault.sidelog_unsynced_at_close")
-    finally:
-        db.staging = None
-        staging.log.close()

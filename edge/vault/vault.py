@@ -48,7 +48,7 @@ from edge.errors import KeyUnavailable, VaultError
 from edge.log import get_logger
 from edge.readings import GlucoseReading
 from edge.vault import audit as audit_log
-from edge.vault import maintenance, outbox, registry, staging
+from edge.vault import maintenance, outbox, registry, replay
 from edge.vault.cipher import Driver
 from edge.vault.engine import Engine
 from edge.vault.models import AnyReading, AppendResult, CursorRow, cursor_row
@@ -209,7 +209,7 @@ class Vault:
                     cls._driver, config.key_provider,
                 ),
             )
-            await writer.call(functools.partial(staging.attach, engine, key))
+            await writer.call(functools.partial(replay.attach, engine, key))
         except BaseException:
             writer.stop()
             raise
@@ -259,7 +259,7 @@ class Vault:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
         try:
-            await self._run(staging.detach)
+            await self._run(replay.detach)
             await self._run(Engine.close)
         finally:
             self._closed = True
@@ -388,7 +388,7 @@ class Vault:
 
 def _tick(db: Engine, key: bytes) -> None:
     if db.staging is None:
-        staging.attach(db, key)  # the owner may have gone (a CLI that held it)
+        replay.attach(db, key)  # the owner may have gone (a CLI that held it)
     if db.staging is not None:
         db.staging.tick(db)
 
