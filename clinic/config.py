@@ -21,12 +21,11 @@ from pydantic import (
 )
 
 from clinic.errors import ConfigError, UsageError
+from edge.config import ID_RE, PIN_RE
 
 DEFAULT_CONFIG_PATH = Path("/etc/clinic/clinic.toml")
 EXAMPLE = "config/clinic.example.toml"
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_PIN_RE = re.compile(r"^sha256/[A-Za-z0-9+/]{43}=$")
 _INSECURE_DSN_RE = re.compile(r"sslmode\s*=\s*(disable|allow|prefer)", re.IGNORECASE)
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", ""})
 _KV_HOST_RE = re.compile(r"(?:^|\s)host\s*=\s*(\S+)")
@@ -62,7 +61,7 @@ class ClinicSection(_Section):
     @field_validator("id")
     @classmethod
     def _id(cls, v: str) -> str:
-        if not _ID_RE.match(v):
+        if not ID_RE.match(v):
             raise ValueError("must be 1-64 letters, digits, '.', '_' or '-'")
         return v
 
@@ -137,7 +136,7 @@ class BrokerSection(_Section):
     def _pins(cls, v: list[str]) -> list[str]:
         if not v:
             raise ValueError("an empty pin list would trust any certificate of the CA")
-        if not all(_PIN_RE.match(p) for p in v):
+        if not all(PIN_RE.match(p) for p in v):
             raise ValueError("each pin must look like sha256/<44 base64 characters>")
         return v
 

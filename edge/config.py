@@ -29,8 +29,10 @@ from edge.errors import ConfigError
 DEFAULT_CONFIG_PATH = Path("/etc/edge/gateway.toml")
 EXAMPLE = "config/gateway.example.toml"
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_PIN_RE = re.compile(r"^sha256/[A-Za-z0-9+/]{43}=$")
+#: an identity that is also an MQTT topic level and a certificate CN (hubs, clinics, users)
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: an SPKI pin as `edge pki pin` prints it
+PIN_RE = re.compile(r"^sha256/[A-Za-z0-9+/]{43}=$")
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 
@@ -46,7 +48,7 @@ class HubConfig(_Section):
     @field_validator("id")
     @classmethod
     def _id_is_topic_safe(cls, v: str) -> str:
-        if not _ID_RE.match(v):
+        if not ID_RE.match(v):
             raise ValueError("must be 1-64 characters of letters, digits, '.', '_' or '-'")
         return v
 
@@ -199,7 +201,7 @@ class UplinkConfig(_Section):
                 "add the broker's pin (edge pki pin CERT)"
             )
         for pin in v:
-            if not _PIN_RE.match(pin):
+            if not PIN_RE.match(pin):
                 raise ValueError("each pin must look like sha256/<44 base64 characters>")
         return v
 

@@ -15,15 +15,15 @@ from clinic import audit
 from clinic.db.connect import Conn
 from clinic.errors import StoreUnavailable, UsageError
 from clinic.keys import KeyRing, encrypt
+from edge.config import ID_RE
 from edge.readings import PSEUDONYM_PATTERN
 
 _PSEUDONYM_RE = re.compile(PSEUDONYM_PATTERN)
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ROLES = ("admin", "clinician", "auditor")
 
 
 def check_hub_id(hub_id: str) -> str:
-    if not _ID_RE.match(hub_id):
+    if not ID_RE.match(hub_id):
         raise UsageError("a hub id is 1-64 letters, digits, '.', '_' or '-'")
     return hub_id
 
@@ -125,7 +125,7 @@ def add_user(conn: Conn, ring: KeyRing, username: str, role: str, password_hash:
     """A user with an argon2id hash and a sealed TOTP secret."""
     if role not in ROLES:
         raise UsageError(f"role must be one of {', '.join(ROLES)}")
-    if not _ID_RE.match(username):
+    if not ID_RE.match(username):
         raise UsageError("a username is 1-64 letters, digits, '.', '_' or '-'")
     key_id, blob = encrypt(ring, totp_secret.encode(), b"totp|" + username.encode())
     with _tx(conn):
