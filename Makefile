@@ -7,10 +7,11 @@ STAMP := $(VENV)/.installed
 # Debian packages the project needs at run and test time (binary -> package).
 APT_NEEDS := /usr/sbin/mosquitto:mosquitto /usr/bin/dbus-daemon:dbus-daemon /usr/bin/openssl:openssl \
   /usr/lib/postgresql/15/bin/initdb:postgresql /usr/bin/bluetoothctl:bluez \
-  /usr/bin/chromium:chromium /usr/bin/strace:strace
+  /usr/bin/chromium:chromium /usr/bin/strace:strace /usr/bin/faketime:faketime
 # No bluetoothd needs to run: the tests point bluetoothctl and bleak at the simulator's private
 # D-Bus (DBUS_SYSTEM_BUS_ADDRESS); PostgreSQL runs as throwaway clusters the tests start; the
-# browser tests drive Debian's Chromium through Playwright (never a downloaded browser).
+# browser tests drive Debian's Chromium through Playwright (never a downloaded browser); the
+# clock test gives `edge run` a wrong wall clock through libfaketime (never the machine's clock).
 
 FUZZ_SECONDS ?= 300
 SOAK_MINUTES ?= 30

@@ -50,7 +50,8 @@ from edge.log import configure_logging
 from edge.readings import GlucoseReading, HeartRateReading
 from edge.testing.uplink import AllowAll
 from edge.uplink.envelope import CONTENT_TYPE
-from edge.uplink.forwarder import FHIR_CONTENT_TYPE, Forwarder
+from edge.uplink.fhir_encoding import FHIR_CONTENT_TYPE
+from edge.uplink.forwarder import Forwarder
 from edge.uplink.mqtt import TlsMqttConnector
 from edge.uplink.ports import LinkInfo, MqttLink, Will
 from edge.uplink.sealing import SealingEncoder, load_signer

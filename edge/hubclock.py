@@ -10,6 +10,7 @@ boot id; once the clock is trusted its time is corrected from the monotonic cloc
 
 Everything here is pure logic behind two thin seams: a :class:`SyncProbe` (is the system
 clock synchronised?) and the injected :class:`~edge.clock.Clock` (wall and monotonic time).
+Which probe runs is ``[clock] source`` (:func:`sync_probe`).
 
 States (``edge status``):
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Protocol
 
 from edge.clock import Clock
+from edge.errors import ConfigError
 
 #: systemd-timesyncd creates this file once it has synchronised the clock (systemd >= 239)
 TIMESYNCD_SYNCHRONIZED = Path("/run/systemd/timesync/synchronized")
@@ -39,13 +42,11 @@ BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 #: a move of the wall clock against the monotonic clock larger than this is a step
 DEFAULT_STEP_THRESHOLD_S = 2.0
 
-#: adjtimex(2): the return value meaning "clock not synchronised"
-_TIME_ERROR = 5
-#: adjtimex(2) ``status`` bit: clock unsynchronised
-_STA_UNSYNC = 0x0040
+#: adjtimex(2) ``maxerror`` (microseconds) at or above which the clock is not synchronised: the
+#: kernel grows it by 500 ppm while nothing disciplines the clock and caps it at 16 s
+_MAXERROR_UNSYNC_US = 16_000_000
 #: ``struct timex`` is ~208 bytes on 64-bit Linux; a larger zeroed buffer is safe (modes = 0
-#: reads only). ``modes`` is the first int, ``status`` follows offset, freq, maxerror and
-#: esterror (4 longs after a padded int).
+#: reads only). ``modes`` is the first int; offset, freq, maxerror and esterror (longs) follow.
 _TIMEX_SIZE = 512
 
 
@@ -58,6 +59,11 @@ class ClockState(StrEnum):
 class SyncProbe(Protocol):
     """Whether the system clock is synchronised to a time source right now."""
 
+    @property
+    def source(self) -> str:
+        """What the probe asks (``[clock] source``), for ``edge status``."""
+        ...
+
     def synchronised(self) -> bool: ...
 
 
@@ -65,12 +71,16 @@ class AssumeSynchronised:
     """A probe that always trusts the clock: a virtual test clock, or a hub whose clock is
     kept by something this module cannot see."""
 
+    source = "assume-synchronised"
+
     def synchronised(self) -> bool:
         return True
 
 
 class FakeSyncProbe:
     """A settable probe for tests."""
+
+    source = "fake"
 
     def __init__(self, synchronised: bool = False) -> None:
         self.value = synchronised
@@ -83,37 +93,78 @@ class FakeSyncProbe:
 
 class SystemSyncProbe:
     """systemd-timesyncd's flag file first (authoritative where timesyncd runs, as on
-    Raspberry Pi OS); otherwise the kernel's NTP status through ``adjtimex`` with ``modes = 0``
-    (read-only, unprivileged), which chrony and ntpd keep. Anything that cannot be read counts
-    as not synchronised: holding a reading is safe, a wrong time is not."""
+    Raspberry Pi OS); otherwise the kernel's maximum-error estimate through ``adjtimex`` with
+    ``modes = 0`` (read-only, unprivileged), which chrony and ntpd keep. Anything that cannot
+    be read counts as not synchronised: holding a reading is safe, a wrong time is not."""
+
+    source = "system"
 
     def __init__(self, flag: Path = TIMESYNCD_SYNCHRONIZED) -> None:
         self._flag = flag
 
     def synchronised(self) -> bool:
-        try:
-            if self._flag.exists():
-                return True
-        except OSError:
-            pass
-        return kernel_synchronised()
+        return flag_present(self._flag) or kernel_synchronised()
+
+
+class FlagFileSyncProbe:
+    """Synchronised exactly while ``flag`` exists: for a time daemon other than timesyncd
+    (e.g. a hook that touches the file once ``chronyc waitsync`` returns; chrony without
+    ``rtcsync`` leaves the kernel's flag unsynchronised), and for tests that drive the clock.
+    The kernel is not asked: the installer chose this file as the one authority."""
+
+    source = "flag-file"
+
+    def __init__(self, flag: Path) -> None:
+        self.flag = flag
+
+    def synchronised(self) -> bool:
+        return flag_present(self.flag)
+
+
+def flag_present(flag: Path) -> bool:
+    """Whether ``flag`` exists; a path that cannot be looked at counts as absent."""
+    try:
+        return flag.exists()
+    except OSError:
+        return False
+
+
+def sync_probe(source: str, flag_file: Path | None = None) -> SyncProbe:
+    """The probe for ``[clock] source``. The config has already checked that ``flag_file``
+    comes exactly with ``flag-file``; a caller that skipped that check gets a ConfigError."""
+    if source == "system":
+        return SystemSyncProbe()
+    if source == "assume-synchronised":
+        return AssumeSynchronised()
+    if source == "flag-file" and flag_file is not None:
+        return FlagFileSyncProbe(flag_file)
+    raise ConfigError("invalid clock source", [
+        f"clock.source: no probe for {source!r} (flag_file set: {flag_file is not None}) — fix: "
+        'use "system", "assume-synchronised", or "flag-file" with flag_file'])
 
 
 def kernel_synchronised() -> bool:
-    """The kernel's view (adjtimex): not ``TIME_ERROR`` and ``STA_UNSYNC`` clear."""
+    """The kernel's view (adjtimex), judged as systemd does (``ntp_synced``)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
         buf = ctypes.create_string_buffer(_TIMEX_SIZE)
         state = int(libc.adjtimex(buf))
     except (OSError, AttributeError):
         return False
-    if state < 0 or state == _TIME_ERROR:
+    return state >= 0 and timex_synchronised(buf.raw, ctypes.sizeof(ctypes.c_long))
+
+
+def timex_synchronised(raw: bytes, long_size: int = 8) -> bool:
+    """Whether a ``struct timex`` says the clock is synchronised: its maximum error is below
+    the kernel's 16 s cap. ``STA_UNSYNC`` is not consulted: chrony without ``rtcsync`` leaves
+    it set on a synchronised clock (to keep the kernel off the RTC), which would hold every
+    reading for good; systemd ignores it for the same reason."""
+    # struct timex: int modes (padded to a long); long offset, freq, maxerror, esterror
+    at = max(4, long_size) + 2 * long_size
+    if len(raw) < at + long_size:
         return False
-    # struct timex: int modes (padded to 8); long offset, freq, maxerror, esterror; int status
-    long_size = ctypes.sizeof(ctypes.c_long)
-    at = max(ctypes.sizeof(ctypes.c_int), long_size) + 4 * long_size
-    status = int.from_bytes(buf.raw[at:at + 4], "little", signed=True)
-    return not status & _STA_UNSYNC
+    maxerror = int.from_bytes(raw[at:at + long_size], sys.byteorder, signed=True)
+    return 0 <= maxerror < _MAXERROR_UNSYNC_US
 
 
 def read_boot_id(path: Path = BOOT_ID_PATH) -> str:
@@ -223,6 +274,7 @@ class HubClock:
         """For ``edge status`` (no PHI)."""
         return {
             "state": self.state.value,
+            "source": self._probe.source,
             "steps": self.steps,
             "last_step_s": None if self.last_step_s is None else round(self.last_step_s, 3),
         }

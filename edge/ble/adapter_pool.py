@@ -9,8 +9,12 @@ device connects, and power-cycling a wedged one.
   adapter that appears is scanned on and takes new placements. Unconfigured adapters are
   ignored. Without a control (tests with bleak doubles) every configured adapter is present.
 - Placement (:func:`edge.ble.adapter_health.place`) is sticky: a device stays on its adapter
-  while that is present; otherwise it goes where BlueZ holds its bond (bonds are per adapter),
-  else to the least loaded adapter.
+  while that is present, unless BlueZ holds its bond on another present adapter and not on
+  this one; otherwise it goes where BlueZ holds its bond (bonds are per adapter), else to the
+  least loaded adapter. A device whose bonding adapter went away is thus placed on another
+  one, where its link is not encrypted: its encrypted GATT fails and it goes
+  ``needs_pairing`` (``edge pair --adapter`` there fixes it), or back to its bonding adapter
+  when that returns.
 - Wedges: each watcher reports its scan windows to its lane's
   :class:`~edge.ble.adapter_health.AdapterHealth`; a decision to power-cycle runs
   ``Adapter1.Powered`` false -> true through the control, counted per adapter and audited.
@@ -202,7 +206,12 @@ class AdapterPool:
             present = [n for n in self.order if self.lanes[n].present]
             load = Counter(n for a, n in self._assigned.items() if a != address)
             bonded = self._snapshot.bonded_on(address) if self._snapshot else frozenset()
-            name = place(self._assigned.get(address), present, load, bonded)
+            previous = self._assigned.get(address)
+            if previous not in bonded and any(n in bonded for n in present):
+                # the device is (re)connecting and holds a bond on another present adapter
+                # (paired again there, or its dongle is back): only that link is encrypted
+                previous = None
+            name = place(previous, present, load, bonded)
             if name is not None:
                 self._assigned[address] = name
                 return self.lanes[name]

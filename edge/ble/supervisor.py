@@ -214,7 +214,9 @@ class DeviceSupervisor:
         try:
             healthy = await self._session(link)
         except PairingRefused as exc:
-            self._fail("pairing")
+            # an authentication failure underneath (no bond on this adapter, or the device
+            # forgot it) is a lost bond: needs_pairing with its fix, not a retry storm
+            self._fail("pairing", lost=is_bond_lost(exc))
             log.warning("ble.pairing_refused", address=self.address, error=str(exc))
             # visible in `edge status` next to the reading refusals
             await self._sink.refuse("pairing_refused")

@@ -57,11 +57,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                         "(default: asked on the terminal if the device wants one)")
     p.add_argument("--confirm", action="store_true",
                    help="accept the code a numeric-comparison device shows, without asking")
+    p.add_argument("--adapter", metavar="hciN",
+                   help="bond through this adapter, one of [ble] adapters (default: the "
+                        "first of them); bonds are per adapter and the daemon connects the "
+                        "device through the adapter that holds its bond")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_pair)
 
     p = sub.add_parser("unpair", parents=[common],
-                       help="remove a device's binding and its bond in BlueZ")
+                       help="remove a device's binding and its bond on every configured "
+                            "adapter in BlueZ")
     p.add_argument("address", metavar="ADDRESS")
     p.set_defaults(func=_unpair)
 
@@ -139,12 +144,15 @@ def _pair(args: argparse.Namespace) -> int:
     check_pseudonym(args.patient)
     agent = _pairing_agent(args)
     cfg = config_from_args(args)
-    paired = asyncio.run(_pair_and_bind(cfg, address, args.patient, args.kind, agent))
+    adapter = pairing_adapter(cfg.ble, args.adapter)
+    paired = asyncio.run(
+        _pair_and_bind(cfg, address, args.patient, args.kind, agent, adapter=adapter))
     running = _tell_daemon(cfg)
     result = {
         "address": paired.address,
         "kind": paired.kind,
         "patient": args.patient,
+        "adapter": adapter,
         "bonded": True,
         "device_information": paired.device_info,
         "daemon_notified": running,
@@ -153,8 +161,20 @@ def _pair(args: argparse.Namespace) -> int:
         print_json(result)
     else:
         info = ", ".join(f"{k} {v}" for k, v in paired.device_info.items()) or "no device info"
-        print(f"paired {paired.kind} {paired.address} to {args.patient} ({info})")
+        print(f"paired {paired.kind} {paired.address} to {args.patient} via {adapter} "
+              f"({info})")
     return 0
+
+
+def pairing_adapter(ble: BleConfig, requested: str | None) -> str:
+    """The adapter ``edge pair`` bonds through: ``--adapter`` when it is one of ``[ble]
+    adapters`` (exit 2 naming them otherwise), else the first configured one."""
+    if requested is None:
+        return ble.adapter
+    if requested not in ble.adapters:
+        raise UsageError(f"--adapter: {requested!r} is not one of the configured [ble] adapters "
+                         f"({', '.join(ble.adapters)})")
+    return requested
 
 
 def _pairing_agent(args: argparse.Namespace) -> PairingAgentFactory:
@@ -175,21 +195,23 @@ def _pairing_agent(args: argparse.Namespace) -> PairingAgentFactory:
 
 async def _pair_and_bind(
     cfg: GatewayConfig, address: str, patient: str, kind: str | None,
-    agent: PairingAgentFactory | None = None,
+    agent: PairingAgentFactory | None = None, *, adapter: str | None = None,
 ) -> PairedDevice:
     """Open the vault first (a wrong key fails before anything is bonded), check the patient's
-    consent (without it every reading would be refused), bond, bind."""
+    consent (without it every reading would be refused), bond through ``adapter`` (default:
+    the first configured), bind."""
     ble = cfg.ble
+    adapter = adapter or ble.adapter
     async with _vault(cfg) as vault:
         if not any(c.patient == patient and c.active for c in await vault.consents()):
             raise UsageError(NO_CONSENT)
         try:
             paired = await pair_device(
-                bleak_client_factory(ble.adapter),
+                bleak_client_factory(adapter),
                 address,
                 kind=kind,
                 clock=SystemClock(),
-                scanner_factory=bleak_scanner_factory(ble.adapter),
+                scanner_factory=bleak_scanner_factory(adapter),
                 connect_timeout_s=ble.connect_timeout_s,
                 agent=agent,
             )
@@ -219,15 +241,22 @@ def _unpair(args: argparse.Namespace) -> int:
     removed = asyncio.run(_unbind(cfg, address))
     # the daemon drops its supervisor (and link) before BlueZ forgets the device
     _tell_daemon(cfg)
-    in_bluez = asyncio.run(
-        unpair_device(bleak_client_factory(cfg.ble.adapter), address,
-                      connect_timeout_s=cfg.ble.connect_timeout_s)
-    )
+    in_bluez = asyncio.run(_unpair_everywhere(cfg.ble, address))
     if not removed:
         print(f"{address} was not bound" + ("; removed from BlueZ" if in_bluez else ""))
     else:
         print(f"unpaired {address}" + ("" if in_bluez else " (BlueZ did not know it)"))
     return 0
+
+
+async def _unpair_everywhere(ble: BleConfig, address: str) -> bool:
+    """Remove the bond on every configured adapter (bonds are per adapter): an unbound device
+    keeps no keys on the hub, wherever it was paired. True if any adapter knew it."""
+    found = False
+    for adapter in ble.adapters:
+        found |= await unpair_device(bleak_client_factory(adapter), address,
+                                     connect_timeout_s=ble.connect_timeout_s)
+    return found
 
 
 async def _unbind(cfg: GatewayConfig, address: str) -> bool:

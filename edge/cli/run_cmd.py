@@ -93,11 +93,9 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         os._exit(0)
 
-    from edge.hubclock import AssumeSynchronised, SyncProbe, SystemSyncProbe
+    from edge.hubclock import sync_probe
 
-    probe: SyncProbe = (
-        AssumeSynchronised() if cfg.clock.source == "assume-synchronised" else SystemSyncProbe()
-    )
+    probe = sync_probe(cfg.clock.source, cfg.clock.flag_file)
     daemon = Daemon(cfg, notifier=notifier, hard_exit=hard_exit, sync_probe=probe)
     try:
         rc = asyncio.run(daemon.run())
@@ -185,6 +183,8 @@ def format_status(status: Mapping[str, Any]) -> str:
     clock = intake.get("clock") if isinstance(intake, dict) else None
     if isinstance(clock, dict) or isinstance(figures, dict):
         state = clock.get("state") if isinstance(clock, dict) else "daemon not running"
+        if isinstance(clock, dict) and clock.get("source"):
+            state = f"{state} (source {clock['source']})"
         held = figures.get("held", 0) if isinstance(figures, dict) else "?"
         lines.append(f"  clock:      {state}; {held} reading(s) held back until it is "
                      "synchronised")

@@ -7,7 +7,9 @@ because each connection's :class:`~edge.uplink.batching.Batcher` starts its read
 oldest pending reading.
 
 This module is the thin async shell: connect with backoff, run one session's tasks (pump,
-status, ack deadlines, link watch), and apply the decisions of the pure batching policy.
+status, ack deadlines, link watch), and apply the decisions of the pure batching policy. The
+status documents are :mod:`edge.uplink.status_publisher`'s; the default (plain FHIR) encoding
+is :mod:`edge.uplink.fhir_encoding`'s.
 Consent is checked twice: rows read from the outbox for a patient without consent are
 dropped, and each Bundle's patient is checked again immediately before it is published.
 """
@@ -17,12 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import random
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 
-from edge import fhir
 from edge.backoff import Backoff, BackoffPolicy
 from edge.clock import Clock, cancel_and_wait, with_timeout
 from edge.config import UplinkConfig
@@ -31,53 +31,33 @@ from edge.errors import (
     KeyUnavailable,
     PinMismatch,
     TlsVerificationError,
-    VaultCorrupt,
-    VaultError,
 )
 from edge.intake.consent import ConsentCheck
 from edge.log import get_logger
 from edge.uplink.batching import Batcher, Group, Limits, SizeEstimate
 from edge.uplink.delivery import ACK_FLUSH_DELAY_S, DeliveryMarks
+from edge.uplink.fhir_encoding import FHIR_CONTENT_TYPE, fhir_encoder
 from edge.uplink.ports import (
     Connector,
     Encoder,
     MqttLink,
     Outbox,
-    OutboxStats,
     PendingLike,
     PublishRefused,
     StatusProvider,
-    Will,
 )
 from edge.uplink.stats import Counters, ForwarderState, ForwarderStats, snapshot
-from edge.uplink.tls import days_left
-from edge.uplink.topics import (
-    DegradedWatch,
-    TopicRouter,
-    offline_document,
-    online_document,
-    refusal_counts,
-    status_topic,
-)
+from edge.uplink.status_publisher import StatusPublisher
+from edge.uplink.topics import TopicRouter
 
 log = get_logger("edge.uplink")
 
-FHIR_CONTENT_TYPE = "application/fhir+json"
 #: a refusal is audited again (if it persists) after this many seconds
 AUDIT_REPEAT_S = 3600.0
 #: clean-shutdown bounds: the offline status, the last delivery commit, the DISCONNECT
 OFFLINE_TIMEOUT_S = 1.0
 FLUSH_TIMEOUT_S = 5.0
 CLOSE_TIMEOUT_S = 2.0
-
-
-def fhir_encoder(hub_id: str) -> Encoder:
-    """The default encoder: a FHIR R4 transaction Bundle."""
-
-    def encode(rows: Sequence[PendingLike]) -> bytes:
-        return fhir.bundle_bytes([r.reading() for r in rows], hub_id=hub_id)
-
-    return encode
 
 
 class _SessionEnd(EdgeError):
@@ -105,7 +85,6 @@ class Forwarder:
         ack_flush_delay_s: float = ACK_FLUSH_DELAY_S,
     ) -> None:
         self._cfg = config
-        self._hub = hub_id
         self._outbox = outbox
         self._connector = connector
         self._clock = clock
@@ -114,12 +93,9 @@ class Forwarder:
             BackoffPolicy(base=config.reconnect_base_s, cap=config.reconnect_cap_s),
             rng or random.Random(),  # noqa: S311 -- jitter, not crypto
         )
-        self._status_provider = status_provider
-        self._degraded = DegradedWatch()
         self._encode = encoder or fhir_encoder(hub_id)
         #: the MQTT 5 content type of what ``encoder`` makes (application/jose when sealed)
         self._content_type = content_type
-        self._cert_not_after = cert_not_after
         self._limits = Limits.from_config(config)
         self._router = TopicRouter(config.topic_prefix, hub_id)
         self._estimate = SizeEstimate()
@@ -134,8 +110,10 @@ class Forwarder:
         self._counters = Counters()
         self._marks = DeliveryMarks(outbox, self._counters, on_delivered, ack_flush_delay_s)
         self._last_audit: tuple[str, str, float] | None = None
-        self._status_topic = status_topic(config.topic_prefix, hub_id)
-        self._will = Will(self._status_topic, offline_document(hub_id))
+        self._status = StatusPublisher(
+            hub_id, config.topic_prefix, outbox, clock, self._counters,
+            provider=status_provider, cert_not_after=cert_not_after,
+        )
 
     # --- public ----------------------------------------------------------------------------
 
@@ -169,7 +147,7 @@ class Forwarder:
             self._state = ForwarderState.CONNECTING
             link: MqttLink | None = None
             try:
-                link = await self._connector(self._will)
+                link = await self._connector(self._status.will)
             except PinMismatch as exc:
                 await self._refused(exc, "uplink.pin_mismatch", exc.presented_pin)
             except TlsVerificationError as exc:
@@ -289,7 +267,7 @@ class Forwarder:
         clock = self._clock
         if not link.is_closed:
             with contextlib.suppress(Exception):
-                fut = link.publish(self._status_topic, offline_document(self._hub), retain=True)
+                fut = self._status.send_offline(link)
                 await with_timeout(clock, OFFLINE_TIMEOUT_S, fut)
         with contextlib.suppress(Exception):
             await with_timeout(clock, FLUSH_TIMEOUT_S, self._marks.flush())
@@ -398,44 +376,19 @@ class Forwarder:
     # --- status ----------------------------------------------------------------------------
 
     async def status_document(self) -> dict[str, object]:
-        """The retained online status: queue, refusal counts, ``degraded`` (what keeps the hub
-        from doing its job now: recent disk_full / vault_full / no_consent refusals, bound
-        devices without consent, an unhealthy part, a failing vault), devices, certificate
-        — no PHI (built by :func:`~edge.uplink.topics.online_document`)."""
-        now = self._clock.now()
-        degraded: list[str] = []
-        try:
-            st: OutboxStats | None = await self._outbox.stats()
-        except VaultError as exc:  # the status must still go out, saying so
-            log.warning("uplink.status_vault_failed", error=type(exc).__name__)
-            st = None
-            degraded.append("vault_damaged" if isinstance(exc, VaultCorrupt) else "vault_error")
-        degraded += self._degraded.observe(refusal_counts(st), self._clock.monotonic())
-        devices = None
-        if self._status_provider is not None:
-            try:
-                devices = await self._status_provider()
-            except Exception as exc:  # a status part must never end the session
-                log.warning("uplink.status_provider_failed", error=type(exc).__name__)
-        cert = None if self._cert_not_after is None else days_left(self._cert_not_after, now)
-        return online_document(self._hub, now, st, delivered=self._counters.readings_delivered,
-                               degraded=degraded, cert_days_left=cert, devices=devices)
+        """The retained online status, no PHI (see
+        :meth:`~edge.uplink.status_publisher.StatusPublisher.document`)."""
+        return await self._status.document()
 
     async def _status_loop(self, link: MqttLink) -> None:
-        while True:
-            doc = await self.status_document()
-            payload = json.dumps(doc, separators=(",", ":"), default=str).encode()
-            fut = link.publish(self._status_topic, payload, retain=True)
-            try:
-                await fut
-            except PublishRefused as exc:
-                self._counters.publish_refusals += 1
-                self._refuse(exc.reason)
-                log.warning("uplink.status_refused", reason=exc.reason, code=exc.reason_code)
-                await self._audit("uplink.publish_refused", exc.reason)
-                raise _SessionEnd(f"status refused ({exc.reason})") from exc
-            self._backoff.reset()
-            await self._clock.sleep(self._cfg.status_interval_s)
+        try:
+            await self._status.run(link, self._cfg.status_interval_s, self._backoff.reset)
+        except PublishRefused as exc:
+            self._counters.publish_refusals += 1
+            self._refuse(exc.reason)
+            log.warning("uplink.status_refused", reason=exc.reason, code=exc.reason_code)
+            await self._audit("uplink.publish_refused", exc.reason)
+            raise _SessionEnd(f"status refused ({exc.reason})") from exc
 
 
 async def _stop(tasks: Sequence[asyncio.Task[None]]) -> None:

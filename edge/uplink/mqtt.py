@@ -1,7 +1,8 @@
 """The asyncio shell over paho-mqtt 2.x.
 
 The TCP + TLS connection and the pin check happen first (:func:`edge.uplink.tls.open_tls`);
-only then is the verified socket handed to paho, which sends CONNECT on it. paho's network
+only then is the verified socket handed to paho
+(:class:`~edge.uplink.pinned_client.PinnedClient`), which sends CONNECT on it. paho's network
 loop is driven from the event loop on socket readiness (``add_reader`` / ``add_writer``) —
 no extra thread, no blocking call. Every QoS 1 publish returns a future keyed by message id
 that the PUBACK resolves; a failure reason code or a lost connection fails it.
@@ -27,6 +28,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge.config import UplinkConfig
 from edge.errors import EdgeError, TlsVerificationError, UplinkUnavailable
 from edge.log import get_logger
+from edge.uplink.pinned_client import PinnedClient
 from edge.uplink.pins import PinVerifier
 from edge.uplink.ports import LinkInfo, PublishRefused, Will
 from edge.uplink.tls import TlsSession, build_context, classify_ssl_error, open_tls
@@ -40,62 +42,12 @@ MISC_INTERVAL_S = 1.0
 _CONNACK_NOT_AUTHORISED = frozenset({0x86, 0x87, 0x8A, 0x8C})
 _CONNACK_V3_NOT_AUTHORISED = frozenset({4, 5})
 
-class _PinnedClient(paho.Client):
-    """A paho client that uses the already verified TLS socket instead of opening its own."""
-
-    def __init__(self, sock: ssl.SSLSocket, **kwargs: Any) -> None:  # paho.Client's kwargs
-        super().__init__(**kwargs)
-        self._edge_sock: ssl.SSLSocket | None = sock
-        #: the last socket error paho swallowed (it only reports "connection lost")
-        self.edge_last_error: OSError | None = None
-
-    def _create_socket(self) -> Any:  # overrides paho's private method, typed Any there
-        sock, self._edge_sock = self._edge_sock, None
-        if sock is None:
-            # A second connect on this client would open an unverified socket: refuse.
-            raise ConnectionError("pinned socket already used")
-        return sock
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        try:
-            return super()._sock_recv(bufsize)
-        except BlockingIOError:
-            raise
-        except OSError as exc:
-            self.edge_last_error = exc
-            raise
-
-    def _sock_send(self, buf: bytes | bytearray) -> int:
-        try:
-            return super()._sock_send(buf)
-        except BlockingIOError:
-            raise
-        except OSError as exc:
-            self.edge_last_error = self._pending_alert() or exc
-            raise
-
-    def _pending_alert(self) -> ssl.SSLError | None:
-        """After a failed write, the broker's TLS alert may be waiting unread (TLS 1.3 rejects
-        a client certificate after the client's handshake is done); it names the real cause."""
-        sock = self._sock
-        if not isinstance(sock, ssl.SSLSocket):
-            return None
-        try:
-            sock.recv(1)
-        except ssl.SSLWantReadError:
-            return None
-        except ssl.SSLError as alert:
-            return alert if isinstance(classify_ssl_error(alert), TlsVerificationError) else None
-        except OSError:
-            return None
-        return None
-
 
 class PahoLink:
     """One MQTT session over one pinned TLS connection (an :class:`~edge.uplink.ports.MqttLink`).
     Create with :func:`connect_link`."""
 
-    def __init__(self, session: TlsSession, client: _PinnedClient, mqtt_version: str) -> None:
+    def __init__(self, session: TlsSession, client: PinnedClient, mqtt_version: str) -> None:
         self._loop = asyncio.get_running_loop()
         self._session = session
         self._client = client
@@ -323,7 +275,7 @@ async def connect_link(
         MQTTProtocolVersion.MQTTv5 if cfg.mqtt_version == "5" else MQTTProtocolVersion.MQTTv311
     )
     try:
-        client = _PinnedClient(
+        client = PinnedClient(
             session.sock,
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id or hub_id,

@@ -23,7 +23,7 @@ from edge.config import E2eConfig, GatewayConfig, UplinkConfig
 from edge.config_env import read_recipient_key
 from edge.errors import KeyUnavailable
 from edge.uplink.envelope import CONTENT_TYPE, seal, thumbprint
-from edge.uplink.forwarder import FHIR_CONTENT_TYPE, fhir_encoder
+from edge.uplink.fhir_encoding import FHIR_CONTENT_TYPE, fhir_encoder
 from edge.uplink.ports import Encoder, PendingLike
 from edge.uplink.tls import client_key_path, key_passphrase
 

@@ -162,6 +162,8 @@ class Engine:
             c.execute("PRAGMA foreign_keys = ON")
             c.execute("PRAGMA busy_timeout = 5000")
             c.execute("PRAGMA journal_size_limit = 8388608")
+            # negative: KiB, not pages; bounds the page cache (resident memory) of this connection
+            c.execute(f"PRAGMA cache_size = -{int(self.config.cache_kib)}")
             version = schema.current_version(c)
             if version > schema.CURRENT_VERSION:
                 raise VaultError(

@@ -8,8 +8,9 @@ from __future__ import annotations
 from edge.errors import VaultError
 from edge.log import get_logger
 from edge.vault.engine import Engine
+from edge.vault.merge import top_seq, watermarks
 from edge.vault.sidelog import SideLog, log_path
-from edge.vault.staging import Staging, top_seq, watermarks
+from edge.vault.staging import Staging
 
 log = get_logger("edge.vault")
 

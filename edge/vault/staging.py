@@ -6,7 +6,8 @@ Why: one SQLCipher commit per reading writes several 4 KiB pages (twice, with th
 and an fsync; the side log writes ~150 bytes per reading and fsyncs once per
 ``flush_interval_s``; a merge every ``merge_interval_s`` writes each database page once for
 many readings, and a reading acknowledged before its merge is stored already delivered, its
-payload dropped. Everything here runs on the vault's writer thread.
+payload dropped. Everything here runs on the vault's writer thread; the SQL a merge runs is
+:mod:`edge.vault.merge`.
 
 Durability: an append returns once its record is in the side log (the page cache): a process
 crash loses nothing. The log is fsynced every ``flush_interval_s`` and emptied only after a
@@ -23,7 +24,6 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
 from edge.errors import VaultError
@@ -31,6 +31,7 @@ from edge.log import get_logger
 from edge.readings import reading_from_json
 from edge.vault.cipher import Connection
 from edge.vault.engine import DiskFull, Engine
+from edge.vault.merge import Staged, insert_staged, top_seq, watermarks, write_marks
 from edge.vault.models import AnyReading, AppendResult, PendingReading, identity_time_us
 from edge.vault.sidelog import Entry, SideLog
 
@@ -48,27 +49,9 @@ _MERGE_ROOM_MIN = 256 * 1024
 #: meanwhile is still caught by the write's ENOSPC.
 _ROOM_TRUST_S = 1.0
 
-_INSERT = ("INSERT INTO readings(seq, ident, id, patient, kind, payload, stored_at, delivered_at,"
-           " held) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
 #: readings of a batch already in the database (delivered ones too), by their unique key
 _EXISTING = ("SELECT r.id FROM json_each(?) AS j JOIN readings AS r "
              "ON r.ident = json_extract(j.value, '$[0]') AND r.id = json_extract(j.value, '$[1]')")
-
-
-@dataclass(slots=True)
-class Staged:
-    """A reading in the side log, not yet in the database."""
-
-    seq: int
-    ident: int
-    id: str
-    patient: str
-    kind: str
-    payload: bytes
-    stored_at: float
-    delivered_at: float | None = None
-    #: received on an untrusted hub clock: not handed out until released (outbox)
-    held: bool = False
 
 
 class Staging:
@@ -306,16 +289,10 @@ class Staging:
         try:
             with db.write() as c:
                 top = top_seq(c)
-                moved = self._insert(db, c, explicit=not self.rows or self.rows[0].seq > top)
+                explicit = not self.rows or self.rows[0].seq > top
+                moved = insert_staged(db, c, self.rows, self.seqs, explicit=explicit)
                 if self.marks:
-                    acked = [s for (s,) in c.execute(
-                        "UPDATE readings SET delivered_at = ?, payload = x'' WHERE seq IN "
-                        "(SELECT value FROM json_each(?)) AND delivered_at IS NULL "
-                        "RETURNING seq",
-                        (now, json.dumps(self.mark_seqs)),
-                    )]
-                    nb = sum(self.marks[s] for s in acked)
-                    db.bump(pending=-len(acked), pending_bytes=-nb, delivered=len(acked))
+                    write_marks(db, c, now, self.marks, self.mark_seqs)
                 for address, seen in self.touches.items():
                     c.execute("UPDATE bindings SET last_seen = ? WHERE address = ?",
                               (seen, address))
@@ -355,67 +332,10 @@ class Staging:
             self.db_max_ident, self.db_pending_top = watermarks(db.conn)
         self.next_seq = max(self.next_seq, top + 1)
 
-    def _insert(self, db: Engine, c: Connection, *, explicit: bool) -> list[tuple[int, str]]:
-        """Insert the staged rows (acknowledged ones without payload); bump the counters by
-        what was really inserted. Returns (new seq, id) of rows numbered anew."""
-        pend = pbytes = deliv = 0
-        moved: list[tuple[int, str]] = []
-        if explicit:
-            # The usual case: every staged seq is above the database's, so the only possible
-            # conflict is a reading another process stored meanwhile.
-            cur = c.executemany(_INSERT, [_row(s, s.seq) for s in self.rows])
-            if cur.rowcount == len(self.rows):
-                for s in self.rows:
-                    if s.delivered_at is None:
-                        pend, pbytes = pend + 1, pbytes + len(s.payload)
-                    else:
-                        deliv += 1
-                db.bump(pending=pend, pending_bytes=pbytes, delivered=deliv)
-                return moved
-            present = {seq for (seq,) in c.execute(
-                "SELECT seq FROM readings WHERE seq IN (SELECT value FROM json_each(?))",
-                (json.dumps(self.seqs),))}
-            inserted = [s for s in self.rows if s.seq in present]
-        else:
-            # A replay, or another process wrote readings since these were staged: the
-            # database numbers them.
-            inserted = []
-            for s in self.rows:
-                got = c.execute(_INSERT + " RETURNING seq", _row(s, None)).fetchone()
-                if got is not None:
-                    inserted.append(s)
-                    moved.append((int(got[0]), s.id))
-        for s in inserted:
-            if s.delivered_at is None:
-                pend, pbytes = pend + 1, pbytes + len(s.payload)
-            else:
-                deliv += 1
-        db.bump(pending=pend, pending_bytes=pbytes, delivered=deliv)
-        return moved
-
-
-def _row(s: Staged, seq: int | None) -> tuple[object, ...]:
-    payload = s.payload if s.delivered_at is None else b""
-    return (seq, s.ident, s.id, s.patient, s.kind, payload, s.stored_at, s.delivered_at,
-            int(s.held))
-
-
-def top_seq(c: Connection) -> int:
-    row = c.execute("SELECT seq FROM sqlite_sequence WHERE name = 'readings'").fetchone()
-    return int(row[0]) if row else 0
-
 
 #: "unknown": every lookup and query is made
 _MAX_IDENT = 2**63 - 1
 _MAX_SEQ = 2**63 - 1
-
-
-def watermarks(c: Connection) -> tuple[int, int]:
-    """(the highest identity time, the highest undelivered seq) in the database; both are
-    index lookups (``readings_identity``, ``readings_pending``); 0 when there is none."""
-    ident = c.execute("SELECT max(ident) FROM readings").fetchone()[0]
-    pending = c.execute("SELECT max(seq) FROM readings WHERE delivered_at IS NULL").fetchone()[0]
-    return int(ident or 0), int(pending or 0)
 
 
 def _in_database(db: Engine, readings: Sequence[AnyReading]) -> set[str]:

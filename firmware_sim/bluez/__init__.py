@@ -8,7 +8,8 @@ Typical use::
 
 Modules: ``bus`` (the private dbus-daemon), ``server`` (FakeBlueZ: connection, exported objects,
 message filter), ``registry`` (adapters coming and going, one device node per adapter),
-``agent`` (AgentManager1 and calling clients' Agent1 during Pair), ``adapter``, ``device``,
+``bonds`` (the device's side of its bonds, one per adapter), ``agent`` (AgentManager1 and
+calling clients' Agent1 during Pair), ``adapter``, ``device``,
 ``gatt`` (the objects' state and behaviour),
 ``interfaces`` (their D-Bus surface), ``calls`` (caller and call recording), ``names`` (paths and
 UUIDs as bluetoothd spells them), ``errors`` (simulated failures as BlueZ's D-Bus errors).

@@ -87,6 +87,8 @@ class AdapterNode:
             "discovering": self.discovering,
             "wedged": self.wedged,
             "connected": [n.address for n in self.devices() if n.connected],
+            # the devices this adapter holds a bond with (its side; bonds are per adapter)
+            "bonded": [n.address for n in self.devices() if n.paired],
         }
 
     # power and wedging -----------------------------------------------------------------------

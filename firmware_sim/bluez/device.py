@@ -15,10 +15,11 @@ from firmware_sim.bluez.gatt import CharacteristicNode, ServiceNode
 from firmware_sim.bluez.interfaces import DeviceInterface
 from firmware_sim.bluez.names import device_path, norm_uuid
 from firmware_sim.model.contract import Peripheral, PeripheralError
-from firmware_sim.model.pairing import Association, association
+from firmware_sim.model.pairing import Association, PairingChallenge, association
 
 if TYPE_CHECKING:
     from firmware_sim.bluez.adapter import AdapterNode
+    from firmware_sim.bluez.bonds import DeviceBonds
     from firmware_sim.bluez.server import FakeBlueZ
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,18 @@ class DeviceNode:
     It is also the peripheral's :class:`~firmware_sim.model.contract.PeripheralEvents` sink.
     """
 
-    def __init__(self, server: FakeBlueZ, adapter: AdapterNode, peripheral: Peripheral) -> None:
+    def __init__(
+        self,
+        server: FakeBlueZ,
+        adapter: AdapterNode,
+        peripheral: Peripheral,
+        bonds: DeviceBonds,
+        *,
+        paired: bool = False,
+    ) -> None:
         self.server = server
+        #: the device's side of its bonds, shared by its nodes on every adapter
+        self.bonds = bonds
         self.adapter = adapter
         self.peripheral = peripheral
         self.address = peripheral.address.upper()
@@ -48,7 +59,8 @@ class DeviceNode:
         self.announced_at = 0.0
         self.connected = False
         self.services_resolved = False
-        self.paired = peripheral.paired
+        #: the hub's side of this adapter's bond with the device (Paired / Bonded)
+        self.paired = paired
         self.trusted = False
         #: a device only seen in a scan; bluetoothd forgets these (see schedule_removal)
         self.temporary = not self.paired
@@ -184,10 +196,10 @@ class DeviceNode:
             raise to_dbus_error(err) from err
         finally:
             self._connecting = False
-        if self.paired and not self.peripheral.paired:
-            # We hold a bond the device lost (reset, battery change): the link comes up, the
-            # encryption with the old key fails and the link goes. Only a new pairing (after
-            # RemoveDevice) fixes it; retrying does not.
+        if self.paired and not self.bonds.holds(self.adapter.address):
+            # This adapter holds a bond the device lost (reset, battery change): the link
+            # comes up, the encryption with the old key fails and the link goes. Only a new
+            # pairing (after RemoveDevice) fixes it; retrying does not.
             with contextlib.suppress(PeripheralError):
                 await self.peripheral.disconnect()
             self._set(connected=True)
@@ -276,7 +288,7 @@ class DeviceNode:
         how = association(challenge.method, agent.capability if agent is not None else None)
         if agent is None or how in (Association.NONE, Association.IMPOSSIBLE):
             # Just Works asks nobody; a device needing more than our IO allows fails itself
-            await self.peripheral.pair()
+            await self._bond(challenge)
             return
         signature = "o" if how is Association.ENTER_PASSKEY else "ou"
         body: list[Any] = [self.path]
@@ -285,7 +297,7 @@ class DeviceNode:
         if challenge.device_cancels:
             # the device gives up while the user is being asked: the prompt is withdrawn
             agents.prompt_and_withdraw(agent, how.value, signature, body)
-            await self.peripheral.pair()
+            await self._bond(challenge)
             return
         try:
             answer = await agents.ask(
@@ -298,9 +310,14 @@ class DeviceNode:
                 raise bluez_error("AuthenticationCanceled", "Authentication Canceled") from None
             raise bluez_error("AuthenticationFailed", "Authentication Failed") from None
         if how is Association.ENTER_PASSKEY:
-            await self.peripheral.pair(passkey=answer if isinstance(answer, int) else None)
+            await self._bond(challenge, passkey=answer if isinstance(answer, int) else None)
         else:
-            await self.peripheral.pair(confirmed=True)
+            await self._bond(challenge, confirmed=True)
+
+    async def _bond(
+        self, challenge: PairingChallenge, *, passkey: int | None = None, confirmed: bool = False
+    ) -> None:
+        await self.bonds.pair(self.adapter.address, challenge, passkey=passkey, confirmed=confirmed)
 
     def cancel_pairing(self) -> None:
         """Device1.CancelPairing."""
@@ -310,14 +327,14 @@ class DeviceNode:
         self._pairing.cancel()
 
     async def remove(self) -> None:
-        """Adapter1.RemoveDevice: drop the link, forget the bond, remove the objects."""
+        """Adapter1.RemoveDevice: drop the link, forget this adapter's bond (the device's
+        bonds with other adapters stay), remove the objects."""
         if self.connected:
             with contextlib.suppress(PeripheralError):
                 await self.peripheral.disconnect()
             self.drop_link()
-        if self.paired or self.peripheral.paired:
-            with contextlib.suppress(PeripheralError):
-                await self.peripheral.unpair()
+        with contextlib.suppress(PeripheralError):
+            await self.bonds.remove(self.adapter.address)
         self.paired = False
         self.trusted = False
         self.temporary = True

@@ -27,7 +27,9 @@ from firmware_sim.model.contract import (
     CharacteristicSpec,
     DescriptorSpec,
     PeripheralError,
+    Security,
     ServiceSpec,
+    SimErrorCode,
 )
 
 if TYPE_CHECKING:
@@ -97,9 +99,18 @@ class CharacteristicNode:
         value = getattr(self.device.peripheral, "mtu", 23)
         return int(value) if isinstance(value, int) else 23
 
+    def _require_bond(self, code: SimErrorCode, text: str = "") -> None:
+        """An encrypted characteristic needs this adapter's bond: a device bonded through
+        another adapter is not encrypted on this link (bonds are per adapter). The error is
+        the one the device gives an unbonded link."""
+        if self.spec.security is Security.ENCRYPTED and not self.device.paired:
+            raise to_dbus_error(PeripheralError(code, text))
+
     async def read_value(self, options: dict[str, Variant]) -> bytes:
         """GattCharacteristic1.ReadValue (honours ``offset``)."""
         peripheral = self.device.peripheral
+        _require_link(self.device)
+        self._require_bond(SimErrorCode.NOT_AUTHORIZED)
         value = await _read_value(self.device, peripheral.read, self.spec.handle, options)
         if self.device.server.options.read_emits_value:
             self.value = value
@@ -115,6 +126,7 @@ class CharacteristicNode:
         offset = int(option(options, "offset", 0))
         flags = self.spec.flags
         if kind in ("request", "reliable") or (not kind and {"write", "reliable-write"} & flags):
+            self._require_bond(SimErrorCode.NOT_PERMITTED, "Not paired")
             try:
                 await self.device.peripheral.write(self.spec.handle, value, with_response=True)
             except PeripheralError as err:
@@ -127,6 +139,9 @@ class CharacteristicNode:
         ):
             raise bluez_error("NotSupported", "Operation is not supported")
         # A write command has no ATT response: bluetoothd cannot report failures.
+        if self.spec.security is Security.ENCRYPTED and not self.device.paired:
+            log.debug("sim.write_command_dropped code=not_paired")
+            return
         try:
             await self.device.peripheral.write(self.spec.handle, value, with_response=False)
         except PeripheralError as err:
@@ -135,6 +150,7 @@ class CharacteristicNode:
     async def _subscribe(self) -> None:
         if self._subscribed:
             return
+        self._require_bond(SimErrorCode.NOT_PERMITTED, "Not paired")
         try:
             await self.device.peripheral.start_notify(self.spec.handle)
         except PeripheralError as err:

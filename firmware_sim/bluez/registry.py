@@ -13,6 +13,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from firmware_sim.bluez.adapter import AdapterNode
+from firmware_sim.bluez.bonds import DeviceBonds
 from firmware_sim.bluez.device import DeviceNode
 from firmware_sim.bluez.names import DEFAULT_ADAPTER_ADDRESS
 from firmware_sim.model.contract import Peripheral
@@ -30,10 +31,12 @@ def default_address(name: str) -> str:
 
 
 class Fanout:
-    """The peripheral's event sink: its device nodes on every adapter."""
+    """The peripheral's event sink: its device nodes on every adapter, and the device's side
+    of its bonds (one per adapter)."""
 
-    def __init__(self) -> None:
+    def __init__(self, bonds: DeviceBonds) -> None:
         self.nodes: dict[str, DeviceNode] = {}
+        self.bonds = bonds
 
     def notify(self, handle: int, value: bytes) -> None:
         for node in list(self.nodes.values()):
@@ -55,6 +58,9 @@ class Registry:
         self.server = server
         self.adapters: dict[str, AdapterNode] = {}
         self._fanouts: dict[str, tuple[Peripheral, Fanout]] = {}
+        #: the hub's side of the bonds of unplugged adapters, by adapter address: BlueZ keeps
+        #: them on disk (/var/lib/bluetooth/<adapter>/), so the same dongle brings them back
+        self._kept: dict[str, set[str]] = {}
 
     # adapters ------------------------------------------------------------------------------
 
@@ -69,8 +75,11 @@ class Registry:
             raise ValueError(f"adapter address {address} already in use")
         adapter = AdapterNode(self.server, name, address)
         self.adapters[name] = adapter
-        for peripheral, fanout in self._fanouts.values():
-            fanout.nodes[name] = DeviceNode(self.server, adapter, peripheral)
+        kept = self._kept.pop(address, set())
+        for key, (peripheral, fanout) in self._fanouts.items():
+            # a new adapter holds no bonds: bonded devices must pair again through it
+            fanout.nodes[name] = DeviceNode(self.server, adapter, peripheral, fanout.bonds,
+                                            paired=key in kept)
         if self.server.running:
             adapter.export()
         return adapter
@@ -93,6 +102,10 @@ class Registry:
         adapter = self.adapters.pop(name, None)
         if adapter is None:
             raise KeyError(f"no adapter {name}")
+        self._kept[adapter.address] = {
+            key for key, (_p, fanout) in self._fanouts.items()
+            if (node := fanout.nodes.get(name)) is not None and node.paired
+        }
         for _peripheral, fanout in self._fanouts.values():
             node = fanout.nodes.pop(name, None)
             if node is not None:
@@ -123,9 +136,11 @@ class Registry:
         key = peripheral.address.upper()
         if key in self._fanouts:
             raise ValueError("a device with this address is already served")
-        fanout = Fanout()
+        bonds = DeviceBonds(peripheral, [a.address for a in self.adapters.values()])
+        fanout = Fanout(bonds)
         for name, adapter in self.adapters.items():
-            fanout.nodes[name] = DeviceNode(self.server, adapter, peripheral)
+            fanout.nodes[name] = DeviceNode(self.server, adapter, peripheral, bonds,
+                                            paired=peripheral.paired)
         self._fanouts[key] = (peripheral, fanout)
         peripheral.set_events(fanout)
         if self.server.running:

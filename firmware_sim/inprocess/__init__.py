@@ -29,27 +29,38 @@ Use::
 :func:`inprocess_frontend` is the same pair as an async context manager, for test fixtures that
 run one suite against several front ends.
 
-The modules: :mod:`.binding` (``SimBleak``, front ends), :mod:`.scanner`, :mod:`.client`,
-:mod:`.objects` (bleak's device/advertisement/GATT objects), :mod:`.errors` (bleak's
-exceptions for simulated failures), :mod:`.events` (callback plumbing).
+Pairing asks ``sim.agent`` (a :class:`SimAgent`; :class:`PolicyAgent` answers with the
+gateway's own policy) as bluetoothd asks the registered agent: passkey and numeric comparison
+devices bond or fail with BlueZ's errors, as on the fake BlueZ.
+
+The modules: :mod:`.binding` (``SimBleak``, front ends), :mod:`.agent` (pairing),
+:mod:`.scanner`, :mod:`.client`, :mod:`.objects` (bleak's device/advertisement/GATT
+objects), :mod:`.errors` (bleak's exceptions for simulated failures), :mod:`.events`
+(callback plumbing).
 """
 
+from firmware_sim.inprocess.agent import AgentSaidNo, PolicyAgent, SimAgent
 from firmware_sim.inprocess.binding import (
     ClientFactory,
     Frontend,
     ScannerFactory,
     SimBleak,
+    bound_sim,
     inprocess_frontend,
 )
 from firmware_sim.inprocess.client import SimBleakClient
 from firmware_sim.inprocess.scanner import SimBleakScanner
 
 __all__ = [
+    "AgentSaidNo",
     "ClientFactory",
     "Frontend",
+    "PolicyAgent",
     "ScannerFactory",
+    "SimAgent",
     "SimBleak",
     "SimBleakClient",
     "SimBleakScanner",
+    "bound_sim",
     "inprocess_frontend",
 ]

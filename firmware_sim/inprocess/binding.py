@@ -8,15 +8,23 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from firmware_sim.fleet import Fleet
+from firmware_sim.inprocess.agent import AGENT_TIMEOUT_S, SimAgent
 from firmware_sim.inprocess.client import SimBleakClient
 from firmware_sim.inprocess.scanner import SimBleakScanner
 
 
 class SimBleak:
-    """The in-process double for one fleet: ``Scanner`` and ``Client`` classes bound to it."""
+    """The in-process double for one fleet: ``Scanner`` and ``Client`` classes bound to it.
+    ``agent`` is the pairing agent its clients' ``pair()`` asks (BlueZ's default agent; None:
+    no agent, so only just-works devices bond), answering within ``agent_timeout_s``."""
 
-    def __init__(self, fleet: Fleet) -> None:
+    def __init__(
+        self, fleet: Fleet, *, agent: SimAgent | None = None,
+        agent_timeout_s: float = AGENT_TIMEOUT_S,
+    ) -> None:
         self.fleet = fleet
+        self.agent = agent
+        self.agent_timeout_s = agent_timeout_s
         self.Scanner: type[SimBleakScanner] = type(
             "SimBleakScanner", (SimBleakScanner,), {"_sim": self}
         )
@@ -31,6 +39,15 @@ class SimBleak:
     def client(self, *args: Any, **kwargs: Any) -> SimBleakClient:
         """A client (same arguments as ``BleakClient``)."""
         return self.Client(*args, **kwargs)
+
+
+def bound_sim(factory: Any) -> SimBleak:
+    """The :class:`SimBleak` a ``Scanner`` or ``Client`` class of the double is bound to (to
+    set its agent); TypeError for anything else (bleak's own classes)."""
+    sim = getattr(factory, "_sim", None)
+    if not isinstance(sim, SimBleak):
+        raise TypeError("not a class of the in-process double")
+    return sim
 
 
 ScannerFactory = Any

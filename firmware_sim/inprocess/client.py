@@ -19,6 +19,7 @@ from bleak.uuids import normalize_uuid_str
 
 from edge.clock import with_timeout
 from firmware_sim.devices.base import ABORT_BY_LOCAL, SimDevice
+from firmware_sim.inprocess.agent import pair_through_agent
 from firmware_sim.inprocess.errors import not_found, raise_as_bleak
 from firmware_sim.inprocess.events import Observer, plain_callback
 from firmware_sim.inprocess.objects import service_collection
@@ -135,7 +136,7 @@ class SimBleakClient:
         while True:
             try:
                 if self._pair_before_connect and not device.paired:
-                    await device.pair()
+                    await self._pair(device)
                 else:
                     await device.connect()
                 return
@@ -159,16 +160,22 @@ class SimBleakClient:
         self._teardown(notify=True)
 
     async def pair(self, *args: Any, **kwargs: Any) -> None:
-        """Pair (bond) with the device; no-op if already paired."""
+        """Pair (bond) with the device, asking the double's agent as bluetoothd asks the
+        registered one; no-op if already paired. Fails as bleak does for BlueZ's
+        ``AuthenticationFailed`` / ``AuthenticationCanceled`` / ``AuthenticationTimeout``."""
         device = self._device or self._bound.fleet.find(self.address)
         if device is None:
             raise not_found(self.address)
         if device.paired:
             return
         try:
-            await device.pair()
+            await self._pair(device)
         except PeripheralError as e:
             raise_as_bleak(e)
+
+    async def _pair(self, device: SimDevice) -> None:
+        bound = self._bound
+        await pair_through_agent(device, bound.agent, bound.fleet.clock, bound.agent_timeout_s)
 
     async def unpair(self) -> None:
         """Remove the bond (and the link)."""

@@ -38,6 +38,8 @@ REPO = Path(__file__).resolve().parents[2]
 EDGE = [sys.executable, "-m", "edge"]
 HUB_ID = "hub-e2e"
 READY_TIMEOUT_S = 30.0
+#: the sandbox's kernel may report the clock unsynchronised; the clock tests drive it themselves
+CLOCK_ASSUMED = '[clock]\nsource = "assume-synchronised"\n'
 
 
 def observations(messages: list[Received]) -> list[dict[str, Any]]:
@@ -246,6 +248,8 @@ class E2E:
     #: daemon benchmark uses the shipped defaults)
     status_interval_s: float = 2
     health_interval_s: float = 1
+    #: the [clock] section (the clock tests give a flag-file source they drive themselves)
+    clock_toml: str = CLOCK_ASSUMED
     gate: Gate | None = field(init=False, default=None)
     pki: TestPki = field(init=False)
     broker: Broker = field(init=False)
@@ -341,10 +345,7 @@ ack_timeout_s = 5
 level = "info"
 format = "json"
 
-[clock]
-# the sandbox's kernel may report the clock unsynchronised; the clock tests drive it themselves
-source = "assume-synchronised"
-
+{self.clock_toml}
 [daemon]
 control_socket = "{self.control_socket}"
 health_interval_s = {self.health_interval_s:g}
@@ -467,9 +468,10 @@ shutdown_timeout_s = 6
 
 
 @contextlib.contextmanager
-def running(e2e: E2E) -> Iterator[Gateway]:
-    """A gateway that is stopped (SIGTERM) on the way out; asserts a clean exit."""
-    gw = e2e.gateway()
+def running(e2e: E2E, env: dict[str, str] | None = None) -> Iterator[Gateway]:
+    """A gateway (with ``env`` added to the rig's) that is stopped (SIGTERM) on the way out;
+    asserts a clean exit."""
+    gw = e2e.gateway(env=env)
     try:
         yield gw
     finally:

@@ -7,6 +7,7 @@ dbus-daemon. ``inprocess``: the in-process scanner/client double. Every test run
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,13 +17,15 @@ from typing import Any
 import pytest
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
-from bleak.exc import BleakGATTProtocolError, BleakGATTProtocolErrorCode
+from bleak.exc import BleakDBusError, BleakGATTProtocolError, BleakGATTProtocolErrorCode
 
+from edge.ble.agent import pairing_agent
+from edge.ble.agent_policy import PairingPolicy
 from edge.testing import eventually
 from firmware_sim.devices.glucose import GlucoseMeter
 from firmware_sim.devices.heart_rate import HeartRateStrap
 from firmware_sim.fleet import Fleet, build_fleet
-from firmware_sim.inprocess import inprocess_frontend
+from firmware_sim.inprocess import PolicyAgent, bound_sim, inprocess_frontend
 from firmware_sim.model.contract import uuid16
 from tests.support.bluez import bluez_frontend
 
@@ -74,6 +77,39 @@ async def sim(
     )
     async with frontend(fleet) as (scanner, client):
         yield Sim(request.param, fleet, scanner, client)
+
+
+#: a passkey meter and a numeric-comparison strap, for the pairing tests
+PAIRING_DEVICES = "glucose:1:pairing=passkey:passkey=123456,hr:1:pairing=numeric_comparison"
+PASSKEY = 123456
+
+
+@pytest.fixture(params=["bluez", "inprocess"])
+async def pairing_sim(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> AsyncIterator[Sim]:
+    fleet = build_fleet(devices=PAIRING_DEVICES, seed=12)
+    frontend = (
+        bluez_frontend(monkeypatch, tmp_path) if request.param == "bluez" else inprocess_frontend
+    )
+    async with frontend(fleet) as (scanner, client):
+        yield Sim(request.param, fleet, scanner, client)
+
+
+@contextlib.asynccontextmanager
+async def agent(sim: Sim, policy: PairingPolicy) -> AsyncIterator[None]:
+    """The gateway's pairing policy as the agent: on the bus (the gateway's own agent) for
+    the fake BlueZ, as the double's agent in process."""
+    if sim.kind == "bluez":
+        async with pairing_agent(policy):
+            yield
+        return
+    double = bound_sim(sim.Client)
+    double.agent = PolicyAgent(policy)
+    try:
+        yield
+    finally:
+        double.agent = None
 
 
 async def scan_for(
@@ -274,3 +310,79 @@ async def test_unpair_forgets_the_bond(sim: Sim) -> None:
     assert not meter.paired
     assert not meter.connected
     assert not client.is_connected
+
+
+# --- pairing through an agent ------------------------------------------------------------------
+
+
+async def pair_error(sim: Sim, name: str, policy: PairingPolicy | None) -> str | None:
+    """Connect to ``name`` and pair, with ``policy`` as the agent (None: no agent); the D-Bus
+    error the pairing ended with (None: it bonded)."""
+    device = await device_named(sim, name)
+    async with sim.Client(device) as client:
+        try:
+            if policy is None:
+                await client.pair()
+            else:
+                async with agent(sim, policy):
+                    await client.pair()
+        except BleakDBusError as exc:
+            return exc.dbus_error
+        # a bonded link is encrypted: the meter's encrypted characteristics answer
+        if name.startswith("SIM-GLU"):
+            await client.read_gatt_char(GLUCOSE_FEATURE)
+    return None
+
+
+async def test_a_passkey_meter_bonds_with_the_right_passkey(pairing_sim: Sim) -> None:
+    meter = pairing_sim.glucose()
+    policy = PairingPolicy(meter.address, passkey=PASSKEY)
+    assert await pair_error(pairing_sim, meter.name, policy) is None
+    assert meter.paired
+
+
+async def test_a_wrong_passkey_fails_and_leaves_no_bond(pairing_sim: Sim) -> None:
+    meter = pairing_sim.glucose()
+    policy = PairingPolicy(meter.address, passkey=654321)
+    error = await pair_error(pairing_sim, meter.name, policy)
+    assert error == "org.bluez.Error.AuthenticationFailed"
+    assert not meter.paired
+    # and the right passkey afterwards bonds
+    assert await pair_error(pairing_sim, meter.name,
+                            PairingPolicy(meter.address, passkey=PASSKEY)) is None
+    assert meter.paired
+
+
+async def test_a_passkey_meter_cannot_bond_without_an_agent(pairing_sim: Sim) -> None:
+    meter = pairing_sim.glucose()
+    assert await pair_error(pairing_sim, meter.name, None) == "org.bluez.Error.AuthenticationFailed"
+    assert not meter.paired
+
+
+async def test_the_device_cancelling_ends_the_pairing_as_cancelled(pairing_sim: Sim) -> None:
+    meter = pairing_sim.glucose()
+    meter.inject_fault({"pairing_refused": "canceled"})
+    policy = PairingPolicy(meter.address, passkey=PASSKEY)
+    error = await pair_error(pairing_sim, meter.name, policy)
+    assert error == "org.bluez.Error.AuthenticationCanceled"
+    assert not meter.paired
+
+
+@pytest.mark.parametrize(("confirm", "expected"),
+                         [(True, None), (False, "org.bluez.Error.AuthenticationFailed")],
+                         ids=["confirmed", "not-confirmed"])
+async def test_numeric_comparison_bonds_only_when_confirmed(
+    pairing_sim: Sim, confirm: bool, expected: str | None
+) -> None:
+    strap = pairing_sim.hr()
+    policy = PairingPolicy(strap.address, confirm=confirm)
+    assert await pair_error(pairing_sim, strap.name, policy) == expected
+    assert strap.paired is confirm
+
+
+async def test_the_agent_does_not_answer_for_another_device(pairing_sim: Sim) -> None:
+    meter = pairing_sim.glucose()
+    policy = PairingPolicy(pairing_sim.hr().address, passkey=PASSKEY)
+    error = await pair_error(pairing_sim, meter.name, policy)
+    assert error == "org.bluez.Error.AuthenticationFailed"
+    assert not meter.paired

@@ -20,7 +20,8 @@ from devtools.broker import ingest_identity
 from edge.config import UplinkConfig
 from edge.testing import eventually
 from edge.testing.uplink import forwarding
-from edge.uplink.forwarder import FHIR_CONTENT_TYPE, Forwarder
+from edge.uplink.fhir_encoding import FHIR_CONTENT_TYPE
+from edge.uplink.forwarder import Forwarder
 from edge.uplink.mqtt import TlsMqttConnector
 from edge.uplink.ports import PublishRefused
 from edge.uplink.stats import ForwarderState

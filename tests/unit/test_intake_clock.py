@@ -181,6 +181,7 @@ async def test_edge_status_shows_the_clock_state_and_the_readings_held() -> None
     stats = await rig.vault.stats()
     text = format_status({"source": "daemon", "intake": rig.intake.stats(),
                           "vault": {"held": stats.held}})
-    assert "clock:      unsynchronised; 1 reading(s) held back" in text
+    assert "clock:      unsynchronised (source " in text
+    assert "; 1 reading(s) held back" in text
     offline = format_status({"source": "vault", "vault": {"held": 0}})
     assert "clock:      daemon not running; 0 reading(s)" in offline

@@ -25,7 +25,8 @@ from edge.testing.uplink import (
     forwarding,
     ids_encoder,
 )
-from edge.uplink.forwarder import FHIR_CONTENT_TYPE, Forwarder
+from edge.uplink.fhir_encoding import FHIR_CONTENT_TYPE
+from edge.uplink.forwarder import Forwarder
 from edge.uplink.ports import Encoder, PendingLike, PublishRefused
 from edge.uplink.stats import ForwarderState
 from tests.support.uplink_fakes import FakeOutbox, RecordingClock

@@ -21,7 +21,8 @@ from edge.errors import ConfigError, KeyUnavailable
 from edge.testing import eventually, settle
 from edge.testing.uplink import AllowAll, FakeConnector, FakeMqttLink, Sent, forwarding
 from edge.uplink.envelope import CONTENT_TYPE
-from edge.uplink.forwarder import FHIR_CONTENT_TYPE, Forwarder
+from edge.uplink.fhir_encoding import FHIR_CONTENT_TYPE
+from edge.uplink.forwarder import Forwarder
 from edge.uplink.pki import DevPki, issue, make_ca, write_dev_pki, write_identity, write_key
 from edge.uplink.sealing import Encoding, describe, encoding_for, load_signer
 from tests.support.uplink_fakes import FakeOutbox, RecordingClock, make_readings
