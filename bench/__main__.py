@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
+import timeit
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -29,6 +31,16 @@ def discover() -> dict[str, str]:
     }
 
 
+def machine_speed() -> None:
+    """One reference figure first: a plain Python loop, so that figures measured on different
+    machines can be compared (a shared virtual machine may be several times slower than
+    another; every absolute figure scales with it, ratios much less)."""
+    best = min(timeit.repeat("for i in range(1_000_000): s += i", "s = 0", number=1, repeat=5))
+    print(json.dumps({"figure": "machine.python_loop_1m_ms", "value": round(best * 1000, 1),
+                      "unit": "ms", "note": "reference only: lower is a faster machine"}),
+          flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     found = discover()
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
@@ -40,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: no such benchmark: {', '.join(unknown)} "
               f"(have: {', '.join(found)})", file=sys.stderr)
         return 2
+    machine_speed()
     failed = []
     for name in args.names or list(found):
         print(f"# bench {name}", file=sys.stderr, flush=True)

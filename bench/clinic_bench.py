@@ -1,6 +1,7 @@
 """Clinic benchmark: ``clinic ingest`` workers against a real mosquitto (mutual TLS, the shipped
-config and ACL) and a throwaway PostgreSQL (``clinic.devdb``, fsync on, under ``/var/tmp``: a
-real disk), one run, JSON lines.
+config and ACL) and a throwaway PostgreSQL (``clinic.devdb``, fsync, synchronous_commit and
+full_page_writes on, buffers and WAL sized for 10,000-row commits: :data:`PG_SETTINGS`; under
+``/var/tmp``: a real disk), one run, JSON lines.
 
 - ``clinic.ingest_per_s``: readings stored per second by two ``clinic ingest`` worker
   processes (production batch sizes: ``receive_maximum`` and ``batch_max`` at their defaults)
@@ -9,9 +10,13 @@ real disk), one run, JSON lines.
   with ``edge.uplink.envelope.seal`` (JWS ES256 by the hub's key, JWE to the clinic's key) and
   published QoS 1 to ``edge/v1/<hub>/obs/<patient>`` — while both workers are stopped (their
   persistent sessions hold it at the broker). Then both workers are started and the clock
-  runs from their launch until every reading is in ``observations``. ``store_window_per_s``
-  is the same count over the span of PostgreSQL's own commit timestamps (first to last
-  commit: the workers' start-up and TLS handshakes left out).
+  runs from their launch until the workers have committed every message (their counter,
+  written in the same transactions; then every reading is checked to be in
+  ``observations``, once). ``store_window_per_s`` is the same count over the span of
+  PostgreSQL's own commit timestamps (first to last commit: the workers' start-up and TLS
+  handshakes left out). ``cpu_us_per_reading`` is the CPU time of the workers, PostgreSQL and
+  mosquitto over that phase per reading (less skewed by other work on the box than the rate);
+  ``readings_per_commit`` the mean batch.
 - The same without e2e is not measured: the clinic accepts only sealed envelopes (every
   observation message goes through ``open_envelope``; a plain Bundle is refused as
   ``bad_envelope``), so a line says so (``clinic.ingest_plain_per_s``, ``skipped``).
@@ -35,6 +40,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -47,6 +53,7 @@ from typing import Any
 import psycopg
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from psycopg import sql
 
 import bench
 from clinic import config as config_mod
@@ -83,6 +90,12 @@ PATIENTS = tuple(f"patient-{i:02d}" for i in range(20))
 WORKERS = ("1", "2")
 BUNDLE = 50
 PREFIX = "edge/v1"
+#: the throwaway cluster sized for a batch of 10,000 rows a commit (as a clinic's server would
+#: be); durability untouched: fsync, synchronous_commit and full_page_writes stay on. WAL
+#: buffers hold a whole batch's WAL (~20 MB) so the committing backend does not stall writing
+#: it out piecemeal; checkpoints wait until after the run instead of landing inside it.
+PG_SETTINGS = {"shared_buffers": "256MB", "wal_buffers": "64MB", "max_wal_size": "4GB",
+               "checkpoint_timeout": "30min"}
 #: the first seconds of the latency stream are not counted (reported as warmup_max_ms): the
 #: first messages pay one-off costs (imports, first JOSE keys, first connections)
 WARMUP_S = 2.0
@@ -144,6 +157,9 @@ def rig_up(tmp: Path) -> Iterator[tuple[ClinicRig, TestPki, Broker]]:
     with clinic_rig(tmp / "clinic") as rig:
         with psycopg.connect(rig.dsn, autocommit=True) as conn:
             conn.execute("ALTER SYSTEM SET track_commit_timestamp = on")
+            for name, value in PG_SETTINGS.items():
+                conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(
+                    sql.Identifier(name), sql.Literal(value)))
         rig.pg.restart()
         pki = make_pki(tmp, HUB, hostile=())
         broker = start_broker(tmp, pki, debug=False,
@@ -158,22 +174,51 @@ def rig_up(tmp: Path) -> Iterator[tuple[ClinicRig, TestPki, Broker]]:
             broker.stop()
 
 
-def stored_count(rig: ClinicRig) -> int:
-    with psycopg.connect(rig.dsn, autocommit=True) as conn:
-        row = conn.execute("SELECT count(*) FROM observations").fetchone()
-    return int(row[0]) if row else 0
+#: how many readings are stored: exact, but a scan of the whole table
+STORED_SQL = "SELECT count(*) FROM observations"
+#: how many messages the workers committed (the counter is written in the transaction that
+#: stores the message's rows): a few rows to read however large ``observations`` grows. A
+#: count(*) polled every 50 ms was itself a PostgreSQL backend scanning hundreds of MB, on
+#: the cores the workers need, more so the larger the backlog.
+COMMITTED_SQL = "SELECT coalesce(sum(value), 0) FROM ingest_counters WHERE name = 'messages'"
 
 
-def wait_stored(rig: ClinicRig, n: int, timeout: float) -> None:
-    """Until ``n`` rows are stored (polled every 50 ms; a dead worker is an error)."""
+def wait_for(rig: ClinicRig, query: str, target: int, timeout: float) -> None:
+    """Until ``query`` (one number) reaches ``target``: polled every 50 ms on one connection;
+    a dead worker is an error."""
     deadline = time.monotonic() + timeout
-    while stored_count(rig) < n:
-        dead = [w for w, p in rig.workers.items() if p.poll() is not None]
-        if dead:
-            raise RuntimeError(f"worker {dead[0]} exited:\n{rig.log_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"only {stored_count(rig)} of {n} stored in {timeout:.0f} s")
-        time.sleep(0.05)
+    with psycopg.connect(rig.dsn, autocommit=True) as conn:
+        def value() -> int:
+            row = conn.execute(query.encode()).fetchone()  # a constant of this module
+            return int(row[0]) if row else 0
+        while value() < target:
+            dead = [w for w, p in rig.workers.items() if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"worker {dead[0]} exited:\n{rig.log_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {value()} of {target} in {timeout:.0f} s ({query})")
+            time.sleep(0.05)
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its reaped children, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # after the command: state is field 3, utime/stime/cutime/cstime are fields 14-17
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of this process's reaped children (the workers, once stopped)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def server_cpu_s(rig: ClinicRig, broker: Broker) -> dict[str, float]:
+    """CPU seconds so far of PostgreSQL (the postmaster with its exited backends) and of
+    mosquitto."""
+    postmaster = int((rig.pg.data_dir / "postmaster.pid").read_text().split()[0])
+    assert broker.proc is not None
+    return {"postgres": proc_cpu_s(postmaster), "mosquitto": proc_cpu_s(broker.proc.pid)}
 
 
 def start_workers(rig: ClinicRig) -> None:
@@ -217,23 +262,30 @@ def ingest_rate(rig: ClinicRig, pki: TestPki, broker: Broker, n: int) -> None:
             messages += 1
     note(f"published {messages} sealed Bundles ({n} readings) in "
          f"{time.perf_counter() - t0:.1f} s; starting two workers")
+    servers0, workers0 = server_cpu_s(rig, broker), children_cpu_s()
     t0 = time.perf_counter()
     start_workers(rig)
-    wait_stored(rig, n, timeout=max(600.0, n / 100))
+    wait_for(rig, COMMITTED_SQL, messages, timeout=max(600.0, n / 100))
     elapsed = time.perf_counter() - t0
     with psycopg.connect(rig.dsn, autocommit=True) as conn:
         row = conn.execute(
             "SELECT extract(epoch FROM max(pg_xact_commit_timestamp(xmin)) - "
-            "min(pg_xact_commit_timestamp(xmin))), count(*), count(DISTINCT identifier) "
-            "FROM observations").fetchone()
+            "min(pg_xact_commit_timestamp(xmin))), count(*), count(DISTINCT identifier), "
+            "count(DISTINCT xmin::text) FROM observations").fetchone()
     assert row is not None
-    window, rows, distinct = float(row[0]), int(row[1]), int(row[2])
+    window, rows, distinct, commits = float(row[0]), int(row[1]), int(row[2]), int(row[3])
     if rows != n or distinct != n:
         raise RuntimeError(f"stored {rows} rows ({distinct} distinct) for {n} readings")
-    rig.stop_workers()
+    rig.stop_workers()  # their backends exit: PostgreSQL's CPU is complete
+    servers = server_cpu_s(rig, broker)
+    # CPU per reading of each part: less sensitive than the rate to other work on the box
+    cpu_us = {"workers": (children_cpu_s() - workers0) * 1e6 / n} | {
+        k: (servers[k] - servers0[k]) * 1e6 / n for k in servers}
     emit("clinic.ingest_per_s", n / elapsed, "readings/s", e2e="sign+encrypt", readings=n,
          bundles=messages, readings_per_bundle=BUNDLE, workers=len(WORKERS),
-         elapsed_s=round(elapsed, 2), store_window_per_s=round(n / window) if window else None)
+         elapsed_s=round(elapsed, 2), store_window_per_s=round(n / window) if window else None,
+         cpu_us_per_reading={k: round(v, 1) for k, v in cpu_us.items()},
+         readings_per_commit=round(n / commits))
     emit("clinic.ingest_plain_per_s", 0, "readings/s", e2e="off", skipped=(
         "the clinic accepts only sealed JOSE envelopes: every observation message goes "
         "through open_envelope, a plain FHIR Bundle is rejected as bad_envelope"))
@@ -310,7 +362,7 @@ def hub_to_store(rig: ClinicRig, pki: TestPki, broker: Broker, seconds: float,
     (tmp / "hubvault").mkdir(mode=0o700)
     appended = asyncio.run(forward_at_rate(pki, broker, recipient,
                                            tmp / "hubvault" / "vault.db", readings, rate))
-    wait_stored(rig, len(readings), timeout=60)
+    wait_for(rig, STORED_SQL, len(readings), timeout=60)  # a small table here
     with psycopg.connect(rig.dsn, autocommit=True) as conn:
         rows = conn.execute("SELECT identifier, extract(epoch FROM "
                             "pg_xact_commit_timestamp(xmin)) FROM observations").fetchall()

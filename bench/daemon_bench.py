@@ -4,7 +4,8 @@ The rig is the end-to-end harness's (:class:`tests.e2e.harness.E2E`): a throwawa
 mosquitto (mutual TLS, ACL) on a free loopback port, the firmware simulator with 35 heart-rate
 straps and 15 glucose meters behind the fake BlueZ on a private D-Bus, consent granted and every
 device paired over the CLI (``edge consent grant``, ``edge pair``), then ``edge run`` with the
-shipped intervals (status every 60 s, health every 5 s). Everything lives under ``/var/tmp``: a
+shipped intervals (status every 60 s, health every 5 s), from a virtual environment holding
+only what a hub installs (:mod:`bench.hub_venv`). Everything lives under ``/var/tmp``: a
 real disk (``write_bytes`` does not count tmpfs).
 
 Once every device is connected and a warm-up has passed, a measurement window reads the
@@ -14,8 +15,9 @@ the readings the forwarder had acknowledged (``uplink.stats.readings_delivered``
 - ``daemon.disk_bytes_per_reading``: ``write_bytes`` / readings forwarded in the window;
   ``daemon.disk_gb_per_day`` the same per day at the window's rate;
 - ``daemon.cpu_ms_per_reading``: (utime + stime) / readings forwarded;
-- ``daemon.rss_mb``: resident memory at the end; ``daemon.rss_growth_mb_per_h``: the
-  least-squares slope of RSS sampled every second through the window;
+- ``daemon.rss_mb``: resident memory after ``--rss-minutes`` (10; quick 2) more of the same
+  load; ``daemon.rss_growth_mb_per_h``: the least-squares slope of RSS sampled every 5 s over
+  the second half of that time (bounded caches fill in the first minutes);
 - ``daemon.fsyncs_per_s``: fsync + fdatasync calls counted by ``strace -f -c`` over a
   sub-window after the main one (strace slows the process: counts only, not timing).
 
@@ -37,10 +39,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -55,6 +55,8 @@ from pathlib import Path
 from typing import Any
 
 import bench
+from bench.hub_venv import hub_python
+from bench.tracing import count_fsyncs, profile, say
 from edge.daemon.status import CONNECTED_STATES
 from edge.log import configure_logging
 from tests.e2e.harness import E2E, Gateway
@@ -91,10 +93,6 @@ def load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def say(text: str) -> None:
-    print(f"# daemon: {text}", file=sys.stderr, flush=True)
-
-
 # --- /proc ------------------------------------------------------------------------------------
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -129,6 +127,18 @@ def sample(pid: int) -> Sample:
                   io["syscw"], cpu, rss_kb / 1024)
 
 
+def rss_parts(pid: int) -> dict[str, float]:
+    """VmRSS split as the kernel counts it: anonymous memory (the daemon's own) and mapped
+    files (shared libraries: how many of their pages are mapped depends on the page cache, e.g.
+    a freshly installed library maps more of itself)."""
+    parts: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("RssAnon", "RssFile", "RssShmem"):
+            parts[f"{key[3:].lower()}_mb"] = round(int(value.split()[0]) / 1024, 1)
+    return parts
+
+
 def slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     """Least-squares slope of ys over xs (0 with fewer than two points)."""
     n = len(xs)
@@ -145,88 +155,6 @@ def uplink(gw: Gateway) -> tuple[int, int]:
     messages it sent."""
     stats = gw.status()["uplink"]["stats"] or {}
     return int(stats.get("readings_delivered", 0)), int(stats.get("messages_sent", 0))
-
-
-# --- strace / py-spy --------------------------------------------------------------------------
-
-
-def count_fsyncs(pid: int, seconds: float) -> tuple[int, str] | None:
-    """fsync + fdatasync calls of ``pid`` (all threads) over ``seconds``, with strace -c;
-    None when strace is not installed or cannot attach."""
-    strace = shutil.which("strace")
-    if strace is None:
-        say("strace is not installed (apt-get install strace): no fsync count")
-        return None
-    proc = subprocess.Popen([strace, "-f", "-c", "-e", "trace=fsync,fdatasync", "-p", str(pid)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        time.sleep(seconds)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            _, err = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-    if "attach" in err and "Operation not permitted" in err:
-        say(f"strace could not attach: {err.strip()[:200]}")
-        return None
-    calls = 0
-    for line in err.splitlines():
-        parts = line.split()
-        if parts and parts[-1] in ("fsync", "fdatasync") and len(parts) >= 5:
-            calls += int(parts[3])
-    return calls, err
-
-
-def profile(pid: int, seconds: int, out: Path) -> None:
-    """Sample ``pid`` with py-spy for ``seconds`` (raw collapsed stacks into ``out``) and print
-    the top functions by own and by total samples to stderr."""
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(spy).exists():
-        say("py-spy is not installed (.venv/bin/pip install py-spy): no profile")
-        return
-    done = subprocess.run([spy, "record", "--pid", str(pid), "--duration", str(seconds),
-                           "--format", "raw", "--rate", "250", "--nonblocking", "-o", str(out)],
-                          capture_output=True, text=True, timeout=seconds + 60, check=False)
-    if done.returncode != 0 or not out.exists():
-        say(f"py-spy failed ({done.returncode}): {done.stderr.strip()[-300:]}")
-        return
-    for line in summarize(out.read_text(), top=30):
-        print(f"# profile: {line}", file=sys.stderr)
-    say(f"raw py-spy stacks: {out}")
-
-
-def summarize(raw: str, top: int = 30) -> list[str]:
-    """Top functions of py-spy's raw (collapsed) output: own samples and total samples (a
-    function counted once per stack), as shares of all samples of non-idle threads."""
-    own: collections.Counter[str] = collections.Counter()
-    total: collections.Counter[str] = collections.Counter()
-    n = 0
-    for line in raw.splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        c = int(count)
-        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
-        # idle: the event loop waiting in select/epoll, executor threads waiting for work
-        # (the vault's writer waits in ``_Writer._serve`` itself: a C-level queue get)
-        leaf = frames[-1]
-        if any(w in leaf for w in ("select (", "poll (", "wait (", "_worker (", "sleep (",
-                                   "_Writer._serve (")):
-            continue
-        n += c
-        own[leaf] += c
-        for f in set(frames):
-            total[f] += c
-    if n == 0:
-        return ["no busy samples"]
-    out = [f"{n} busy samples; top by own samples:"]
-    out += [f"  {100 * c / n:5.1f}%  {f}" for f, c in own.most_common(top)]
-    out.append("top by total samples (inclusive):")
-    out += [f"  {100 * c / n:5.1f}%  {f}" for f, c in total.most_common(top)]
-    return out
 
 
 # --- the rig ----------------------------------------------------------------------------------
@@ -269,13 +197,14 @@ def wait_connected(gw: Gateway, n: int, timeout: float) -> int:
 
 
 def steady_state(workdir: Path, warmup: float, window: float, fsync_s: float,
-                 profile_s: int) -> None:
+                 profile_s: int, rss_minutes: float, dev_venv: bool = False) -> None:
     devices = f"hr:{HR},glucose:{GLUCOSE}"
+    python = Path(sys.executable) if dev_venv else hub_python()
     with rig(workdir, devices) as e2e:
         t = time.monotonic()
         n = pair_all(e2e)
         say(f"paired {n} devices over the CLI in {time.monotonic() - t:.0f} s")
-        gw = e2e.gateway()
+        gw = e2e.gateway(python=str(python))
         pid = gw.proc.pid
         up = wait_connected(gw, n, CONNECT_TIMEOUT_S)
         say(f"{up}/{n} devices connected; warm-up {warmup:g} s (load {load()})")
@@ -309,10 +238,7 @@ def steady_state(workdir: Path, warmup: float, window: float, fsync_s: float,
         emit("daemon.disk_gb_per_day", wb / elapsed * 86400 / 1e9, "GB/day", **ctx)
         emit("daemon.cpu_ms_per_reading", (s1.cpu_s - s0.cpu_s) * 1000 / forwarded, "ms",
              cpu_share=round((s1.cpu_s - s0.cpu_s) / elapsed, 3), **ctx)
-        emit("daemon.rss_mb", s1.rss_mb, "MB", **ctx)
-        growth = slope([a for a, _ in rss], [m for _, m in rss]) * 3600
-        emit("daemon.rss_growth_mb_per_h", growth, "MB/h", samples=len(rss),
-             rss_first_mb=round(rss[0][1], 1), rss_last_mb=round(rss[-1][1], 1), **ctx)
+        window_rss = slope([a for a, _ in rss], [m for _, m in rss]) * 3600
         counted = count_fsyncs(pid, fsync_s)
         if counted is not None:
             calls, _ = counted
@@ -320,9 +246,35 @@ def steady_state(workdir: Path, warmup: float, window: float, fsync_s: float,
                  sub_window_s=fsync_s, fsyncs=calls, load=load())
         if profile_s > 0:
             profile(pid, profile_s, workdir / "daemon-profile.raw")
+        rss_phase(pid, rss_minutes, window_rss, python)
         rc = gw.stop(15)
         if rc != 0:
             say(f"edge run exited with {rc}")
+
+
+def rss_phase(pid: int, minutes: float, window_growth: float, python: Path) -> None:
+    """Resident memory over ``minutes`` more of the same load, sampled every 5 s. The slope is
+    taken over the second half: bounded caches (SQLCipher's page cache, structlog's, the
+    allocator's arenas) fill in the first minutes, and a leak is what keeps growing after."""
+    say(f"resident memory over {minutes:g} min (load {load()})")
+    start = time.monotonic()
+    points: list[tuple[float, float]] = []
+    while (now := time.monotonic()) < start + minutes * 60:
+        points.append((now - start, sample(pid).rss_mb))
+        time.sleep(min(5.0, start + minutes * 60 - now))
+    points.append((time.monotonic() - start, sample(pid).rss_mb))
+    parts = rss_parts(pid)
+    late = [p for p in points if p[0] >= minutes * 30]
+    growth = slope([a for a, _ in late], [m for _, m in late]) * 3600
+    ctx: dict[str, Any] = {"minutes": minutes, "samples": len(points), "load": load(),
+                           "interpreter": str(python)}
+    emit("daemon.rss_mb", points[-1][1], "MB", rss_max_mb=round(max(m for _, m in points), 1),
+         **parts, **ctx)
+    emit("daemon.rss_growth_mb_per_h", growth, "MB/h", over="second half",
+         rss_first_mb=round(points[0][1], 1), rss_last_mb=round(points[-1][1], 1),
+         whole_run_mb_per_h=round(slope([a for a, _ in points], [m for _, m in points]) * 3600,
+                                  1),
+         first_window_mb_per_h=round(window_growth, 1), **ctx)
 
 
 async def fill(e2e: E2E, n: int) -> None:
@@ -401,6 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, help="seconds (default 40; quick 10)")
     ap.add_argument("--window", type=float, help="seconds (default 60; quick 20)")
     ap.add_argument("--backlog", type=int, help="readings (default 200,000; quick 50,000)")
+    ap.add_argument("--rss-minutes", type=float,
+                    help="how long resident memory is followed after the window (default 10;"
+                         " quick 2)")
+    ap.add_argument("--dev-venv", action="store_true",
+                    help="run edge run on this interpreter instead of a hub-only environment")
     ap.add_argument("--profile", type=int, default=0, metavar="SECONDS",
                     help="also sample the daemon with py-spy for SECONDS after the window")
     ap.add_argument("--only", choices=("steady", "drain"), help="run one part")
@@ -411,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     backlog = args.backlog if args.backlog is not None else (
         50_000 if args.quick else 200_000)
     fsync_s = 8.0 if args.quick else 15.0
+    rss_minutes = args.rss_minutes if args.rss_minutes is not None else (
+        2.0 if args.quick else 10.0)
     # stdout carries only the figures (the offline fill uses the vault in this process)
     configure_logging("warning", "console", stream=sys.stderr)
 
@@ -425,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     interrupted = threading.Event()
     try:
         if args.only in (None, "steady"):
-            steady_state(workdir / "steady", warmup, window, fsync_s, args.profile)
+            steady_state(workdir / "steady", warmup, window, fsync_s, args.profile, rss_minutes,
+                         args.dev_venv)
         if args.only in (None, "drain"):
             backlog_drain(workdir / "drain", backlog, timeout=600.0)
     except KeyboardInterrupt:

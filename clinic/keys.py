@@ -15,6 +15,7 @@ written under an old data key stay readable.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -81,7 +82,14 @@ def encrypt(ring: KeyRing, plaintext: bytes, aad: bytes) -> tuple[str, bytes]:
     the ciphertext to its row (e.g. the Observation identifier), so rows cannot be swapped."""
     kid, key = ring.data_key()
     nonce = secrets.token_bytes(12)
-    return kid, nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+    return kid, nonce + _aead(key).encrypt(nonce, plaintext, aad)
+
+
+@functools.lru_cache(maxsize=8)
+def _aead(key: bytes) -> AESGCM:
+    """One AES-GCM object per data key, not per row (ingest seals thousands a second); the
+    keys are already held in memory by the ring, a few at most (current and retired)."""
+    return AESGCM(key)
 
 
 def decrypt(ring: KeyRing, key_id: str, blob: bytes, aad: bytes) -> bytes:
@@ -90,7 +98,7 @@ def decrypt(ring: KeyRing, key_id: str, blob: bytes, aad: bytes) -> bytes:
     if key is None:
         raise KeyUnavailable(f"data key {key_id} is not held by this clinic")
     try:
-        return AESGCM(key).decrypt(blob[:12], blob[12:], aad)
+        return _aead(key).decrypt(blob[:12], blob[12:], aad)
     except InvalidTag as exc:
         raise ClinicError("stored data does not decrypt (tampered or wrong row)") from exc
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
+from bench.hub_venv import hub_python
 from soak.run import SoakConfig, run_soak, summary
 from soak.schedule import Rates
 
@@ -47,6 +48,9 @@ def parse(argv: list[str] | None) -> SoakConfig:
     ap.add_argument("--workdir", type=Path, help="keep everything here (default: a new "
                     "directory under /var/tmp, removed after a pass)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory after a pass")
+    ap.add_argument("--dev-venv", action="store_true",
+                    help="run edge run on this interpreter, not on a hub-only virtual "
+                         "environment (its resident memory then includes development packages)")
     args = ap.parse_args(argv)
     if args.hr < 0 or args.glucose < 0 or args.hr + args.glucose == 0:
         ap.error("--hr and --glucose must be >= 0 and name at least one device")
@@ -56,7 +60,8 @@ def parse(argv: list[str] | None) -> SoakConfig:
     return SoakConfig(minutes=args.minutes, seed=args.seed, hr=args.hr, glucose=args.glucose,
                       sample_every_s=args.sample_every, rates=rates, workdir=args.workdir,
                       keep=args.keep, fd_growth_limit=args.fd_growth,
-                      drain_timeout_s=args.drain_timeout)
+                      drain_timeout_s=args.drain_timeout,
+                      python=None if args.dev_venv else str(hub_python()))
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

@@ -67,6 +67,9 @@ class SoakConfig:
     #: [uplink] status_interval_s and [daemon] health_interval_s (the shipped ones by default)
     status_interval_s: float = 60
     health_interval_s: float = 5
+    #: the interpreter ``edge run`` runs on; None: this one (``python -m soak`` passes the
+    #: hub-only environment of :mod:`bench.hub_venv`, so resident memory is a hub's)
+    python: str | None = None
 
 
 @dataclass
@@ -291,7 +294,7 @@ def _soak(cfg: SoakConfig, e2e: E2E, observer: IdObserver, out: TextIO, workdir:
     runner.say(f"workdir {workdir}; pairing {cfg.hr} heart-rate straps and "
                f"{cfg.glucose} glucose meters over the CLI")
     n = pair_all(e2e)
-    gw = e2e.gateway()
+    gw = e2e.gateway(python=cfg.python)
     up = wait_connected(gw, n, cfg.connect_timeout_s)
     runner.say(f"{up}/{n} devices connected; soak of {seconds:g} s begins (seed {cfg.seed})")
     setup_s = time.monotonic() - t_setup

@@ -58,18 +58,25 @@ class MinuteStats:
 
 def minute_of(t: dt.datetime) -> dt.datetime:
     """The UTC minute ``t`` falls in."""
-    return t.astimezone(dt.UTC).replace(second=0, microsecond=0)
+    if t.tzinfo is not dt.UTC:  # ingest's times are already UTC: skip the conversion
+        t = t.astimezone(dt.UTC)
+    return t.replace(second=0, microsecond=0)
 
 
 def aggregate(samples: Iterable[tuple[str, dt.datetime, Decimal]]
               ) -> dict[tuple[str, dt.datetime], MinuteStats]:
     """(patient, time, bpm) samples folded per (patient, minute)."""
-    out: dict[tuple[str, dt.datetime], MinuteStats] = {}
+    groups: dict[tuple[str, dt.datetime], list[Decimal]] = {}
     for patient, t, bpm in samples:
         key = (patient, minute_of(t))
-        s = MinuteStats.of(bpm)
-        out[key] = out[key].merged(s) if key in out else s
-    return out
+        got = groups.get(key)
+        if got is None:
+            groups[key] = [bpm]
+        else:
+            got.append(bpm)
+    # one MinuteStats per minute, not one per sample (ingest folds ~10,000 a batch)
+    return {k: MinuteStats(len(v), min(v), max(v), sum(v[1:], v[0]))
+            for k, v in groups.items()}
 
 
 def _aad(patient: str, minute: dt.datetime) -> bytes:

@@ -9,15 +9,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
 
 from clinic.errors import Rejected
 from clinic.ingest.bundle import Obs, check_bundle
+from clinic.ingest.signers import SignerCache
 from clinic.keys import KeyRing
-from edge.uplink.envelope import EnvelopeError, open_envelope, verify_signer
+from edge.uplink.envelope import EnvelopeError, open_envelope
 
 REASONS = (
     "oversize", "bad_topic", "bad_envelope", "bad_signature", "hub_mismatch", "unknown_hub",
@@ -66,6 +67,11 @@ class Verifier:
     ring: KeyRing
     hub_cas: Sequence[x509.Certificate]
     max_bytes: int
+    #: the x5c chains that verified against ``hub_cas`` (by exact x5c)
+    _signers: SignerCache = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_signers", SignerCache(self.hub_cas))  # frozen: set once
 
     def observations(self, topic: str, payload: bytes, *, now: dt.datetime,
                      hub_state: HubLookup, patient_hub: PatientLookup) -> Accepted:
@@ -77,7 +83,7 @@ class Verifier:
             raise Rejected("bad_topic", "not an observation topic")
         try:
             opened = open_envelope(payload, self.ring.e2e)
-            signer = verify_signer(opened, self.hub_cas, now)
+            signer = self._signers.hub_of(opened, now)
         except EnvelopeError as exc:
             raise Rejected(exc.reason, str(exc)) from exc
         if signer != t.hub:

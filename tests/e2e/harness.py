@@ -397,14 +397,16 @@ shutdown_timeout_s = 6
         self.edge("pair", self.address(name), "--patient", patient, timeout=90)
 
     def gateway(self, *, ready: bool = True, env: dict[str, str] | None = None,
-                deny_write_execute: bool = False) -> Gateway:
+                deny_write_execute: bool = False, python: str | None = None) -> Gateway:
         """Start ``edge run`` (and wait until it is ready). ``deny_write_execute`` runs it as
-        the unit's MemoryDenyWriteExecute=yes would (the kernel's PR_SET_MDWE)."""
+        the unit's MemoryDenyWriteExecute=yes would (the kernel's PR_SET_MDWE); ``python``:
+        another interpreter (the daemon benchmark's hub-only virtual environment)."""
         n = len(self.gateways)
         log_path = self.workdir / f"gateway-{n}.log"
+        command = [python, "-m", "edge", "run"] if python else [*EDGE, "run"]
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                [*EDGE, "run"], env={**self.env, **(env or {})}, stdin=subprocess.DEVNULL,
+                command, env={**self.env, **(env or {})}, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
                 preexec_fn=deny_write_execute_in_child if deny_write_execute else None,
             )

@@ -411,3 +411,16 @@ async def test_device_hash_key_is_per_vault_secret_and_survives_reopen(
     async with await Vault.open(other_cfg, write_key(other_cfg)) as other:
         assert other.log_hash_key != first
         assert other.device_hash("AA:BB:CC:DD:EE:FF") != named
+
+
+@pytest.mark.parametrize("kib", [256, 2048])
+def test_the_page_cache_is_bounded_by_cache_kib(cfg: VaultConfig, key: bytes, kib: int) -> None:
+    # the sqlcipher3 build's default (8,000 KiB) filled slowly and read as a memory leak
+    from edge.vault.engine import Engine
+
+    engine = Engine.open(cfg.model_copy(update={"cache_kib": kib}), key,
+                         ManualClock(BASE_TIME), sqlcipher3, cfg.key_provider)
+    try:
+        assert engine.conn.execute("PRAGMA cache_size").fetchone()[0] == -kib
+    finally:
+        engine.close()

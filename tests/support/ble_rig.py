@@ -92,6 +92,8 @@ class _CountingClient:
         await self._inner.disconnect()
 
     async def pair(self) -> None:
+        if self._counter.pair_fail_with is not None:
+            raise self._counter.pair_fail_with
         await self._inner.pair()
 
     async def unpair(self) -> None:
@@ -142,6 +144,8 @@ class CountingClients:
     #: every connect (every read) raises this while set, as BlueZ does for a lost bond
     fail_with: BaseException | None = None
     read_fail_with: BaseException | None = None
+    #: every pair() raises this while set (a meter reached through an adapter without its bond)
+    pair_fail_with: BaseException | None = None
 
     def __call__(
         self,
