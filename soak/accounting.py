@@ -119,6 +119,9 @@ class Resources:
     rss_end: float
     #: MB per hour, least squares over every sample
     rss_slope_mb_h: float
+    #: the same over the second half of the samples' time: bounded caches (SQLCipher's page
+    #: cache, the allocator's arenas) fill in the first minutes; a leak keeps growing after
+    rss_late_slope_mb_h: float
     fds_start: int
     fds_max: int
     fds_end: int
@@ -138,8 +141,15 @@ def resources(samples: Sequence[tuple[float, float, int]]) -> Resources:
     return Resources(
         rss_start=rss[0], rss_max=max(rss), rss_end=rss[-1],
         rss_slope_mb_h=slope(ts, rss) * 3600,
+        rss_late_slope_mb_h=slope(*_second_half(ts, rss)) * 3600,
         fds_start=fds[0], fds_max=max(fds), fds_end=fds[-1],
     )
+
+
+def _second_half(ts: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
+    mid = (ts[0] + ts[-1]) / 2
+    late = [(t, y) for t, y in zip(ts, ys, strict=True) if t >= mid]
+    return [t for t, _ in late], [y for _, y in late]
 
 
 def verdict(acc: Accounting, res: Resources, *, fd_growth_limit: int,

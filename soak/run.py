@@ -389,7 +389,7 @@ def summary(r: SoakResult, cfg: SoakConfig) -> str:
         f"  refusals     {refusals}",
         f"  faults       {faults}; skipped: {skipped}; uplink connections {r.uplink_connections}",
         f"  rss MB       start {m.rss_start:.1f}  max {m.rss_max:.1f}  end {m.rss_end:.1f}  "
-        f"slope {m.rss_slope_mb_h:+.1f} MB/h",
+        f"slope {m.rss_slope_mb_h:+.1f} MB/h (second half {m.rss_late_slope_mb_h:+.1f} MB/h)",
         f"  open fds     start {m.fds_start}  max {m.fds_max}  end {m.fds_end}  "
         f"(growth limit {cfg.fd_growth_limit})",
         f"  daemon exit  {r.daemon_exit}",

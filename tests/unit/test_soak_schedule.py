@@ -166,6 +166,12 @@ def test_slope_and_resources() -> None:
     res = resources([(0, 50.0, 20), (1800, 51.0, 30), (3600, 52.0, 24)])
     assert (res.rss_start, res.rss_max, res.rss_end) == (50.0, 52.0, 52.0)
     assert res.rss_slope_mb_h == pytest.approx(2.0)
+    assert res.rss_late_slope_mb_h == pytest.approx(2.0)
+    # caches filling early, flat later: the late slope says no leak, the whole one would not
+    filling = resources([(0, 70.0, 1), (600, 74.0, 1), (1200, 75.0, 1), (1800, 75.0, 1),
+                         (2400, 75.0, 1)])
+    assert filling.rss_late_slope_mb_h == pytest.approx(0.0)
+    assert filling.rss_slope_mb_h > 4
     assert (res.fds_start, res.fds_max, res.fds_end, res.fd_growth) == (20, 30, 24, 4)
     with pytest.raises(ValueError):
         resources([])
