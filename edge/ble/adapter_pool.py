@@ -100,8 +100,11 @@ class AdapterPool:
         clock: Clock,
         counters: Counter[str],
         audit: AuditFn | None = None,
+        on_up: Callable[[str], None] | None = None,
     ) -> None:
         self._control = control
+        #: told the name of each adapter that appears (a bond may live on it)
+        self._on_up = on_up
         self._clock = clock
         self._counters = counters
         self._audit = audit
@@ -178,6 +181,8 @@ class AdapterPool:
         self._ever_up = True
         lane.task = self._tg.create_task(lane.watcher.run(), name=f"ble-watcher-{lane.name}")
         log.info("ble.adapter_up", adapter=lane.name)
+        if self._on_up is not None:
+            self._on_up(lane.name)
         self._wake()
 
     def _down(self, lane: Lane) -> None:

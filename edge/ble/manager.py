@@ -82,7 +82,15 @@ class BleManager:
             clock=clock,
             counters=self.counters,
             audit=audit,
+            on_up=self._adapter_up,
         )
+
+    def _adapter_up(self, _name: str) -> None:
+        """An adapter appeared (a dongle plugged back in): a device that lost its bond on
+        another adapter may hold one there, so it is tried now, not at its next rare retry."""
+        for sup, _task in self._supervisors.values():
+            if sup.bond.lost:
+                sup.bond.repaired()
 
     @property
     def watcher(self) -> AllowListWatcher:

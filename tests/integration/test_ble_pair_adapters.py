@@ -42,7 +42,7 @@ PASSKEY = 123456
 WAIT = 30.0
 CONFIG = BleConfig(adapters=("hci0", "hci1"), scan_seconds=1.0, connect_timeout_s=10.0,
                    reconnect_base_s=0.1, reconnect_cap_s=0.5, racp_timeout_s=10.0,
-                   stall_timeout_s=30.0, needs_pairing_retry_s=1.0)
+                   stall_timeout_s=30.0, needs_pairing_retry_s=3600.0)
 
 
 def two_adapter_config(tmp_path: Path) -> Path:
@@ -131,7 +131,9 @@ async def test_the_daemon_connects_a_meter_through_the_adapter_holding_its_bond(
                 lambda: live.adapter_of(meter.address) == "hci0"
                 and live.manager.device_states()[meter.address.upper()].last_error == "pairing",
                 within_s=WAIT, what="pairing refused on hci0")
-            assert live.state(meter.address) in ("error:pairing", "needs_pairing")
+            # an authentication failure: needs_pairing (rare retries), not a retry storm
+            await eventually(lambda: live.state(meter.address) == "needs_pairing",
+                             within_s=WAIT, what="needs_pairing on hci0")
             assert len(live.sink.of_kind("glucose")) == history
             assert await bonded_on(ctl, meter.address) == set()  # no half-made bond on hci0
 
