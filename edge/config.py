@@ -242,7 +242,7 @@ class DaemonConfig(_Section):
 class ClockConfig(_Section):
     """Where the daemon learns whether the hub's wall clock can be trusted."""
 
-    #: "system": systemd-timesyncd's flag, else the kernel's NTP status (readings received
+    #: "system": systemd-timesyncd's flag, else the kernel's error estimate (readings received
     #: before the clock is synchronised wait in the vault and are forwarded with corrected
     #: times); "flag-file": synchronised exactly while ``flag_file`` exists (another time
     #: daemon's hook creates it); "assume-synchronised": trust the wall clock as it is (test
