@@ -15,6 +15,7 @@ import pytest
 
 from edge.daemon.control import ControlClient, ControlServer, Handler
 from edge.errors import ControlError, DaemonNotRunning, VaultFull
+from tests.support.privileges import require_root
 
 
 async def _echo(request: Mapping[str, object], actor: str) -> object:
@@ -142,10 +143,11 @@ def test_client_reports_a_daemon_that_is_not_running(tmp_path: Path) -> None:
         ControlClient(dead).request("status")
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user")
 async def test_only_owner_and_group_reach_the_socket() -> None:
     import shutil
     import tempfile
+
+    require_root("it runs a client as another user")
 
     base = Path(tempfile.mkdtemp(prefix="edge-ctl-"))
     try:

@@ -21,12 +21,10 @@ from edge.cli import main
 from edge.config import load_config
 from edge.config_checks import valid_host
 from edge.config_env import check_environment
+from tests.support.privileges import require_root
 
 PIN = "sha256/" + "A" * 43 + "="
 OTHER_UID = 54321  # no such user on a test machine
-
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown to another user")
-
 
 def _cert(path: Path, cn: str) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
@@ -111,10 +109,10 @@ def test_the_baseline_is_valid(hub: Hub, check: Check) -> None:
     assert check(hub.write()) == (0, [])
 
 
-@needs_root
 def test_a_key_file_or_vault_directory_of_another_user_is_refused(
     hub: Hub, check: Check
 ) -> None:
+    require_root("it chowns files to another user")
     # Before: a 0600 key owned by another user passed; that user read the key and renamed
     # the vault.
     os.chown(hub.vault_key, OTHER_UID, OTHER_UID)
