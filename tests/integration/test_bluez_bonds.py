@@ -53,6 +53,16 @@ async def paired(client: BlueZClient, path: str) -> bool:
     return bool(await client.prop(path, DEVICE, "Paired"))
 
 
+async def bond_on_both(client: BlueZClient, sim: SimBus, address: str) -> dict[str, str]:
+    """Pair the device through hci0 and through hci1 (then disconnect); its path on each."""
+    paths = {}
+    for adapter in ("hci0", "hci1"):
+        paths[adapter] = await client.discover_on(sim, address, adapter)
+        assert error_of(await client.bluez(paths[adapter], DEVICE, "Pair")) == (None, "")
+        assert error_of(await client.bluez(paths[adapter], DEVICE, "Disconnect")) == (None, "")
+    return paths
+
+
 async def bonded_on(ctl: ControlClient, address: str) -> set[str]:
     return {str(a["name"]) for a in await ctl.list_adapters() if address in a["bonded"]}
 
@@ -103,11 +113,7 @@ async def test_a_wrong_passkey_on_the_second_adapter_leaves_the_first_bond() -> 
 async def test_remove_device_on_one_adapter_leaves_the_other_adapters_bond() -> None:
     async with rig() as (fleet, sim, client, ctl, _agent):
         meter = fleet.devices[0]
-        paths = {}
-        for adapter in ("hci0", "hci1"):
-            paths[adapter] = await client.discover_on(sim, meter.address, adapter)
-            assert error_of(await client.bluez(paths[adapter], DEVICE, "Pair")) == (None, "")
-            assert error_of(await client.bluez(paths[adapter], DEVICE, "Disconnect")) == (None, "")
+        paths = await bond_on_both(client, sim, meter.address)
         reply = await client.bluez("/org/bluez/hci0", ADAPTER, "RemoveDevice", "o", paths["hci0"])
         assert error_of(reply) == (None, "")
         assert await bonded_on(ctl, meter.address) == {"hci1"}
@@ -126,11 +132,7 @@ async def test_remove_device_on_one_adapter_leaves_the_other_adapters_bond() -> 
 async def test_forget_bond_breaks_the_bond_on_every_adapter() -> None:
     async with rig() as (fleet, sim, client, ctl, _agent):
         meter = fleet.devices[0]
-        paths = {}
-        for adapter in ("hci0", "hci1"):
-            paths[adapter] = await client.discover_on(sim, meter.address, adapter)
-            assert error_of(await client.bluez(paths[adapter], DEVICE, "Pair")) == (None, "")
-            await client.bluez(paths[adapter], DEVICE, "Disconnect")
+        paths = await bond_on_both(client, sim, meter.address)
         assert await ctl.forget_bond(meter.name) is True
         # the hub keeps both halves; neither works any more
         assert await bonded_on(ctl, meter.address) == {"hci0", "hci1"}

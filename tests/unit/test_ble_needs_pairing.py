@@ -91,31 +91,31 @@ async def test_an_authentication_error_on_an_encrypted_read_is_a_lost_bond_too()
         assert not rig.sink.readings
 
 
-async def test_a_meter_that_cannot_bond_with_an_authentication_failure_needs_pairing() -> None:
+@pytest.mark.parametrize(("error", "lost"), [
     # e.g. a passkey meter placed on an adapter that holds no bond with it: no agent can
     # answer there, so BlueZ fails the bonding; retrying at the backoff would be a storm
+    ("org.bluez.Error.AuthenticationFailed", True),
+    # radio trouble while bonding: not the bond, so the usual backoff
+    ("org.bluez.Error.ConnectionAttemptFailed", False),
+])
+async def test_a_meter_that_cannot_bond_needs_pairing_only_for_an_authentication_failure(
+        error: str, lost: bool) -> None:
     async with ble_rig("glucose:1", config=CONFIG) as rig:
         meter = rig.meter()
         rig.bind(meter, "p-1")
-        rig.clients.pair_fail_with = BleakDBusError("org.bluez.Error.AuthenticationFailed", [])
+        rig.clients.pair_fail_with = BleakDBusError(error, [])
         await rig.start()
-        state = await rig.wait_state(meter, lambda s: s.state == NEEDS_PAIRING)
+        if lost:
+            state = await rig.wait_state(meter, lambda s: s.state == NEEDS_PAIRING)
+            assert len(rig.audits) == 1
+        else:
+            await rig.wait_state(meter, lambda _s: len(rig.clients.attempts) >= 3)
+            state = rig.manager.device_states()[meter.address]
+            assert state.state != NEEDS_PAIRING
+            assert rig.manager.counters[NEEDS_PAIRING] == 0
+            assert not rig.audits
         assert state.last_error == "pairing"
-        assert len(rig.audits) == 1
         assert not rig.sink.readings
-
-
-async def test_a_meter_refusing_to_bond_for_another_reason_keeps_backing_off() -> None:
-    async with ble_rig("glucose:1", config=CONFIG) as rig:
-        meter = rig.meter()
-        rig.bind(meter, "p-1")
-        rig.clients.pair_fail_with = BleakDBusError("org.bluez.Error.ConnectionAttemptFailed", [])
-        await rig.start()
-        await rig.wait_state(meter, lambda _s: len(rig.clients.attempts) >= 3)
-        state = rig.manager.device_states()[meter.address]
-        assert state.last_error == "pairing" and state.state != NEEDS_PAIRING
-        assert rig.manager.counters[NEEDS_PAIRING] == 0
-        assert not rig.audits
 
 
 async def test_other_connect_failures_keep_backing_off_as_before() -> None:
