@@ -48,7 +48,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -59,6 +59,7 @@ from bench.hub_venv import hub_python
 from bench.tracing import count_fsyncs, profile, say
 from edge.daemon.status import CONNECTED_STATES
 from edge.log import configure_logging
+from soak.accounting import second_half, slope
 from tests.e2e.harness import E2E, Gateway
 
 TARGETS: dict[str, tuple[str, float]] = {
@@ -137,17 +138,6 @@ def rss_parts(pid: int) -> dict[str, float]:
         if key in ("RssAnon", "RssFile", "RssShmem"):
             parts[f"{key[3:].lower()}_mb"] = round(int(value.split()[0]) / 1024, 1)
     return parts
-
-
-def slope(xs: Sequence[float], ys: Sequence[float]) -> float:
-    """Least-squares slope of ys over xs (0 with fewer than two points)."""
-    n = len(xs)
-    if n < 2:
-        return 0.0
-    mx, my = sum(xs) / n, sum(ys) / n
-    den = sum((x - mx) ** 2 for x in xs)
-    return 0.0 if den == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys,
-                                                                          strict=True)) / den
 
 
 def uplink(gw: Gateway) -> tuple[int, int]:
@@ -264,16 +254,15 @@ def rss_phase(pid: int, minutes: float, window_growth: float, python: Path) -> N
         time.sleep(min(5.0, start + minutes * 60 - now))
     points.append((time.monotonic() - start, sample(pid).rss_mb))
     parts = rss_parts(pid)
-    late = [p for p in points if p[0] >= minutes * 30]
-    growth = slope([a for a, _ in late], [m for _, m in late]) * 3600
+    times, rss = [t for t, _ in points], [m for _, m in points]
+    growth = slope(*second_half(times, rss)) * 3600
     ctx: dict[str, Any] = {"minutes": minutes, "samples": len(points), "load": load(),
                            "interpreter": str(python)}
     emit("daemon.rss_mb", points[-1][1], "MB", rss_max_mb=round(max(m for _, m in points), 1),
          **parts, **ctx)
     emit("daemon.rss_growth_mb_per_h", growth, "MB/h", over="second half",
          rss_first_mb=round(points[0][1], 1), rss_last_mb=round(points[-1][1], 1),
-         whole_run_mb_per_h=round(slope([a for a, _ in points], [m for _, m in points]) * 3600,
-                                  1),
+         whole_run_mb_per_h=round(slope(times, rss) * 3600, 1),
          first_window_mb_per_h=round(window_growth, 1), **ctx)
 
 

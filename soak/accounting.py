@@ -141,12 +141,13 @@ def resources(samples: Sequence[tuple[float, float, int]]) -> Resources:
     return Resources(
         rss_start=rss[0], rss_max=max(rss), rss_end=rss[-1],
         rss_slope_mb_h=slope(ts, rss) * 3600,
-        rss_late_slope_mb_h=slope(*_second_half(ts, rss)) * 3600,
+        rss_late_slope_mb_h=slope(*second_half(ts, rss)) * 3600,
         fds_start=fds[0], fds_max=max(fds), fds_end=fds[-1],
     )
 
 
-def _second_half(ts: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
+def second_half(ts: Sequence[float], ys: Sequence[float]) -> tuple[list[float], list[float]]:
+    """The points from the middle of the time span on (where bounded caches have filled)."""
     mid = (ts[0] + ts[-1]) / 2
     late = [(t, y) for t, y in zip(ts, ys, strict=True) if t >= mid]
     return [t for t, _ in late], [y for _, y in late]
