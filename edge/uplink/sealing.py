@@ -3,8 +3,9 @@ end to end (:func:`edge.uplink.envelope.seal`: JWE to the clinic around a JWS by
 
 Keys are loaded once, when the encoder is made: the signing key is the hub's TLS client key
 (file or systemd credential, found exactly as the TLS context finds it), the ``x5c`` chain is
-the PEM in ``uplink.client_cert`` (leaf first), the recipient is ``e2e.recipient_key``. The
-encoder itself is pure and synchronous, like the FHIR one it wraps.
+the PEM in ``uplink.client_cert`` (leaf first), the recipient is ``e2e.recipient_key``; with
+``e2e.compress`` the JWE carries ``zip`` DEF. The encoder itself is pure and synchronous, like
+the FHIR one it wraps.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class SealingEncoder:
     hub_id: str
     signer: Signer
     recipient: ec.EllipticCurvePublicKey
+    #: JWE ``zip`` DEF: the JWS is deflated before it is encrypted (``[e2e] compress``)
+    compress: bool = False
 
     def __call__(self, rows: Sequence[PendingLike]) -> bytes:
         bundle = fhir.bundle_bytes([r.reading() for r in rows], hub_id=self.hub_id)
@@ -59,7 +62,8 @@ class SealingEncoder:
     def seal(self, bundle_json: bytes) -> bytes:
         """One Bundle's envelope (a fresh ephemeral key and IV each time)."""
         token = seal(bundle_json, signing_key=self.signer.key,
-                     cert_chain_der=self.signer.chain_der, recipient=self.recipient)
+                     cert_chain_der=self.signer.chain_der, recipient=self.recipient,
+                     compress=self.compress)
         return token.encode("ascii")
 
 
@@ -116,15 +120,20 @@ def encoding_for(
             'e2e mode "sign+encrypt" needs e2e.recipient_key — fix: run edge check-config'
         )
     recipient = read_recipient_key(cfg.e2e.recipient_key)
-    sealer = SealingEncoder(cfg.hub.id, load_signer(cfg.uplink, environ=environ), recipient)
+    sealer = SealingEncoder(cfg.hub.id, load_signer(cfg.uplink, environ=environ), recipient,
+                            compress=cfg.e2e.compress)
     return Encoding(sealer, CONTENT_TYPE)
 
 
 def describe(e2e: E2eConfig) -> str:
-    """One line for operators: the mode, and which clinic key Bundles are sealed to (its
-    RFC 7638 thumbprint, the JWE ``kid``, which `clinic keys public` can be compared with)."""
+    """One line for operators: the mode, which clinic key Bundles are sealed to (its
+    RFC 7638 thumbprint, the JWE ``kid``, which `clinic keys public` can be compared with),
+    and whether the JWE plaintext is compressed (said only when it is: the line without it is
+    the uncompressed default, and stays exactly what it was before the setting existed)."""
     if not e2e.enabled:
         return "off (plaintext FHIR inside TLS; the broker can read readings)"
+    zipped = ", compressed (JWE zip DEF)" if e2e.compress else ""
     if e2e.recipient_key is None:
-        return "sign+encrypt (no recipient key)"
-    return f"sign+encrypt (clinic key {thumbprint(read_recipient_key(e2e.recipient_key))})"
+        return f"sign+encrypt (no recipient key){zipped}"
+    kid = thumbprint(read_recipient_key(e2e.recipient_key))
+    return f"sign+encrypt (clinic key {kid}){zipped}"

@@ -290,6 +290,36 @@ def test_check_config_reports_the_mode(setup: Setup, run: Run) -> None:
     assert load_checked(off).e2e.enabled is False
 
 
+def test_e2e_compress_is_off_by_default_and_reported_when_on(setup: Setup, run: Run) -> None:
+    from edge.uplink.envelope import thumbprint
+
+    key = serialization.load_pem_public_key(setup.recipient.read_bytes())
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    assert load_checked(setup.write(setup.text())).e2e.compress is False
+    rc, out, _ = run("check-config", "--config", str(setup.write(setup.text())))
+    assert rc == 0 and "compress" not in out
+    on = setup.e2e.replace("\n\n", "\ncompress = true\n\n")
+    path = setup.write(setup.text(e2e=on), "on.toml")
+    assert load_checked(path).e2e.compress is True
+    rc, out, _ = run("check-config", "--config", str(path))
+    assert rc == 0
+    assert (f"e2e: sign+encrypt (clinic key {thumbprint(key)}), compressed (JWE zip DEF)"
+            in out.splitlines())
+
+
+def test_e2e_compress_with_mode_off_is_a_config_error(setup: Setup, run: Run) -> None:
+    path = setup.write(setup.text(e2e='[e2e]\nmode = "off"\ncompress = true\n\n'))
+    rc, _, err = run("check-config", "--config", str(path))
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith("e2e.compress: ")
+    assert 'mode = "sign+encrypt"' in err[0] and "fix: " in err[0]
+    with pytest.raises(ConfigError):
+        load_checked(path)
+    # compress = false with mode off is fine: it is the default
+    off = setup.write(setup.text(e2e='[e2e]\nmode = "off"\ncompress = false\n\n'), "o.toml")
+    assert run("check-config", "--config", str(off))[0] == 0
+
+
 def test_sign_and_encrypt_needs_a_recipient_key(setup: Setup, run: Run) -> None:
     path = setup.write(setup.text(e2e='[e2e]\nmode = "sign+encrypt"\n\n'))
     rc, _, err = run("check-config", "--config", str(path))
