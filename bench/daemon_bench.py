@@ -5,7 +5,7 @@ mosquitto (mutual TLS, ACL) on a free loopback port, the firmware simulator with
 straps and 15 glucose meters behind the fake BlueZ on a private D-Bus, consent granted and every
 device paired over the CLI (``edge consent grant``, ``edge pair``), then ``edge run`` with the
 shipped intervals (status every 60 s, health every 5 s), from a virtual environment holding
-only what a hub installs (:mod:`bench.hub_venv`). Everything lives under ``/var/tmp``: a
+only what a hub installs (:mod:`bench.product_venv`). Everything lives under ``/var/tmp``: a
 real disk (``write_bytes`` does not count tmpfs).
 
 Once every device is connected and a warm-up has passed, a measurement window reads the
@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import bench
-from bench.hub_venv import hub_python
+from bench.product_venv import hub_python
 from bench.tracing import count_fsyncs, profile, say
 from edge.daemon.status import CONNECTED_STATES
 from edge.log import configure_logging

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from bench.hub_venv import hub_python
+from bench.product_venv import hub_python
 from soak.run import SoakConfig, run_soak, summary
 from soak.schedule import Rates
 

@@ -68,7 +68,7 @@ class SoakConfig:
     status_interval_s: float = 60
     health_interval_s: float = 5
     #: the interpreter ``edge run`` runs on; None: this one (``python -m soak`` passes the
-    #: hub-only environment of :mod:`bench.hub_venv`, so resident memory is a hub's)
+    #: hub-only environment of :mod:`bench.product_venv`, so resident memory is a hub's)
     python: str | None = None
 
 
