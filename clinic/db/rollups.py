@@ -97,10 +97,12 @@ def add(conn: Conn, ring: KeyRing, stats: dict[tuple[str, dt.datetime], MinuteSt
         return
     keys = sorted(stats)  # a fixed order: no deadlock between workers
     sealed = [encrypt(ring, stats[k].to_json(), _aad(*k)) for k in keys]
+    # COLLATE "C": the unnest's text is of the default collation; every worker must insert
+    # and lock in the one bytewise order of hr_rollups.patient (schema version 4)
     added = {(str(p), m) for p, m in conn.execute(
         "INSERT INTO hr_rollups (patient, minute, key_id, stats_enc) SELECT * FROM"
         " unnest(%s::text[], %s::timestamptz[], %s::text[], %s::bytea[])"
-        " AS n(patient, minute, key_id, stats_enc) ORDER BY patient, minute"
+        " AS n(patient, minute, key_id, stats_enc) ORDER BY patient COLLATE \"C\", minute"
         " ON CONFLICT (patient, minute) DO NOTHING RETURNING patient, minute",
         ([p for p, _ in keys], [m for _, m in keys], [k for k, _ in sealed],
          [b for _, b in sealed]))}

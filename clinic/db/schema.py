@@ -172,6 +172,20 @@ CREATE TABLE user_prefs (
     glucose_unit    text NOT NULL CHECK (glucose_unit IN ('mg/dL', 'mmol/L'))
 );
 """),
+    # 4: the indexed text columns ingest writes compare bytewise (COLLATE "C": memcmp, not
+    # the server locale's strcoll on every btree comparison of every insert). Their values are
+    # ASCII (uuids, pseudonyms, hub ids, LOINC codes) and every reader compares them for
+    # equality only, which "C" and the database default agree on (a default-collation
+    # parameter or column compared with a "C" column takes "C", no conflict). No table
+    # rewrite (text to text), but the indexes on these columns are rebuilt.
+    (4, """
+ALTER TABLE observations
+    ALTER COLUMN identifier TYPE text COLLATE "C",
+    ALTER COLUMN patient TYPE text COLLATE "C",
+    ALTER COLUMN hub_id TYPE text COLLATE "C",
+    ALTER COLUMN code TYPE text COLLATE "C";
+ALTER TABLE hr_rollups ALTER COLUMN patient TYPE text COLLATE "C";
+"""),
 ]
 
 LATEST = MIGRATIONS[-1][0]
