@@ -38,10 +38,13 @@ def _product_python(where: Path, requirement: str) -> Path:
         return python
     shutil.rmtree(where, ignore_errors=True)
     venv.create(where, with_pip=False)
-    subprocess.run(
+    # pip's output (index warnings included) only when it fails: the figures stay readable
+    done = subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-input",
          "--disable-pip-version-check", requirement],
-        cwd=ROOT, check=True,
+        cwd=ROOT, capture_output=True, text=True,
     )
+    if done.returncode != 0:
+        raise RuntimeError(f"pip install {requirement} failed:\n{done.stdout}{done.stderr}")
     stamp.write_text(want)
     return python

@@ -62,6 +62,11 @@ class ClinicRig:
     configs: dict[str, Path] = field(default_factory=dict)
     workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
+    #: the interpreter the workers run on (the clinic benchmark gives a clinic-only one)
+    python: str = sys.executable
+    #: where each worker's log stood when it was last started (a restarted worker's
+    #: "connected" line is looked for after it, not in an earlier run's lines)
+    log_start: dict[str, int] = field(default_factory=dict)
 
     @property
     def dsn(self) -> str:
@@ -92,9 +97,10 @@ class ClinicRig:
         config = self.configs[name]  # configure() first
         log_path = self.workdir / f"worker-{name}.log"
         self.logs[name] = log_path
+        self.log_start[name] = log_path.stat().st_size if log_path.exists() else 0
         with log_path.open("ab") as log:
             self.workers[name] = subprocess.Popen(
-                [sys.executable, "-m", "clinic", "--config", str(config), "ingest",
+                [self.python, "-m", "clinic", "--config", str(config), "ingest",
                  "--worker", name],
                 stdout=log, stderr=subprocess.STDOUT, env=self._env(), cwd=REPO,
                 stdin=subprocess.DEVNULL)
@@ -103,7 +109,7 @@ class ClinicRig:
         """Every worker has its shared subscription (it logs after the SUBACK)."""
         deadline = time.monotonic() + timeout
         for name, path in self.logs.items():
-            while b"ingest.connected" not in path.read_bytes():
+            while b"ingest.connected" not in path.read_bytes()[self.log_start.get(name, 0):]:
                 proc = self.workers[name]
                 if proc.poll() is not None:
                     raise AssertionError(f"worker {name} exited: {self.log_text()[-3000:]}")

@@ -46,14 +46,17 @@ T0 = datetime(2026, 3, 15, 8, 30, tzinfo=UTC)
 
 
 def make_readings(
-    n: int, patients: Sequence[str] = ("patient-a",), *, start: int = 0
+    n: int, patients: Sequence[str] = ("patient-a",), *, start: int = 0,
+    per_patient_clock: bool = False,
 ) -> list[HeartRateReading | GlucoseReading]:
-    """``n`` plausible readings (every fifth a glucose reading), round-robin over patients."""
+    """``n`` plausible readings (every fifth a glucose reading), round-robin over patients:
+    one a second in all, or with ``per_patient_clock`` one a second for each patient (as
+    each patient's strap sends them)."""
     out: list[HeartRateReading | GlucoseReading] = []
     for i in range(start, start + n):
         patient = patients[i % len(patients)]
         addr = f"AA:BB:CC:DD:{(i % len(patients)) // 256:02X}:{(i % len(patients)) % 256:02X}"
-        t = T0 + timedelta(seconds=i)
+        t = T0 + timedelta(seconds=i // len(patients) if per_patient_clock else i)
         if i % 5 == 4:
             mg = Decimal(90 + i % 50)
             out.append(
