@@ -20,7 +20,7 @@ full_page_writes on, buffers and WAL sized for 10,000-row commits: :data:`PG_SET
   mosquitto over that phase per reading (less skewed by other work on the box than the rate);
   ``readings_per_commit`` the mean batch.
 - ``clinic.ingest_compressed_per_s``: the same with the backlog sealed as a hub with
-  ``[e2e] compress = true`` seals it (JWE ``zip`` DEF: ~12 KB a message instead of ~122 KB).
+  ``[e2e] compress = true`` seals it (JWE ``zip`` DEF: ~11 KB a message instead of ~122 KB).
   ``mean_message_bytes`` is printed with both.
 - The same without e2e is not measured: the clinic accepts only sealed envelopes (every
   observation message goes through ``open_envelope``; a plain Bundle is refused as

@@ -11,6 +11,8 @@
   ``uplink.drain_plain_over_raw``: the same with e2e off.
 - ``uplink.e2e_us_per_bundle``: the cost of sealing one 50-reading Bundle (JWS ES256 inside
   JWE ECDH-ES+A256KW / A256GCM), single-threaded, keys loaded once as the daemon does.
+- ``uplink.e2e_compressed_us_per_bundle``: the same with ``[e2e] compress`` (JWE ``zip``
+  DEF); ``sealed_bytes`` beside each says what it saves on the wire.
 - ``uplink.latency_p50_ms`` / ``uplink.latency_p99_ms``: ``vault.append`` of one reading ->
   its PUBACK, one reading every 20 ms for 20 s.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import json
 import os
@@ -68,6 +71,7 @@ TARGETS = {
     "uplink.drain_over_raw": (">=", 0.5),
     # a 50-reading Bundle sealed in well under a millisecond keeps sealing off the drain's path
     "uplink.e2e_us_per_bundle": ("<=", 1000.0),
+    "uplink.e2e_compressed_us_per_bundle": ("<=", 1000.0),
     "uplink.latency_p99_ms": ("<=", 10.0),
 }
 
@@ -377,6 +381,11 @@ def run(n: int, latency_s: float, repeat: int = 3) -> None:
             us, plain_size, sealed_size = seal_cost(sealer, hub, cfg.batch_max_readings, 400)
             emit("uplink.e2e_us_per_bundle", us, "us", readings_per_bundle=cfg.batch_max_readings,
                  bundle_bytes=plain_size, sealed_bytes=sealed_size)
+            zipped = dataclasses.replace(sealer, compress=True)
+            us, plain_size, sealed_size = seal_cost(zipped, hub, cfg.batch_max_readings, 400)
+            emit("uplink.e2e_compressed_us_per_bundle", us, "us", zip="DEF",
+                 readings_per_bundle=cfg.batch_max_readings, bundle_bytes=plain_size,
+                 sealed_bytes=sealed_size)
             drains: list[float] = []
             plains: list[float] = []
             raws: list[float] = []
