@@ -73,9 +73,9 @@ class Lookups:
             raise StoreUnavailable("PostgreSQL unreachable during lookup") from exc
 
 
-#: the batch's rows go in by binary COPY (dumped in C, one round trip) into a temporary table
-#: of the session, emptied at every commit, then one INSERT … SELECT: the unique constraint
-#: still arbitrates duplicates and RETURNING names exactly the rows this batch added.
+#: the fallback for a batch holding a duplicate: its rows go in by binary COPY into a
+#: temporary table of the session, emptied at every commit, then one INSERT … SELECT: the
+#: unique constraint arbitrates duplicates and RETURNING names exactly the rows added.
 #: identifier is COLLATE "C" like observations.identifier (schema version 4): the ORDER BY
 #: compares bytes (the order Python's sorted() gave the COPY, so the sort finds it sorted).
 _CREATE_STAGE = (
@@ -87,13 +87,15 @@ _CREATE_STAGE = (
 #: the default work_mem (4 MB) it was an external merge through temporary files at every
 #: commit. Raised for this transaction only; a batch beyond it still spills, bounded.
 _SORT_MEM = "SET LOCAL work_mem = '64MB'"
+_COPY_OBS = (
+    "COPY observations (identifier, patient, hub_id, code, effective_at, received_at, key_id,"
+    " resource_enc) FROM STDIN (FORMAT BINARY)"
+)
 _COPY_STAGE = (
     "COPY ingest_obs_stage (identifier, patient, hub_id, code, effective_at, received_at, key_id,"
     " resource_enc) FROM STDIN (FORMAT BINARY)"
 )
 _STAGE_TYPES = ["text", "text", "text", "text", "timestamptz", "timestamptz", "text", "bytea"]
-# ORDER BY: rows are inserted in identifier order, so two workers inserting overlapping
-# identifiers wait for each other in one order and cannot deadlock.
 _INSERT_OBS = (
     "INSERT INTO observations (identifier, patient, hub_id, code, effective_at, received_at,"
     " key_id, resource_enc) SELECT * FROM ingest_obs_stage ORDER BY identifier"
@@ -101,15 +103,35 @@ _INSERT_OBS = (
 )
 
 
+def _copy(cur: psycopg.Cursor[Any], statement: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    with cur.copy(statement) as copy:
+        copy.set_types(_STAGE_TYPES)
+        for row in rows:
+            copy.write_row(row)
+
+
 def _insert_observations(conn: Conn, ordered: Sequence[tuple[Any, ...]]) -> list[str]:
-    """Insert ``ordered`` (inside the caller's transaction); the identifiers actually added."""
-    conn.execute(_CREATE_STAGE)  # once per session in effect; rows never outlive a commit
-    conn.execute(_SORT_MEM)
+    """Insert ``ordered`` (sorted by identifier; inside the caller's transaction); the
+    identifiers actually added.
+
+    First straight into the table by binary COPY under a savepoint: a backlog is nearly all
+    new rows, and PostgreSQL spends about a quarter less on them than through the stage
+    (measured 28-30 against 39-41 µs of CPU a row). A duplicate (a re-delivered message,
+    another worker's row) fails that COPY with a unique violation, rolled back to the
+    savepoint; the batch then goes through the stage, where ON CONFLICT absorbs duplicates.
+    Either way rows go in identifier order, so two workers inserting overlapping identifiers
+    wait for each other in one order and cannot deadlock.
+    """
     with conn.cursor() as cur:
-        with cur.copy(_COPY_STAGE) as copy:
-            copy.set_types(_STAGE_TYPES)
-            for row in ordered:
-                copy.write_row(row)
+        try:
+            with conn.transaction():  # a savepoint inside the batch's transaction
+                _copy(cur, _COPY_OBS, ordered)
+            return [str(row[0]) for row in ordered]
+        except psycopg.errors.UniqueViolation:
+            pass  # a duplicate: nothing of the COPY stays
+        cur.execute(_CREATE_STAGE)  # once per session in effect; rows never outlive a commit
+        cur.execute(_SORT_MEM)
+        _copy(cur, _COPY_STAGE, ordered)
         return [str(r[0]) for r in cur.execute(_INSERT_OBS)]
 
 
