@@ -6,16 +6,16 @@ full_page_writes on, buffers and WAL sized for 10,000-row commits: :data:`PG_SET
 - ``clinic.ingest_per_s``: readings stored per second by two ``clinic ingest`` worker
   processes (production batch sizes: ``receive_maximum`` and ``batch_max`` at their defaults)
   from a backlog of 200,000 readings (20,000 with ``--quick``) with e2e on. The backlog is
-  built as a hub builds it — readings one a second for each of 20 patients (as their straps
-  send them: a minute's heart-rate rollup folds ~60 readings), ``edge.fhir`` Bundles of 50
-  readings of one patient, each sealed
-  with ``edge.uplink.envelope.seal`` (JWS ES256 by the hub's key, JWE to the clinic's key) and
-  published QoS 1 to ``edge/v1/<hub>/obs/<patient>`` — while both workers are stopped (their
-  persistent sessions hold it at the broker). Then both workers are started and the clock
-  runs from their launch until the workers have committed every message (their counter,
-  written in the same transactions; then every reading is checked to be in
-  ``observations``, once). ``store_window_per_s`` is the same count over the span of
-  PostgreSQL's own commit timestamps (first to last commit: the workers' start-up and TLS
+  built as a hub builds it — readings one a second for each of 20 patients, as their straps
+  send them (so each minute's heart-rate rollup is updated by several batches of both
+  workers: harder than spreading the readings thinly), ``edge.fhir`` Bundles of 50 readings
+  of one patient, each sealed with ``edge.uplink.envelope.seal`` (JWS ES256 by the hub's key,
+  JWE to the clinic's key) and published QoS 1 to ``edge/v1/<hub>/obs/<patient>`` — while
+  both workers are stopped (their persistent sessions hold it at the broker). Then both
+  workers are started and the clock runs from their launch until the workers have committed
+  every message (their counter, written in the same transactions; then every reading is
+  checked to be in ``observations``, once). ``store_window_per_s`` is the same count over the
+  span of PostgreSQL's own commit timestamps (first to last commit: the workers' start-up and TLS
   handshakes left out). ``cpu_us_per_reading`` is the CPU time of the workers, PostgreSQL and
   mosquitto over that phase per reading (less skewed by other work on the box than the rate);
   ``readings_per_commit`` the mean batch.
