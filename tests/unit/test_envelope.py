@@ -27,21 +27,6 @@ def der(issued: Issued) -> bytes:
     return issued.cert.public_bytes(serialization.Encoding.DER)
 
 
-@pytest.fixture(scope="module")
-def ca() -> Issued:
-    return make_ca()
-
-
-@pytest.fixture(scope="module")
-def hub(ca: Issued) -> Issued:
-    return issue(ca, "hub-1")
-
-
-@pytest.fixture(scope="module")
-def clinic() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
 def sealed(hub: Issued, clinic: ec.EllipticCurvePrivateKey, payload: bytes = BUNDLE) -> str:
     return seal(payload, signing_key=hub.key, cert_chain_der=[der(hub)],
                 recipient=clinic.public_key())

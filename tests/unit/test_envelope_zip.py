@@ -12,7 +12,6 @@ import tracemalloc
 import zlib
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc import jwe
 from joserfc.jwa import JWEZipModel
@@ -24,34 +23,14 @@ from jwcrypto import jws as jwc_jws
 from edge import fhir
 from edge.uplink import envelope
 from edge.uplink.envelope import EnvelopeError, open_envelope, seal, thumbprint, verify_signer
-from edge.uplink.pki import Issued, issue, make_ca
+from edge.uplink.pki import Issued
 from tests.support.uplink_fakes import make_readings
-
-BUNDLE = b'{"resourceType":"Bundle","type":"transaction","entry":[]}'
-
-
-@pytest.fixture(scope="module")
-def ca() -> Issued:
-    return make_ca()
-
-
-@pytest.fixture(scope="module")
-def hub(ca: Issued) -> Issued:
-    return issue(ca, "hub-1")
-
-
-@pytest.fixture(scope="module")
-def clinic() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
+from tests.unit.test_envelope import BUNDLE, der
 
 
 @pytest.fixture(scope="module")
 def bundle50() -> bytes:
     return fhir.bundle_bytes(make_readings(50), hub_id="h")
-
-
-def der(issued: Issued) -> bytes:
-    return issued.cert.public_bytes(serialization.Encoding.DER)
 
 
 def sealed(hub: Issued, clinic: ec.EllipticCurvePrivateKey, payload: bytes = BUNDLE, *,
